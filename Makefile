@@ -1,0 +1,37 @@
+# The two newcomer commands are `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.tinyssd-installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev,onnx]'
+	$(PIP) install -q --no-deps d2l==1.0.3
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tinyssd demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+bench: $(STAMP)
+	$(PY) bench/ops.py --out bench/results/ops.json
+	$(PY) bench/eval.py --out bench/results/eval.json
+	$(PY) bench/predict.py --out bench/results/predict.json
+	$(PY) bench/train.py --out bench/results/train.json
+	$(PY) bench/readme_table.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
