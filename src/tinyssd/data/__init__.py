@@ -25,9 +25,7 @@ def detect_format(root: str | Path) -> str:
     for name, (detect, _) in FORMATS.items():
         if detect(root):
             return name
-    raise DataError(
-        f"{root}: no known data layout found (expected one of: {', '.join(FORMATS)})"
-    )
+    raise DataError(f"{root}: no known data layout found (expected one of: {', '.join(FORMATS)})")
 
 
 def load_split(

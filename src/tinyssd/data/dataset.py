@@ -19,7 +19,7 @@ Transform = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 
 def resize_image(image: Tensor, size: int) -> Tensor:
-    """Resize ``Tensor[3, H, W]`` uint8 to ``Tensor[3, size, size]`` uint8 (bilinear, antialiased)."""
+    """Resize ``Tensor[3, H, W]`` uint8 to ``Tensor[3, size, size]`` uint8 (bilinear)."""
     if image.shape[-2:] == (size, size):
         return image
     out = F.interpolate(
