@@ -1,0 +1,92 @@
+"""Anchor labelling: which ground-truth box each anchor learns (the chapter's ``multibox_target``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .boxes import batched_box_iou, encode_offsets
+
+# IoU written into taken anchors / finished boxes so that they never win again;
+# below any real IoU (>= 0) and below padding (-1).
+_TAKEN = -2.0
+
+
+def match_anchors(
+    anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, iou_threshold: float = 0.5
+) -> Tensor:
+    """Assign ground-truth boxes to anchors, for a whole batch at once.
+
+    1. Every anchor whose best IoU is >= ``iou_threshold`` takes that box.
+    2. Every box takes one anchor of its own, greedily by the largest remaining
+       IoU (the chapter's loop). Pairs that are each other's best among what
+       remains are taken together in one round, which picks the same pairs as
+       taking the global maximum one at a time; usually one or two rounds.
+
+    Padding boxes (``gt_valid`` False) never take an anchor.
+
+    Example (one image, 3 anchors x 2 boxes, threshold 0.5)::
+
+        IoU = [[0.9, 0.0],     anchor 0: best 0.9 >= 0.5     -> box 0
+               [0.6, 0.4],     anchor 1: best 0.6 >= 0.5     -> box 0
+               [0.1, 0.3]]     anchor 2: best 0.3; box 1's best remaining -> box 1
+        matched = [0, 0, 1]
+
+    Args:
+        anchors (Tensor[A, 4]): normalised xyxy.
+        gt_boxes (Tensor[B, M, 4]): normalised xyxy.
+        gt_valid (Tensor[B, M] bool): False for padding rows.
+    Returns:
+        Tensor[B, A] int64: the matched box index, -1 for background.
+    """
+    iou = batched_box_iou(anchors, gt_boxes)  # (B, M, A)
+    iou.masked_fill_(~gt_valid[..., None], -1.0)
+    best_iou, best_gt = iou.max(dim=1)  # (B, A): each anchor's best box
+    matched = torch.where(best_iou >= iou_threshold, best_gt, -1)
+
+    batch, num_gt, num_anchors = iou.shape
+    done = ~gt_valid  # (B, M)
+    taken = torch.zeros(batch, num_anchors, dtype=torch.bool, device=iou.device)
+    gt_index = torch.arange(num_gt, device=iou.device).expand(batch, num_gt)
+    gt_of_anchor, work = best_gt, iou  # first round: nothing taken yet, reuse step 1
+    for _ in range(num_gt):  # at most M rounds; normally one or two
+        anchor_of_gt = work.max(dim=2).indices  # (B, M): best free anchor of each open box
+        mutual = ~done & (gt_of_anchor.gather(1, anchor_of_gt) == gt_index)  # (B, M)
+        rows, cols = mutual.nonzero(as_tuple=True)
+        anchors_won = anchor_of_gt[rows, cols]
+        matched[rows, anchors_won] = cols
+        taken[rows, anchors_won] = True
+        done = done | mutual
+        if bool(done.all()):
+            break
+        work = iou.masked_fill(taken[:, None, :] | done[..., None], _TAKEN)
+        gt_of_anchor = work.max(dim=1).indices  # (B, A): best open box of each free anchor
+    return matched
+
+
+def multibox_target(
+    anchors: Tensor, labels: Tensor, iou_threshold: float = 0.5
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The chapter's targets: box offsets, their mask and class labels.
+
+    Args:
+        anchors (Tensor[1, A, 4] or Tensor[A, 4]): normalised xyxy.
+        labels (Tensor[B, M, 5]): rows (class, x1, y1, x2, y2), class 0..C-1,
+            coordinates normalised; class -1 marks a padding row.
+    Returns:
+        bbox_offset (Tensor[B, 4A]): encoded offsets, 0 for background anchors.
+        bbox_mask (Tensor[B, 4A]): 1.0 for the 4 values of a matched anchor, else 0.
+        class_labels (Tensor[B, A] int64): matched class + 1, 0 for background.
+    """
+    anchors = anchors.reshape(-1, 4)
+    gt_class, gt_boxes = labels[..., 0], labels[..., 1:]
+    matched = match_anchors(anchors, gt_boxes, gt_class >= 0, iou_threshold)  # (B, A)
+    foreground = matched >= 0
+    idx = matched.clamp(min=0)
+    assigned = gt_boxes.gather(1, idx[..., None].expand(-1, -1, 4))  # (B, A, 4)
+    class_labels = torch.where(foreground, gt_class.gather(1, idx).long() + 1, 0)
+    mask = foreground[..., None].to(anchors.dtype).expand(-1, -1, 4)
+    # where(), not a product: padding coordinates may encode to inf/nan
+    offsets = torch.where(foreground[..., None], encode_offsets(anchors[None], assigned), 0.0)
+    batch = labels.shape[0]
+    return offsets.reshape(batch, -1), mask.reshape(batch, -1), class_labels

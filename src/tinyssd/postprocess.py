@@ -1,0 +1,119 @@
+"""From head outputs to detections: decode offsets, score, non-maximum suppression.
+
+``multibox_detection`` is the chapter's function (rows for every anchor);
+``postprocess_detections`` is the practical form (one dict per image, as
+torchvision's detectors return), with thresholds, top-k and per-class NMS.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms, nms
+
+from .boxes import decode_offsets
+
+__all__ = ["multibox_detection", "nms", "postprocess_detections"]
+
+
+def multibox_detection(
+    cls_probs: Tensor,
+    offset_preds: Tensor,
+    anchors: Tensor,
+    nms_threshold: float = 0.5,
+    pos_threshold: float = 0.009999999,
+) -> Tensor:
+    """The chapter's prediction rows, for the whole batch at once.
+
+    Confidence is the best non-background probability; boxes are decoded from
+    the offsets; class-agnostic NMS at ``nms_threshold``. Rows of kept boxes
+    with confidence >= ``pos_threshold`` come first, by descending confidence
+    (the chapter's order); every other anchor follows in anchor order with
+    class -1 (the chapter writes ``1 - conf`` as their confidence when below
+    ``pos_threshold``, and so does this).
+
+    Args:
+        cls_probs (Tensor[B, K, A]): class probabilities, background at index 0.
+        offset_preds (Tensor[B, 4A]): predicted offsets.
+        anchors (Tensor[1, A, 4] or Tensor[A, 4]): normalised xyxy.
+    Returns:
+        Tensor[B, A, 6]: rows (class 0..C-1 or -1, confidence, x1, y1, x2, y2).
+    """
+    batch, _, num_anchors = cls_probs.shape
+    anchors = anchors.reshape(-1, 4)
+    conf, class_id = cls_probs[:, 1:].max(dim=1)  # (B, A)
+    boxes = decode_offsets(anchors[None], offset_preds.reshape(batch, -1, 4))  # (B, A, 4)
+    # Suppression only flows from higher to lower confidence, so boxes below
+    # pos_threshold can be left out of NMS without changing what is kept above it.
+    img, idx = (conf >= pos_threshold).nonzero(as_tuple=True)
+    keep = batched_nms(boxes[img, idx], conf[img, idx], img, nms_threshold)  # by conf, desc
+    keep_img, keep_idx = img[keep], idx[keep]
+    kept = torch.zeros(batch, num_anchors, dtype=torch.bool, device=conf.device)
+    kept[keep_img, keep_idx] = True
+    # Sort key: kept boxes by their rank in NMS output, then the rest by anchor index.
+    order = torch.argsort(keep_img, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device)
+    key = torch.arange(num_anchors, device=conf.device).repeat(batch, 1) + len(keep)
+    key[keep_img[order], keep_idx[order]] = rank[order]
+    perm = key.argsort(dim=1)  # (B, A)
+    class_id = torch.where(kept, class_id, -1).gather(1, perm)
+    conf = conf.gather(1, perm)
+    conf = torch.where(conf < pos_threshold, 1 - conf, conf)
+    boxes = boxes.gather(1, perm[..., None].expand(-1, -1, 4))
+    return torch.cat((class_id[..., None].to(conf.dtype), conf[..., None], boxes), dim=-1)
+
+
+def postprocess_detections(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: Tensor,
+    score_threshold: float = 0.01,
+    nms_threshold: float = 0.45,
+    topk_candidates: int = 400,
+    max_detections: int = 200,
+    class_agnostic: bool = False,
+    image_sizes: list[tuple[int, int]] | None = None,
+) -> list[dict[str, Tensor]]:
+    """Detections per image, torchvision-style.
+
+    Softmax over classes; every (anchor, class) pair with score >=
+    ``score_threshold`` is a candidate; the ``topk_candidates`` best per image
+    go to NMS (per class unless ``class_agnostic``); the ``max_detections``
+    best survivors are returned.
+
+    Args:
+        cls_logits (Tensor[B, A, K]): raw class scores, background at index 0.
+        box_deltas (Tensor[B, A, 4] or Tensor[B, 4A]): predicted offsets.
+        anchors (Tensor[A, 4]): normalised xyxy.
+        image_sizes: per image (height, width); boxes are scaled to those
+            pixels, else they stay normalised.
+    Returns:
+        One dict per image: ``boxes`` Tensor[N, 4] xyxy, ``scores`` Tensor[N],
+        ``labels`` Tensor[N] int64 in 1..C, sorted by descending score.
+    """
+    batch, num_anchors, num_classes = cls_logits.shape
+    scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (B, A, C)
+    boxes = decode_offsets(anchors[None], box_deltas.float().reshape(batch, num_anchors, 4))
+    flat = scores.reshape(batch, -1)  # (B, A*C), index = anchor * C + class - 1
+    k = min(topk_candidates, flat.shape[1])
+    top_scores, top_idx = flat.topk(k, dim=1)  # (B, k), sorted
+    anchor_idx = top_idx // (num_classes - 1)
+    labels = top_idx % (num_classes - 1) + 1
+    img = torch.arange(batch, device=flat.device)[:, None].expand(-1, k)
+    ok = top_scores >= score_threshold
+    img, top_scores, labels = img[ok], top_scores[ok], labels[ok]
+    cand_boxes = boxes[img, anchor_idx[ok]]  # (N, 4)
+    group = img if class_agnostic else img * num_classes + labels
+    keep = batched_nms(cand_boxes, top_scores, group, nms_threshold)  # desc score
+    keep = keep[torch.argsort(img[keep], stable=True)]
+    counts = torch.bincount(img[keep], minlength=batch).tolist()
+    out = []
+    for b, part in enumerate(keep.split(counts)):
+        part = part[:max_detections]
+        bx = cand_boxes[part]
+        if image_sizes is not None:
+            h, w = image_sizes[b]
+            bx = bx * bx.new_tensor([w, h, w, h])
+        out.append({"boxes": bx, "scores": top_scores[part], "labels": labels[part]})
+    return out
