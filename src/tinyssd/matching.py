@@ -1,4 +1,4 @@
-"""Anchor labelling: which ground-truth box each anchor learns (the chapter's ``multibox_target``)."""
+"""Anchor labelling: which ground-truth box each anchor learns (``multibox_target``)."""
 
 from __future__ import annotations
 
