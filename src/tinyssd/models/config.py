@@ -1,0 +1,69 @@
+"""Architecture configurations: one frozen dataclass, one preset function per model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class SSDConfig:
+    """Everything that defines an SSD network apart from its number of classes."""
+
+    name: str  # preset name, e.g. "tiny_ssd"
+    backbone: str  # key of models.registry.BACKBONES
+    channels: tuple[int, ...]  # channels of each feature map the heads read
+    sizes: tuple[tuple[float, ...], ...]  # per feature map: anchor sizes (fraction of the image)
+    ratios: tuple[tuple[float, ...], ...]  # per feature map: anchor aspect ratios (w / h)
+    image_size: int  # default square input side, pixels
+    pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # subtracted from 0-255 pixels
+    pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)  # then divided by this
+
+    def anchors_per_cell(self) -> list[int]:
+        return [len(s) + len(r) - 1 for s, r in zip(self.sizes, self.ratios, strict=True)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> SSDConfig:
+        fields = {k: tuple(map(tuple, v)) if k in ("sizes", "ratios") else v for k, v in d.items()}
+        for k in ("channels", "pixel_mean", "pixel_std"):
+            fields[k] = tuple(fields[k])
+        return SSDConfig(**fields)
+
+
+def tiny_ssd() -> SSDConfig:
+    """The chapter's TinySSD: 5 maps (32, 16, 8, 4, 1 at 256 px), 4 anchors per cell."""
+    return SSDConfig(
+        name="tiny_ssd",
+        backbone="tiny",
+        channels=(64, 128, 128, 128, 128),
+        sizes=((0.2, 0.272), (0.37, 0.447), (0.54, 0.619), (0.71, 0.79), (0.88, 0.961)),
+        ratios=((1, 2, 0.5),) * 5,
+        image_size=256,
+    )
+
+
+def ssd300_vgg16() -> SSDConfig:
+    """The paper's SSD300: VGG16 + extras, 6 maps (38..1), 8732 anchors.
+
+    Scales follow the original Caffe model (0.1, 0.2, 0.37, ..., 1.05), each
+    map taking s_k and sqrt(s_k s_k+1); ratios {1, 2, 1/2} (+ {3, 1/3} on the
+    middle maps); pixels normalised with ImageNet's mean and std.
+    """
+    scales = (0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05)
+    sizes = tuple((scales[k], round((scales[k] * scales[k + 1]) ** 0.5, 4)) for k in range(6))
+    two, three = (1, 2, 0.5), (1, 2, 0.5, 3, 1 / 3)
+    return SSDConfig(
+        name="ssd300_vgg16",
+        backbone="vgg16",
+        channels=(512, 1024, 512, 256, 256, 256),
+        sizes=sizes,
+        ratios=(two, three, three, three, two, two),
+        image_size=300,
+        pixel_mean=(123.675, 116.28, 103.53),
+        pixel_std=(58.395, 57.12, 57.375),
+    )
+
+
+PRESETS = {"tiny_ssd": tiny_ssd, "ssd300_vgg16": ssd300_vgg16}
