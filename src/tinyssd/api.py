@@ -1,0 +1,186 @@
+"""The Python API behind the CLI: load a trained detector, predict, evaluate, demo.
+
+det = tinyssd.load("runs/bananas")
+det.predict("photo.jpg", threshold=0.5)   # [{"boxes", "scores", "labels", "names"}]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from .data.base import IMAGE_SUFFIXES, DataError, read_image
+from .data.dataset import resize_image
+from .engine.checkpoint import read_checkpoint, resolve_weights, split_state
+from .engine.evaluate import predict_batch
+from .engine.train import resolve_device
+from .models import SSD, SSDConfig
+from .viz import draw_detections
+
+log = logging.getLogger("tinyssd")
+
+ImageLike = str | Path | Image.Image | Tensor
+
+
+def _to_tensor(image: ImageLike) -> Tensor:
+    """Any accepted image -> ``Tensor[3, H, W]`` uint8 RGB."""
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        arr = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
+        return arr.permute(2, 0, 1).contiguous()
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+            raise ValueError(
+                f"image tensor must be uint8 (3, H, W), got {image.dtype} {tuple(image.shape)}"
+            )
+        return image
+    raise TypeError(f"cannot read an image from {type(image).__name__}")
+
+
+class Detector:
+    """A trained SSD with its class names, ready to predict on images of any size."""
+
+    def __init__(self, model: SSD, classes: Sequence[str], device: torch.device) -> None:
+        self.model = model.eval().to(device).to(memory_format=torch.channels_last)
+        self.classes = list(classes)
+        self.device = device
+        self.image_size = model.config.image_size
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        threshold: float = 0.5,
+        nms_threshold: float = 0.45,
+        max_detections: int = 200,
+    ) -> list[dict]:
+        """Detections with score >= ``threshold``, one dict per image.
+
+        Returns:
+            per image ``boxes`` Tensor[N, 4] xyxy in that image's pixels,
+            ``scores`` Tensor[N], ``labels`` Tensor[N] (1..C), ``names`` list[str].
+        """
+        many = isinstance(images, (list, tuple))
+        tensors = [_to_tensor(im) for im in (images if many else [images])]
+        sizes = [tuple(t.shape[-2:]) for t in tensors]
+        batch = torch.stack([resize_image(t, self.image_size) for t in tensors]).to(self.device)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        dets = predict_batch(
+            self.model,
+            batch,
+            sizes,
+            score_threshold=max(threshold, 1e-6),
+            nms_threshold=nms_threshold,
+            max_detections=max_detections,
+        )
+        out = []
+        for d in dets:
+            d = {k: v.cpu() for k, v in d.items()}
+            d["names"] = [self.classes[int(i) - 1] for i in d["labels"]]
+            out.append(d)
+        return out
+
+
+def load(run_or_file: str | Path, device: str = "auto") -> Detector:
+    """A Detector from a run folder (its best checkpoint) or a checkpoint file."""
+    path = resolve_weights(run_or_file)
+    tensors, meta = read_checkpoint(path)
+    cfg = meta["config"]
+    model = SSD(cfg["num_classes"], SSDConfig.from_dict(cfg["ssd"]))
+    model.load_state_dict(split_state(tensors, "model."))
+    return Detector(model, cfg["classes"], resolve_device(device))
+
+
+def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
+    files = []
+    for p in map(Path, inputs):
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such image file or folder")
+    return files
+
+
+def predict_files(
+    det: Detector, inputs: Sequence[str | Path], threshold: float = 0.9, out: str | Path = "."
+) -> Iterator[dict]:
+    """Predict each image file, draw its boxes into ``out/NAME.png``, yield a JSON-able dict."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in _image_files(inputs):
+        image = read_image(f)
+        d = det.predict(image, threshold=threshold)[0]
+        picture = out / f"{f.stem}.png"
+        draw_detections(image, d["boxes"], d["scores"], d["labels"], det.classes).save(picture)
+        yield {
+            "image": str(f),
+            "width": int(image.shape[2]),
+            "height": int(image.shape[1]),
+            "boxes": [[round(v, 2) for v in b] for b in d["boxes"].tolist()],
+            "scores": [round(s, 4) for s in d["scores"].tolist()],
+            "labels": d["labels"].tolist(),
+            "names": d["names"],
+            "picture": str(picture),
+        }
+
+
+def evaluate_run(
+    weights: str | Path,
+    data: str | Path,
+    split: str = "val",
+    format: str = "auto",
+    json_out: str | Path | None = None,
+    out: str | Path = ".",
+) -> dict:
+    """``tinyssd eval``: mAP of a trained detector on a split; table, PR curves, JSON."""
+    from .data import DetectionDataset, Report, load_split
+    from .engine.evaluate import evaluate_model
+    from .evaluation import to_json
+    from .evaluation.plot import format_table, plot_pr_curves
+
+    det = load(weights)
+    report = Report()
+    dataset = DetectionDataset(
+        load_split(data, split, format, report), det.image_size, None, report
+    )
+    if report:
+        log.info("data check:\n%s", report.summary())
+    result = evaluate_model(det.model, dataset, 32, det.device)
+    print(format_table(result, det.classes))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("PR curves: %s", plot_pr_curves(result, det.classes, out / "pr_curve.png"))
+    if json_out:
+        Path(json_out).write_text(json.dumps(to_json(result), indent=1))
+    return result
+
+
+# Epochs the demo trains: a few minutes on 2 CPU cores.
+DEMO_EPOCHS = 6
+
+
+def demo(out: str | Path = "runs/demo", epochs: int | None = None) -> Path:
+    """``make demo``: train on the built-in synthetic set, predict on val images."""
+    from .data.synthetic import ensure_synthetic
+    from .engine.train import train
+
+    data = ensure_synthetic()
+    run = train(data=str(data), epochs=epochs or DEMO_EPOCHS, out=str(out))
+    det = load(run)
+    val_images = sorted((Path(data) / "bananas_val" / "images").iterdir())[:8]
+    lines = list(predict_files(det, val_images, threshold=0.5, out=Path(out) / "predictions"))
+    print(f"\nrun folder:        {run}")
+    print(f"training curves:   {Path(run) / 'curves.png'}")
+    print(f"val predictions:   {Path(run) / 'val_predictions.png'}")
+    print(f"predicted images:  {Path(out) / 'predictions'}/ ({len(lines)} PNGs)")
+    return Path(run)

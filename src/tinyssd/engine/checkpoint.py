@@ -1,0 +1,154 @@
+"""Checkpoints: one ``.safetensors`` file holding weights, optimiser, epoch, RNG and config.
+
+Tensors go in the safetensors body under prefixes (``model.``, ``optim.``,
+``rng.``); everything else (epoch, config, optimiser hyper-parameters, Python
+and NumPy RNG states, metric history) is JSON in the header's metadata. Files
+are written to a temporary name in the same folder and renamed over the old
+one, so a crash at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor
+
+from ..data.base import DataError
+
+
+def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The torch, CUDA, Python and NumPy RNG states as (tensors, JSON-able)."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    v, state, gauss = meta["python"]
+    random.setstate((v, tuple(state), gauss))
+    n = meta["numpy"]
+    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
+    tensors, per_param = {}, {}
+    for idx, param_state in state["state"].items():
+        per_param[str(idx)] = {}
+        for key, value in param_state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                per_param[str(idx)][key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": per_param}
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {int(i): dict(v) for i, v in meta["scalars"].items()}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    epoch: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    meta: dict[str, Any] = {"epoch": epoch, "config": config, "extra": extra or {}}
+    if optimizer is not None:
+        opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+        tensors.update({k: v.contiguous() for k, v in opt_tensors.items()})
+    rng_tensors, meta["rng"] = rng_state()
+    tensors.update(rng_tensors)
+    tensors = {k: v.cpu() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"tinyssd": json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a checkpoint; DataError naming the file if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable checkpoint ({e})") from None
+    if "tinyssd" not in header:
+        raise DataError(f"{path}: not a tinyssd checkpoint (no tinyssd metadata)")
+    return tensors, json.loads(header["tinyssd"])
+
+
+def split_state(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def restore(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    rng: bool = True,
+) -> dict[str, Any]:
+    """Load weights (and optimiser and RNG states) into place; returns the metadata."""
+    tensors, meta = read_checkpoint(path)
+    model.load_state_dict(split_state(tensors, "model."))
+    if optimizer is not None and "optimizer" in meta:
+        optimizer.load_state_dict(
+            _unflatten_optimizer(split_state(tensors, "optim."), meta["optimizer"])
+        )
+    if rng:
+        set_rng_state(tensors, meta["rng"])
+    return meta
+
+
+def resolve_weights(run_or_file: str | Path) -> Path:
+    """A checkpoint file from a run folder (best, else last) or the file itself."""
+    p = Path(run_or_file)
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise DataError(f"{p}: run folder has no best.safetensors or last.safetensors")
+    if not p.is_file():
+        raise DataError(f"{p}: no such run folder or checkpoint file")
+    return p

@@ -1,0 +1,184 @@
+"""SSD losses: the chapter's CE + masked L1, and its exercises as options of one loss.
+
+    loss = cls_weight * L_cls + box_weight * L_box
+
+- ``cls``: ``ce`` (cross-entropy) or ``focal`` (softmax focal loss,
+  ``-alpha_t (1 - p_t)^gamma log p_t``, alpha_t = ``alpha`` for objects and
+  ``1 - alpha`` for background).
+- ``box``: ``l1`` or ``smooth_l1`` with ``sigma`` (quadratic for |x| < 1/sigma^2).
+- ``neg_pos``: hard negative mining; per image keep all positives and the
+  ``neg_pos`` x #positives background anchors with the highest class loss.
+- ``normalize``: ``anchors`` (the chapter: per image, class loss averaged over
+  its anchors and box loss over 4A, then the batch mean) or ``positives`` (the
+  paper: sums over the batch divided by its number of positive anchors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    cls: str = "ce"  # "ce" or "focal"
+    gamma: float = 2.0  # focal: focusing exponent
+    alpha: float | None = 0.25  # focal: weight of object anchors (None: no weighting)
+    box: str = "l1"  # "l1" or "smooth_l1"
+    sigma: float = 1.0  # smooth-L1: 1/sigma^2 is where it turns linear
+    neg_pos: float | None = None  # hard negative mining ratio (None: every anchor counts)
+    cls_weight: float = 1.0
+    box_weight: float = 1.0
+    normalize: str = "anchors"  # "anchors" (chapter) or "positives" (paper)
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("cls", ("ce", "focal")),
+            ("box", ("l1", "smooth_l1")),
+            ("normalize", ("anchors", "positives")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"loss {name}={getattr(self, name)!r}: choose from {allowed}")
+
+    @staticmethod
+    def parse(spec: str) -> LossConfig:
+        """``"chapter"``, ``"ssd"`` (smooth-L1, 3:1 mining, per positive) or ``"k=v,k=v"``."""
+        if spec in ("", "chapter"):
+            return LossConfig()
+        if spec == "ssd":
+            return LossConfig(box="smooth_l1", neg_pos=3.0, normalize="positives")
+        types = {f.name: f.type for f in fields(LossConfig)}
+        kw: dict = {}
+        for item in spec.split(","):
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in types:
+                raise ValueError(
+                    f"loss option {item!r}: expected key=value with key in {list(types)}"
+                )
+            if key in ("cls", "box", "normalize"):
+                kw[key] = value.strip()
+            elif value.strip().lower() in ("none", ""):
+                kw[key] = None
+            else:
+                kw[key] = float(value)
+        return LossConfig(**kw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def smooth_l1(x: Tensor, sigma: float = 1.0) -> Tensor:
+    """Elementwise smooth-L1 (Fast R-CNN's, with sigma): 0.5 (sigma x)^2 or |x| - 0.5/sigma^2."""
+    s2 = sigma * sigma
+    ax = x.abs()
+    return torch.where(ax < 1.0 / s2, 0.5 * s2 * x * x, ax - 0.5 / s2)
+
+
+def focal_loss(logits: Tensor, target: Tensor, gamma: float, alpha: float | None) -> Tensor:
+    """Softmax focal loss per anchor.
+
+    Args:
+        logits (Tensor[N, K]), target (Tensor[N] int64, 0 = background).
+    Returns:
+        Tensor[N].
+    """
+    log_p = F.log_softmax(logits, dim=-1).gather(1, target[:, None])[:, 0]
+    loss = -((1 - log_p.exp()) ** gamma) * log_p
+    if alpha is not None:
+        loss = loss * torch.where(target > 0, alpha, 1 - alpha)
+    return loss
+
+
+def hard_negative_mask(cls_loss: Tensor, positive: Tensor, neg_pos: float) -> Tensor:
+    """Anchors that count for the class loss: positives and the hardest negatives.
+
+    Args:
+        cls_loss (Tensor[B, A]): per-anchor class loss.
+        positive (Tensor[B, A] bool).
+    Returns:
+        Tensor[B, A] bool: positives, plus per image the ``neg_pos * #positives``
+        background anchors with the largest loss.
+    """
+    num_neg = (positive.sum(dim=1, keepdim=True) * neg_pos).floor()  # (B, 1)
+    neg_loss = cls_loss.detach().masked_fill(positive, -float("inf"))
+    order = neg_loss.argsort(dim=1, descending=True)
+    rank = order.argsort(dim=1)  # rank of each anchor by loss, 0 = hardest
+    return positive | (rank < num_neg)
+
+
+class MultiBoxLoss(nn.Module):
+    """The SSD loss over a batch. Call with the model outputs and ``multibox_target``'s."""
+
+    def __init__(self, config: LossConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or LossConfig()
+
+    def forward(
+        self,
+        cls_preds: Tensor,
+        cls_labels: Tensor,
+        bbox_preds: Tensor,
+        bbox_labels: Tensor,
+        bbox_masks: Tensor,
+    ) -> dict[str, Tensor]:
+        """Loss and its two parts.
+
+        Args:
+            cls_preds (Tensor[B, A, K]): logits.
+            cls_labels (Tensor[B, A] int64): 0 = background.
+            bbox_preds, bbox_labels, bbox_masks (Tensor[B, 4A]).
+        Returns:
+            ``{"loss", "cls_loss", "box_loss"}``, scalars; ``loss`` is the one to
+            back-propagate.
+        """
+        c = self.config
+        batch, num_anchors, num_classes = cls_preds.shape
+        logits, target = cls_preds.reshape(-1, num_classes).float(), cls_labels.reshape(-1)
+        if c.cls == "focal":
+            cls = focal_loss(logits, target, c.gamma, c.alpha)
+        else:
+            cls = F.cross_entropy(logits, target, reduction="none")
+        cls = cls.reshape(batch, num_anchors)
+        diff = (bbox_preds.float() - bbox_labels) * bbox_masks
+        box = smooth_l1(diff, c.sigma) if c.box == "smooth_l1" else diff.abs()  # (B, 4A)
+
+        positive = cls_labels > 0
+        counted = (
+            hard_negative_mask(cls, positive, c.neg_pos)
+            if c.neg_pos is not None
+            else torch.ones_like(positive)
+        )
+        if c.normalize == "anchors":
+            n_counted = counted.sum(dim=1).clamp(min=1)
+            cls_loss = ((cls * counted).sum(dim=1) / n_counted).mean()
+            box_loss = box.mean(dim=1).mean()
+        else:
+            n_pos = positive.sum().clamp(min=1)
+            cls_loss = (cls * counted).sum() / n_pos
+            box_loss = box.sum() / n_pos
+        loss = c.cls_weight * cls_loss + c.box_weight * box_loss
+        return {"loss": loss, "cls_loss": cls_loss.detach(), "box_loss": box_loss.detach()}
+
+
+def chapter_loss(
+    cls_preds: Tensor,
+    cls_labels: Tensor,
+    bbox_preds: Tensor,
+    bbox_labels: Tensor,
+    bbox_masks: Tensor,
+) -> Tensor:
+    """The chapter's ``calc_loss``: per-image CE mean + masked L1 mean.
+
+    Returns:
+        Tensor[B]: one loss per image (the chapter back-propagates its mean).
+    """
+    batch, _, num_classes = cls_preds.shape
+    cls = F.cross_entropy(
+        cls_preds.reshape(-1, num_classes), cls_labels.reshape(-1), reduction="none"
+    ).reshape(batch, -1)
+    bbox = F.l1_loss(bbox_preds * bbox_masks, bbox_labels * bbox_masks, reduction="none")
+    return cls.mean(dim=1) + bbox.mean(dim=1)
