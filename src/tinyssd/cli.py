@@ -29,6 +29,7 @@ def _train(a: argparse.Namespace) -> None:
         augment=a.augment,
         loss=a.loss,
         compile=a.compile,
+        precision=a.precision,
         workers=a.workers,
     )
 
@@ -124,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         "cls=focal,gamma=2,alpha=0.25,neg_pos=3,cls_weight=1,box_weight=1,normalize=positives",
     )
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="bf16 autocast for the forward pass; auto = bf16 where the hardware has it",
+    )
     t.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     t.set_defaults(func=_train)
 

@@ -71,6 +71,7 @@ class TrainConfig:
     augment: str = "none"
     loss: str = "chapter"
     compile: bool = False
+    precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 where the CPU/GPU has it
     workers: int = 0
     progress: bool = True
 
@@ -81,6 +82,23 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: no CUDA device is available")
     return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the forward pass, or None for plain fp32."""
+    if name == "fp32":
+        return None
+    if name not in ("auto", "bf16"):
+        raise ValueError(f"precision {name!r}: choose from auto, fp32, bf16")
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = (
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    if name == "bf16" and not supported:
+        raise DataError(f"--precision bf16: not supported on this {device.type} device")
+    return torch.bfloat16 if supported else None
 
 
 def seed_everything(seed: int) -> None:
@@ -200,6 +218,7 @@ def train_one_epoch(
     num_batches: int,
     desc: str,
     progress: bool,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     model.train()
     meter = EpochMeter(device)
@@ -217,7 +236,8 @@ def train_one_epoch(
         t0 = time.perf_counter()
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         labels = labels.to(device, non_blocking=True)
-        anchors, cls_preds, bbox_preds = step_model(images)
+        with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
+            anchors, cls_preds, bbox_preds = step_model(images)
         bbox_labels, bbox_masks, cls_labels = make_targets(anchors, labels)
         out = loss_fn(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)
         optimizer.zero_grad(set_to_none=True)
@@ -316,6 +336,7 @@ def train(**kwargs) -> Path:
     loss_fn = MultiBoxLoss(loss_cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     config = run_config(cfg, model, train_ds.classes, loss_cfg)
+    autocast_dtype = resolve_precision(cfg.precision, device)
 
     start_epoch, rows, best_ap = 0, [], -1.0
     if resume_file is not None:
@@ -351,6 +372,7 @@ def train(**kwargs) -> Path:
                 num_batches,
                 f"epoch {epoch + 1}/{cfg.epochs}",
                 cfg.progress and main,
+                autocast_dtype,
             )
         )
         if main and len(val_ds):
