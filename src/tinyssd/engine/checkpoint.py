@@ -66,7 +66,7 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
 def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
     state: dict[int, dict] = {int(i): dict(v) for i, v in meta["scalars"].items()}
     for name, value in tensors.items():
-        _, idx, key = name.split(".", 2)
+        idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
