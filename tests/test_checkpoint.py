@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tinyssd.data.base import DataError
-from tinyssd.engine.checkpoint import read_checkpoint, restore, resolve_weights, save_checkpoint
+from tinyssd.engine.checkpoint import read_checkpoint, resolve_weights, restore, save_checkpoint
 from tinyssd.models import TinySSD
 
 
@@ -16,7 +16,8 @@ def _model_and_optimizer():
     torch.manual_seed(0)
     model = TinySSD(2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    model(torch.rand(2, 3, 64, 64) * 255)[1].sum().backward()
+    _, cls_preds, bbox_preds = model(torch.rand(2, 3, 64, 64) * 255)
+    (cls_preds.sum() + bbox_preds.sum()).backward()
     opt.step()  # momentum buffers exist now
     return model, opt
 
