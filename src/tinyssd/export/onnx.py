@@ -31,7 +31,7 @@ class ExportWrapper(nn.Module):
 
 
 def export_onnx(weights: str | Path, out: str | Path, opset: int = 17) -> Path:
-    """Write ``out`` (.onnx) for the checkpoint or run folder ``weights``; class names in metadata."""
+    """Write ``out`` (.onnx) for a checkpoint or run folder; class names go in its metadata."""
     from ..api import load
 
     det = load(weights, device="cpu")
