@@ -1,0 +1,33 @@
+"""Shared bits of the benchmark scripts: where the reference lives, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REFERENCE = SHARED / "reference"
+BANANAS = SHARED / "data" / "banana-detection"
+
+
+def chapter_module():
+    """The chapter's code (``../shared/reference/chapter_tinyssd.py``), or None if absent."""
+    if not (REFERENCE / "chapter_tinyssd.py").is_file():
+        return None
+    sys.path.insert(0, str(REFERENCE))
+    try:
+        import chapter_tinyssd
+    except ImportError as e:  # d2l not installed
+        print(f"chapter baseline unavailable: {e}", file=sys.stderr)
+        return None
+    return chapter_tinyssd
+
+
+def emit(result: dict, out: str | None) -> None:
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
