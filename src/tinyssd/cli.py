@@ -21,6 +21,7 @@ def _train(a: argparse.Namespace) -> None:
         batch_size=a.batch_size,
         lr=a.lr,
         weight_decay=a.weight_decay,
+        momentum=a.momentum,
         image_size=a.image_size,
         out=a.out,
         seed=a.seed,
@@ -31,6 +32,7 @@ def _train(a: argparse.Namespace) -> None:
         compile=a.compile,
         precision=a.precision,
         workers=a.workers,
+        stop_ap50=a.stop_ap50,
     )
 
 
@@ -108,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=0.2)
     t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (chapter: 0)")
     t.add_argument("--image-size", type=int, default=256)
     t.add_argument("--out", help="run folder (default runs/NAME)")
     t.add_argument("--seed", type=int, default=0)
@@ -132,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 autocast for the forward pass; auto = bf16 where the hardware has it",
     )
     t.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    t.add_argument("--stop-ap50", type=float, help="stop once val AP50 reaches this value")
     t.set_defaults(func=_train)
 
     pr = sub.add_parser("predict", help="draw and print detections for images")

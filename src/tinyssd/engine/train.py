@@ -63,6 +63,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 0.2
     weight_decay: float = 5e-4
+    momentum: float = 0.0  # SGD momentum (the chapter uses none)
     image_size: int = 256
     out: str | None = None
     seed: int = 0
@@ -74,6 +75,7 @@ class TrainConfig:
     precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 where the CPU/GPU has it
     workers: int = 0
     progress: bool = True
+    stop_ap50: float | None = None  # stop once val AP50 reaches this (time-to-accuracy runs)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -334,7 +336,9 @@ def train(**kwargs) -> Path:
     model = model.to(memory_format=torch.channels_last)
     loss_cfg = LossConfig.parse(cfg.loss)
     loss_fn = MultiBoxLoss(loss_cfg)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     config = run_config(cfg, model, train_ds.classes, loss_cfg)
     autocast_dtype = resolve_precision(cfg.precision, device)
 
