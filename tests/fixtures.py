@@ -29,3 +29,21 @@ def write_tiny_bananas(
             Image.fromarray(img).save(folder / name)
         write_bananas(root, split, rows)
     return root
+
+
+def save_untrained_checkpoint(path: Path, classes: list[str], image_size: int = 128) -> Path:
+    """A checkpoint of a fresh TinySSD, as a training run would write it."""
+    import torch
+
+    from tinyssd.engine.checkpoint import save_checkpoint
+    from tinyssd.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny_ssd", len(classes), image_size=image_size)
+    config = {
+        "model": "tiny_ssd",
+        "num_classes": len(classes),
+        "classes": classes,
+        "ssd": model.config.to_dict(),
+    }
+    return save_checkpoint(path, model, config)
