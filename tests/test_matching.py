@@ -1,0 +1,228 @@
+"""Anchor labelling: the chapter's multibox_target, batched, with its two bugs fixed."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinyssd.matching as matching
+from tinyssd.anchors import AnchorGenerator
+from tinyssd.boxes import box_iou, encode_offsets
+from tinyssd.matching import match_anchors, multibox_target
+from tinyssd.models.config import tiny_ssd
+
+d2l = pytest.importorskip("d2l.torch")
+
+
+def _tiny_anchors() -> torch.Tensor:
+    config = tiny_ssd()
+    shapes = [(32, 32), (16, 16), (8, 8), (4, 4), (1, 1)]
+    return AnchorGenerator(config.sizes, config.ratios)(shapes, "cpu")
+
+
+TINY_ANCHORS = _tiny_anchors()  # (5444, 4)
+
+
+def _random_boxes(g: torch.Generator, *shape: int) -> torch.Tensor:
+    """Boxes of varied sizes (sides e^-4 = 0.018 to 1), clipped to the image."""
+    centre = torch.rand(*shape, 2, generator=g)
+    half = torch.empty(*shape, 2).uniform_(-4, 0, generator=g).exp() / 2
+    return torch.cat(((centre - half).clamp(0, 1), (centre + half).clamp(0, 1)), dim=-1)
+
+
+def _random_labels(g: torch.Generator, batch: int, num_gt: int, num_classes: int = 3):
+    """``Tensor[B, M, 5]`` rows (class, x1, y1, x2, y2), no padding."""
+    cls = torch.randint(0, num_classes, (batch, num_gt, 1), generator=g).float()
+    return torch.cat((cls, _random_boxes(g, batch, num_gt)), dim=-1)
+
+
+def _assert_same_targets(ours, chapter):
+    names = ("bbox_offset", "bbox_mask", "class_labels")
+    for name, a, b in zip(names, ours, chapter, strict=True):
+        assert a.dtype == b.dtype, name
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_equals_chapter_on_tiny_ssd_anchors(seed):
+    g = torch.Generator().manual_seed(seed)
+    batch, num_gt = (int(v) for v in torch.randint(1, 9, (2,), generator=g))
+    labels = _random_labels(g, batch, num_gt)
+    _assert_same_targets(
+        multibox_target(TINY_ANCHORS[None], labels),
+        d2l.multibox_target(TINY_ANCHORS[None], labels),
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_equals_chapter_on_small_random_anchor_sets(seed):
+    # few anchors: boxes compete for the same anchors and some IoUs are all zero
+    g = torch.Generator().manual_seed(1000 + seed)
+    num_anchors = int(torch.randint(8, 40, (1,), generator=g))
+    anchors = _random_boxes(g, 1, num_anchors)
+    batch, num_gt = (int(v) for v in torch.randint(1, 9, (2,), generator=g))
+    labels = _random_labels(g, batch, num_gt)
+    _assert_same_targets(multibox_target(anchors, labels), d2l.multibox_target(anchors, labels))
+
+
+def test_docstring_worked_example(monkeypatch):
+    # match_anchors' docstring example: 3 anchors x 2 boxes, threshold 0.5.
+    #   step 1: anchors 0 (0.9) and 1 (0.6) reach 0.5 on box 0.
+    #   step 2 (greedy, the chapter's loop): the largest IoU, 0.9, gives anchor 0 to box 0;
+    #   with anchor 0 and box 0 removed the largest is anchor 1's 0.4 with box 1, which
+    #   overrides step 1; anchor 2 (0.3 < 0.5) stays background.
+    iou = torch.tensor([[0.9, 0.0], [0.6, 0.4], [0.1, 0.3]])  # (A, M)
+    monkeypatch.setattr(matching, "batched_box_iou", lambda a, b: iou.T[None].clone())
+    matched = match_anchors(torch.zeros(3, 4), torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=bool))
+    assert matched.tolist() == [[0, 1, -1]]
+    # the chapter's assign_anchor_to_bbox on the same IoU matrix agrees
+    monkeypatch.setattr(d2l, "box_iou", lambda a, b: iou.clone())
+    chapter = d2l.assign_anchor_to_bbox(torch.zeros(2, 4), torch.zeros(3, 4), "cpu")
+    assert chapter.tolist() == [0, 1, -1]
+
+
+def test_chapter_anchor_labelling_example():
+    # the anchor chapter's example: a dog (class 0) and a cat (class 1), five anchors
+    ground_truth = torch.tensor([[0, 0.1, 0.08, 0.52, 0.92], [1, 0.55, 0.2, 0.9, 0.88]])
+    anchors = torch.tensor(
+        [
+            [0, 0.1, 0.2, 0.3],
+            [0.15, 0.2, 0.4, 0.4],
+            [0.63, 0.05, 0.88, 0.98],
+            [0.66, 0.45, 0.8, 0.8],
+            [0.57, 0.3, 0.92, 0.9],
+        ]
+    )
+    offset, mask, cls = multibox_target(anchors[None], ground_truth[None])
+    assert cls.tolist() == [[0, 1, 2, 0, 2]]
+    assert mask.tolist() == [[0.0] * 4 + [1.0] * 8 + [0.0] * 4 + [1.0] * 4]
+    expected = torch.tensor(
+        [
+            [0, 0, 0, 0],
+            [1.4, 10.0, 2.59, 7.18],
+            [-1.2, 0.269, 1.68, -1.57],
+            [0, 0, 0, 0],
+            [-0.571, -1.0, 0.00000417, 0.626],
+        ]
+    ).reshape(1, -1)
+    torch.testing.assert_close(offset, expected, rtol=0, atol=1e-2)
+
+
+def _pad(labels_per_image: list[torch.Tensor]) -> torch.Tensor:
+    """Stack images with different box counts, padding with all -1 rows (the chapter's),
+    at least one row (as ``tinyssd.data``'s collate)."""
+    num_gt = max(1, *(len(lab) for lab in labels_per_image))
+    out = torch.full((len(labels_per_image), num_gt, 5), -1.0)
+    for i, lab in enumerate(labels_per_image):
+        out[i, : len(lab)] = lab
+    return out
+
+
+def test_padding_rows_never_take_an_anchor():
+    g = torch.Generator().manual_seed(0)
+    per_image = [_random_labels(g, 1, m)[0] for m in (1, 4, 2, 3)]
+    padded = _pad(per_image)
+    offset, mask, cls = multibox_target(TINY_ANCHORS, padded)
+    for i, lab in enumerate(per_image):
+        alone = multibox_target(TINY_ANCHORS, lab[None])
+        _assert_same_targets((offset[i : i + 1], mask[i : i + 1], cls[i : i + 1]), alone)
+        _assert_same_targets(alone, d2l.multibox_target(TINY_ANCHORS[None], lab[None]))
+    # a masked (foreground) anchor always has an object class
+    assert torch.equal(mask.reshape(4, -1, 4)[..., 0] > 0, cls > 0)
+
+    # the chapter's loop lets each padding row take an anchor: foreground, class -1 + 1 = 0
+    d2l_offset, d2l_mask, d2l_cls = d2l.multibox_target(TINY_ANCHORS[None], padded)
+    stolen = (d2l_mask.reshape(4, -1, 4)[..., 0] > 0) & (d2l_cls == 0)  # (B, A)
+    assert stolen.sum(dim=1).tolist() == [3, 0, 2, 1]  # one anchor per padding row
+    assert not torch.equal(d2l_mask, mask)
+
+
+def test_image_with_only_padding_is_all_background():
+    labels = _pad([torch.tensor([[0, 0.1, 0.1, 0.5, 0.5]]), torch.empty(0, 5)])
+    offset, mask, cls = multibox_target(TINY_ANCHORS, labels)
+    assert cls[1].eq(0).all() and mask[1].eq(0).all() and offset[1].eq(0).all()
+    assert cls[0].gt(0).any()
+    assert torch.isfinite(offset).all()
+
+
+def test_float_division_bug():
+    # The chapter finds the best pair by argmax over the flattened (A, M) IoU matrix and
+    # recovers the anchor as (max_idx / M).long(): float32 division. With M = 8 boxes and
+    # anchors past index 2^21, max_idx = 8a + b passes 2^24, where float32 steps by 2:
+    # for b = 7, 8a + 7 rounds (ties to even) up to 8a + 8, and (8a + 8) / 8 = a + 1.
+    num_gt, first = 8, 2**21
+    num_anchors = first + 64
+    # filler anchors: far from every box (IoU 0)
+    anchors = torch.tensor([0.9, 0.9, 0.95, 0.95]).repeat(num_anchors, 1)
+    gt = torch.zeros(num_gt, 4)
+    best = []
+    for b in range(num_gt):
+        gt[b] = torch.tensor([0.1 * b, 0.1, 0.1 * b + 0.1, 0.5])
+        # box b's only overlapping anchor: a left part of it, IoU 0.3 + 0.02 b < 0.5, so
+        # it is matched by the greedy step alone
+        a = first + 1 + 4 * b
+        anchors[a] = torch.tensor([0.1 * b, 0.1, 0.1 * b + 0.1 * (0.3 + 0.02 * b), 0.5])
+        best.append(a)
+    assert num_anchors * num_gt > 2**24
+    assert float(torch.tensor(8 * best[7] + 7, dtype=torch.float32)) == 8 * best[7] + 8
+    labels = torch.cat((torch.arange(num_gt, dtype=torch.float32)[:, None] % 3, gt), 1)[None]
+
+    _, _, cls = multibox_target(anchors, labels)
+    foreground = cls[0].nonzero().flatten()
+    assert foreground.tolist() == best
+    assert cls[0, foreground].tolist() == [b % 3 + 1 for b in range(num_gt)]
+
+    _, _, d2l_cls = d2l.multibox_target(anchors[None], labels)
+    d2l_foreground = d2l_cls[0].nonzero().flatten().tolist()
+    assert d2l_foreground == best[:7] + [best[7] + 1]  # box 7 went to the wrong anchor
+
+
+@pytest.mark.xfail(
+    strict=True, raises=IndexError, reason="match_anchors: max() over an empty box axis"
+)
+def test_batch_without_any_box_is_all_background():
+    # labels Tensor[B, 0, 5]: a batch of images without objects, unpadded
+    offset, mask, cls = multibox_target(TINY_ANCHORS, torch.empty(2, 0, 5))
+    assert cls.eq(0).all() and mask.eq(0).all() and offset.eq(0).all()
+
+
+@st.composite
+def _batches(draw):
+    """Anchors (A 8..60) and a padded batch (B 1..4, up to 6 boxes per image)."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    counts = draw(st.lists(st.integers(0, 6), min_size=1, max_size=4))
+    g = torch.Generator().manual_seed(seed)
+    anchors = _random_boxes(g, draw(st.integers(8, 60)))
+    per_image = [_random_labels(g, 1, m, num_classes=5)[0] for m in counts]
+    return anchors, per_image
+
+
+@settings(max_examples=60, deadline=None)
+@given(_batches())
+def test_target_invariants(batch):
+    anchors, per_image = batch
+    labels = _pad(per_image)
+    offset, mask, cls = multibox_target(anchors, labels)
+    matched = match_anchors(anchors, labels[..., 1:], labels[..., 0] >= 0)
+    num_anchors = len(anchors)
+    assert offset.shape == mask.shape == (len(per_image), 4 * num_anchors)
+    assert cls.shape == (len(per_image), num_anchors) and cls.dtype == torch.int64
+    for i, lab in enumerate(per_image):
+        m = matched[i]
+        # every ground-truth box has at least one anchor
+        assert set(m[m >= 0].tolist()) == set(range(len(lab)))
+        # an anchor with IoU >= 0.5 with some box is foreground
+        if len(lab):
+            iou = box_iou(anchors, lab[:, 1:])
+            assert (m[iou.max(dim=1).values >= 0.5] >= 0).all()
+        # class label = class + 1 of the matched box, 0 for background
+        expected_cls = torch.zeros(num_anchors, dtype=torch.int64)
+        expected_cls[m >= 0] = lab[m[m >= 0], 0].long() + 1
+        assert torch.equal(cls[i], expected_cls)
+        # mask is 1 exactly on the 4 values of matched anchors; offsets 0 where mask is 0
+        assert torch.equal(mask[i].reshape(-1, 4), (m >= 0)[:, None].float().expand(-1, 4))
+        assert (offset[i][mask[i] == 0] == 0).all()
+        fg = m >= 0
+        torch.testing.assert_close(
+            offset[i].reshape(-1, 4)[fg], encode_offsets(anchors[fg], lab[m[fg], 1:])
+        )

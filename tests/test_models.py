@@ -1,0 +1,146 @@
+"""Networks: TinySSD layer for layer as the chapter's, SSD300's 8732 anchors, configs."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinyssd.anchors import multibox_prior
+from tinyssd.models import PRESETS, SSDConfig, TinySSD, build_model, ssd300_vgg16, tiny_ssd
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return TinySSD(1).eval()
+
+
+@pytest.fixture(scope="module")
+def chapter():
+    """The chapter's code (needs ../shared/reference and d2l)."""
+    if not (REFERENCE / "chapter_tinyssd.py").is_file():
+        pytest.skip("../shared/reference is absent")
+    pytest.importorskip("d2l.torch")
+    sys.path.insert(0, str(REFERENCE))
+    try:
+        import chapter_tinyssd
+    finally:
+        sys.path.remove(str(REFERENCE))
+    return chapter_tinyssd
+
+
+def test_tiny_ssd_output_shapes_at_256(tiny):
+    with torch.no_grad():
+        anchors, cls_preds, bbox_preds = tiny(torch.rand(2, 3, 256, 256) * 255)
+    # maps 32, 16, 8, 4, 1; 4 anchors per cell: 4 * (1024 + 256 + 64 + 16 + 1) = 5444
+    assert anchors.shape == (1, 5444, 4)
+    assert cls_preds.shape == (2, 5444, 2)
+    assert bbox_preds.shape == (2, 4 * 5444)
+
+
+def test_tiny_ssd_anchors_follow_the_feature_maps_at_384(tiny):
+    with torch.no_grad():
+        anchors, cls_preds, bbox_preds = tiny(torch.rand(1, 3, 384, 384) * 255)
+    sides = (48, 24, 12, 6, 1)
+    num_anchors = 4 * sum(s * s for s in sides)
+    assert num_anchors == 12244
+    assert anchors.shape == (1, num_anchors, 4)
+    assert cls_preds.shape == (1, num_anchors, 2)
+    assert bbox_preds.shape == (1, 4 * num_anchors)
+    config = tiny_ssd()
+    expected = torch.cat(
+        [
+            multibox_prior(torch.zeros(1, 1, s, s), sizes, ratios)[0]
+            for s, sizes, ratios in zip(sides, config.sizes, config.ratios)
+        ]
+    )
+    assert torch.equal(anchors[0], expected)
+
+
+def test_uint8_input_equals_float_input(tiny):
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    with torch.no_grad():
+        from_uint8 = tiny(images)
+        from_float = tiny(images.float())
+    for a, b in zip(from_uint8, from_float, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_num_classes_sets_the_class_head_width():
+    model = TinySSD(3).eval()
+    with torch.no_grad():
+        _, cls_preds, _ = model(torch.zeros(1, 3, 64, 64))
+    # maps 8, 4, 2, 1, 1 at 64 px
+    assert cls_preds.shape == (1, 4 * (64 + 16 + 4 + 1 + 1), 4)
+
+
+def _chapter_name(ours: str) -> str:
+    """``backbone.blk_i.X`` -> ``blk_i.X``, ``cls_heads.i.X`` -> ``cls_i.X``, bbox likewise."""
+    head, rest = ours.split(".", 1)
+    if head == "backbone":
+        return rest
+    index, param = rest.split(".", 1)
+    return f"{head.removesuffix('_heads')}_{index}.{param}"
+
+
+def test_parameters_match_the_chapter_one_to_one(tiny, chapter):
+    ref = chapter.TinySSD(num_classes=1)
+    assert sum(p.numel() for p in tiny.parameters()) == sum(p.numel() for p in ref.parameters())
+    ours, theirs = tiny.state_dict(), ref.state_dict()
+    mapped = [_chapter_name(k) for k in ours]
+    assert sorted(mapped) == sorted(theirs)
+    for name, key in zip(ours, mapped, strict=True):
+        assert ours[name].shape == theirs[key].shape, name
+    # within each kind (backbone, class heads, box heads) the order is the chapter's
+    for kind in ("blk_", "cls_", "bbox_"):
+        assert [k for k in mapped if k.startswith(kind)] == [
+            k for k in theirs if k.startswith(kind)
+        ]
+
+
+def test_chapter_weights_give_the_chapter_outputs(tiny, chapter):
+    torch.manual_seed(1)
+    ref = chapter.TinySSD(num_classes=1)
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        ref.train()(torch.rand(4, 3, 64, 64) * 255)
+    ref.eval()
+    model = TinySSD(1).eval()
+    state = ref.state_dict()
+    model.load_state_dict({k: state[_chapter_name(k)] for k in model.state_dict()})
+    images = torch.rand(2, 3, 256, 256) * 255
+    with torch.no_grad():
+        for a, b in zip(model(images), ref(images), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ssd300_vgg16_has_8732_anchors():
+    model = build_model("ssd300_vgg16", num_classes=20).eval()
+    with torch.no_grad():
+        anchors, cls_preds, bbox_preds = model(torch.zeros(1, 3, 300, 300, dtype=torch.uint8))
+    # maps 38, 19, 10, 5, 3, 1 with 4, 6, 6, 6, 4, 4 anchors per cell:
+    # 5776 + 2166 + 600 + 150 + 36 + 4 = 8732
+    assert anchors.shape == (1, 8732, 4)
+    assert cls_preds.shape == (1, 8732, 21)
+    assert bbox_preds.shape == (1, 4 * 8732)
+    assert ssd300_vgg16().anchors_per_cell() == [4, 6, 6, 6, 4, 4]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_config_dict_round_trip(name):
+    config = PRESETS[name]()
+    assert SSDConfig.from_dict(config.to_dict()) == config
+    # through JSON, where tuples come back as lists (the run folder's config file)
+    assert SSDConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_build_model_overrides_and_rejects_unknown_names():
+    model = build_model("tiny_ssd", 2, ratios=((1, 2),) * 5)
+    assert model.config.anchors_per_cell() == [3] * 5
+    assert model.cls_heads[0].out_channels == 3 * 3
+    with pytest.raises(ValueError, match="unknown model 'yolo'"):
+        build_model("yolo", 1)
