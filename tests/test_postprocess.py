@@ -228,12 +228,6 @@ def test_random_batch_invariants():
             assert (iou <= 0.45).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="postprocess_detections indexes anchors[None] as (1, A, 4): the model's "
-    "(1, A, 4) anchors broadcast to (1, B, A, 4)",
-)
 def test_accepts_the_models_anchors_as_multibox_detection_does():
     anchors = ANCHORS[None]  # Tensor[1, A, 4], as the model returns them
     deltas = torch.zeros(1, len(ANCHORS), 4)

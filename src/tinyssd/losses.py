@@ -64,7 +64,10 @@ class LossConfig:
             elif value.strip().lower() in ("none", ""):
                 kw[key] = None
             else:
-                kw[key] = float(value)
+                try:
+                    kw[key] = float(value)
+                except ValueError:
+                    raise ValueError(f"loss option {item!r}: {value!r} is not a number") from None
         return LossConfig(**kw)
 
     def to_dict(self) -> dict:

@@ -39,6 +39,8 @@ def match_anchors(
     Returns:
         Tensor[B, A] int64: the matched box index, -1 for background.
     """
+    if gt_boxes.shape[1] == 0:  # no boxes at all in the batch: all background
+        return torch.full((gt_boxes.shape[0], len(anchors)), -1, device=anchors.device)
     iou = batched_box_iou(anchors, gt_boxes)  # (B, M, A)
     iou.masked_fill_(~gt_valid[..., None], -1.0)
     best_iou, best_gt = iou.max(dim=1)  # (B, A): each anchor's best box
@@ -79,6 +81,8 @@ def multibox_target(
         class_labels (Tensor[B, A] int64): matched class + 1, 0 for background.
     """
     anchors = anchors.reshape(-1, 4)
+    if labels.shape[1] == 0:  # no boxes in the batch: one padding row keeps the shapes simple
+        labels = labels.new_full((labels.shape[0], 1, 5), -1.0)
     gt_class, gt_boxes = labels[..., 0], labels[..., 1:]
     matched = match_anchors(anchors, gt_boxes, gt_class >= 0, iou_threshold)  # (B, A)
     foreground = matched >= 0

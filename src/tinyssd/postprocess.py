@@ -85,7 +85,7 @@ def postprocess_detections(
     Args:
         cls_logits (Tensor[B, A, K]): raw class scores, background at index 0.
         box_deltas (Tensor[B, A, 4] or Tensor[B, 4A]): predicted offsets.
-        anchors (Tensor[A, 4]): normalised xyxy.
+        anchors (Tensor[A, 4] or Tensor[1, A, 4]): normalised xyxy.
         image_sizes: per image (height, width); boxes are scaled to those
             pixels, else they stay normalised.
     Returns:
@@ -93,6 +93,7 @@ def postprocess_detections(
         ``labels`` Tensor[N] int64 in 1..C, sorted by descending score.
     """
     batch, num_anchors, num_classes = cls_logits.shape
+    anchors = anchors.reshape(-1, 4)
     scores = torch.softmax(cls_logits.float(), dim=-1)[..., 1:]  # (B, A, C)
     boxes = decode_offsets(anchors[None], box_deltas.float().reshape(batch, num_anchors, 4))
     flat = scores.reshape(batch, -1)  # (B, A*C), index = anchor * C + class - 1
