@@ -1,0 +1,61 @@
+"""PR-curve PNG and text table of an evaluation result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyssd.evaluation import evaluate
+from tinyssd.evaluation.plot import format_table, plot_pr_curves
+
+CLASSES = ["banana", "cherry", "durian"]
+
+
+@pytest.fixture(scope="module")
+def result() -> dict:
+    """Two images: banana found once of twice, cherry found, durian absent, label 4 unnamed."""
+    targets = [
+        {"boxes": np.array([[0.0, 0, 40, 40], [50, 50, 90, 90]]), "labels": np.array([1, 2])},
+        {"boxes": np.array([[10.0, 10, 30, 30], [0, 0, 5, 5]]), "labels": np.array([1, 4])},
+    ]
+    predictions = [
+        {
+            "boxes": np.array([[1.0, 1, 40, 41], [50, 50, 90, 90], [60, 0, 80, 20]]),
+            "scores": np.array([0.9, 0.8, 0.7]),
+            "labels": np.array([1, 2, 1]),
+        },
+        {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)},
+    ]
+    return evaluate(predictions, targets)
+
+
+def test_pr_curve_png_is_written(result: dict, tmp_path: Path) -> None:
+    path = plot_pr_curves(result, CLASSES, tmp_path / "curves" / "pr.png")
+    assert path == tmp_path / "curves" / "pr.png"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_table_has_every_class_its_counts_and_the_coco_numbers(result: dict) -> None:
+    table = format_table(result, CLASSES)
+    lines = table.splitlines()
+    banana = next(line for line in lines if line.startswith("banana"))
+    # 2 boxes, 2 detections; AP50 of the curve TP, FP with 2 boxes: precision 1
+    # up to recall 1/2 (51 of 101 points) -> 0.505.
+    assert banana.split()[:4] == ["banana", "2", "2", f"{result['per_class'][1]['AP50']:.3f}"]
+    assert result["per_class"][1]["AP50"] == pytest.approx(51 / 101)
+    assert next(line for line in lines if line.startswith("cherry")).split()[1:4] == [
+        "1",
+        "1",
+        "1.000",
+    ]
+    durian = next(line for line in lines if line.startswith("durian")).split()
+    assert durian[1:] == ["0", "0", "-", "-", "-"]
+    assert any(line.startswith("class 4") for line in lines)
+    overall = next(line for line in lines if line.startswith("all")).split()
+    assert overall[1:3] == ["4", "3"]
+    for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"):
+        value = result[key]
+        assert f"{key} {value:.3f}" in table or (value == -1 and f"{key} -" in table)
