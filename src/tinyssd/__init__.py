@@ -18,6 +18,7 @@ from .boxes import (
     encode_offsets,
 )
 from .engine.train import train
+from .evaluation import evaluate
 from .losses import LossConfig, MultiBoxLoss
 from .matching import match_anchors, multibox_target
 from .models import SSD, SSDConfig, TinySSD, build_model
@@ -40,6 +41,7 @@ __all__ = [
     "build_model",
     "decode_offsets",
     "encode_offsets",
+    "evaluate",
     "load",
     "match_anchors",
     "multibox_detection",
