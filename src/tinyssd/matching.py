@@ -27,10 +27,10 @@ def match_anchors(
 
     Example (one image, 3 anchors x 2 boxes, threshold 0.5)::
 
-        IoU = [[0.9, 0.0],     anchor 0: best 0.9 >= 0.5     -> box 0
-               [0.6, 0.4],     anchor 1: best 0.6 >= 0.5     -> box 0
-               [0.1, 0.3]]     anchor 2: best 0.3; box 1's best remaining -> box 1
-        matched = [0, 0, 1]
+        IoU = [[0.9, 0.0],     step 1: anchor 0 -> box 0 (0.9), anchor 1 -> box 0 (0.6)
+               [0.6, 0.4],     step 2: box 0 takes anchor 0 (0.9); of what remains,
+               [0.1, 0.3]]     box 1's best is anchor 1 (0.4), which it takes over
+        matched = [0, 1, -1]   (the chapter's assign_anchor_to_bbox gives the same)
 
     Args:
         anchors (Tensor[A, 4]): normalised xyxy.
