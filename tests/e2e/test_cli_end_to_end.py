@@ -69,7 +69,7 @@ def test_predict_writes_pictures_and_json_lines(synth, run, tmp_path, capsys):
             "--weights",
             str(run),
             "--threshold",
-            "0.5",
+            "0.3",
             "--out",
             str(tmp_path),
         ]
@@ -80,7 +80,7 @@ def test_predict_writes_pictures_and_json_lines(synth, run, tmp_path, capsys):
     classes = json.loads((run / "config.json").read_text())["classes"]
     assert sum(len(d["boxes"]) for d in lines) > 0
     for d in lines:
-        assert set(d["names"]) <= set(classes) and all(s >= 0.5 for s in d["scores"])
+        assert set(d["names"]) <= set(classes) and all(s >= 0.3 for s in d["scores"])
         for x1, y1, x2, y2 in d["boxes"]:
             assert -1 <= x1 < x2 <= d["width"] + 1 and -1 <= y1 < y2 <= d["height"] + 1
         assert (tmp_path / (d["image"].rsplit("/", 1)[1].rsplit(".", 1)[0] + ".png")).is_file()

@@ -170,8 +170,6 @@ def clip_to_image(record: Record, size: tuple[int, int], report: Report) -> Reco
     """
     h, w = size
     b = record.boxes
-    if len(b) == 0:
-        return record
     clipped = b.clone()
     clipped[:, 0::2] = clipped[:, 0::2].clamp(0, w)
     clipped[:, 1::2] = clipped[:, 1::2].clamp(0, h)
