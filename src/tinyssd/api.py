@@ -190,7 +190,7 @@ def demo(out: str | Path = "runs/demo", epochs: int | None = None) -> Path:
     run = train(data=str(data), epochs=epochs or DEMO_EPOCHS, out=str(out))
     det = load(run)
     val_images = sorted((Path(data) / "bananas_val" / "images").iterdir())[:8]
-    lines = list(predict_files(det, val_images, threshold=0.5, out=Path(out) / "predictions"))
+    lines = list(predict_files(det, val_images, threshold=0.3, out=Path(out) / "predictions"))
     print(f"\nrun folder:        {run}")
     print(f"training curves:   {Path(run) / 'curves.png'}")
     print(f"val predictions:   {Path(run) / 'val_predictions.png'}")

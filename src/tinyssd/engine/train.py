@@ -52,6 +52,10 @@ METRIC_COLUMNS = [
 ]
 
 
+# Boxes drawn in val_predictions.png: low enough to show what a young model finds.
+VAL_PICTURE_THRESHOLD = 0.3
+
+
 @dataclass
 class TrainConfig:
     """What ``tinyssd train`` was asked to do; written to ``config.json``."""
@@ -287,14 +291,14 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 def save_val_predictions(
     model: torch.nn.Module, dataset: DetectionDataset, path: Path, device, count: int = 8
 ) -> None:
-    """A grid of val images with their boxes of score >= 0.5 drawn."""
+    """A grid of val images with their boxes of score >= VAL_PICTURE_THRESHOLD drawn."""
     subset_idx = list(range(min(count, len(dataset))))
     if not subset_idx:
         return
     dets = predict_dataset(model, dataset, 32, device, indices=subset_idx)
     pictures = []
     for i, d in zip(subset_idx, dets, strict=True):
-        keep = d["scores"] >= 0.5
+        keep = d["scores"] >= VAL_PICTURE_THRESHOLD
         image = read_image(dataset.records[i].image)
         pictures.append(
             draw_detections(
