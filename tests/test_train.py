@@ -65,3 +65,9 @@ def test_resume_continues_bit_exact(tiny_data, tmp_path, augment):
         assert torch.equal(a[k], b[k]), k
     with (resumed / "metrics.csv").open() as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_stop_ap50_ends_training_once_reached(tiny_data, tmp_path):
+    run = _train(tiny_data, tmp_path / "stop", epochs=5, stop_ap50=0.0)
+    with (run / "metrics.csv").open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]

@@ -412,6 +412,9 @@ def train(**kwargs) -> Path:
                 save_checkpoint(
                     out / "best.safetensors", model, config, optimizer, epoch + 1, extra
                 )
+        if cfg.stop_ap50 is not None and row.get("val_AP50", -1.0) >= cfg.stop_ap50:
+            log.info("val AP50 %.3f >= %.3f: stopping", row["val_AP50"], cfg.stop_ap50)
+            break
     if main:
         if len(val_ds):
             save_val_predictions(model, val_ds, out / "val_predictions.png", device)
