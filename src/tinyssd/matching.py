@@ -41,28 +41,34 @@ def match_anchors(
     """
     if gt_boxes.shape[1] == 0:  # no boxes at all in the batch: all background
         return torch.full((gt_boxes.shape[0], len(anchors)), -1, device=anchors.device)
-    iou = batched_box_iou(anchors, gt_boxes)  # (B, M, A)
-    iou.masked_fill_(~gt_valid[..., None], -1.0)
+    # IoU only for real boxes (padding is often half the rows), scattered into
+    # a padded (B, M, A) table whose padding rows hold -1.
+    img, slot = gt_valid.nonzero(as_tuple=True)  # (N,) each
+    iou = anchors.new_full((*gt_valid.shape, len(anchors)), -1.0)  # (B, M, A)
+    iou[img, slot] = batched_box_iou(anchors, gt_boxes[img, slot][None])[0]  # (N, A)
     best_iou, best_gt = iou.max(dim=1)  # (B, A): each anchor's best box
     matched = torch.where(best_iou >= iou_threshold, best_gt, -1)
 
     batch, num_gt, num_anchors = iou.shape
     done = ~gt_valid  # (B, M)
     taken = torch.zeros(batch, num_anchors, dtype=torch.bool, device=iou.device)
-    gt_index = torch.arange(num_gt, device=iou.device).expand(batch, num_gt)
+    gt_index = torch.arange(num_gt, device=iou.device)
+    imgs = torch.arange(batch, device=iou.device)  # images with boxes still open
     gt_of_anchor, work = best_gt, iou  # first round: nothing taken yet, reuse step 1
     for _ in range(num_gt):  # at most M rounds; normally one or two
-        anchor_of_gt = work.max(dim=2).indices  # (B, M): best free anchor of each open box
-        mutual = ~done & (gt_of_anchor.gather(1, anchor_of_gt) == gt_index)  # (B, M)
-        rows, cols = mutual.nonzero(as_tuple=True)
-        anchors_won = anchor_of_gt[rows, cols]
+        anchor_of_gt = work.max(dim=2).indices  # (b, M): best free anchor of each open box
+        mutual = ~done[imgs] & (gt_of_anchor.gather(1, anchor_of_gt) == gt_index)  # (b, M)
+        r, cols = mutual.nonzero(as_tuple=True)
+        rows, anchors_won = imgs[r], anchor_of_gt[r, cols]
         matched[rows, anchors_won] = cols
         taken[rows, anchors_won] = True
-        done = done | mutual
-        if bool(done.all()):
+        done[rows, cols] = True
+        imgs = (~done).any(dim=1).nonzero()[:, 0]
+        if len(imgs) == 0:
             break
-        work = iou.masked_fill(taken[:, None, :] | done[..., None], _TAKEN)
-        gt_of_anchor = work.max(dim=1).indices  # (B, A): best open box of each free anchor
+        # later rounds only look at the few images that still have a conflict
+        work = iou[imgs].masked_fill_(taken[imgs, None, :] | done[imgs, :, None], _TAKEN)
+        gt_of_anchor = work.max(dim=1).indices  # (b, A): best open box of each free anchor
     return matched
 
 
