@@ -1,8 +1,6 @@
 """SSD losses: every option's value on tiny hand-computed cases."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +8,6 @@ import torch
 from tinyssd.losses import LossConfig, MultiBoxLoss, chapter_loss, hard_negative_mask, smooth_l1
 
 LN2, LN3 = math.log(2), math.log(3)
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 
 def _case():
@@ -65,19 +62,6 @@ def test_chapter_default_is_the_batch_mean():
     out = _loss(LossConfig(), _two_images())
     _check(out, 1.25 * LN2, 0.225, 1.25 * LN2 + 0.225)
     torch.testing.assert_close(chapter_loss(*_two_images()), torch.tensor([1.5 * LN2 + 0.45, LN2]))
-
-
-@pytest.fixture(scope="module")
-def chapter():
-    if not (REFERENCE / "chapter_tinyssd.py").is_file():
-        pytest.skip("../shared/reference is absent")
-    pytest.importorskip("d2l.torch")
-    sys.path.insert(0, str(REFERENCE))
-    try:
-        import chapter_tinyssd
-    finally:
-        sys.path.remove(str(REFERENCE))
-    return chapter_tinyssd
 
 
 def test_chapter_default_equals_the_reference_calc_loss(chapter):

@@ -1,8 +1,6 @@
 """Networks: TinySSD layer for layer as the chapter's, SSD300's 8732 anchors, configs."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,27 +8,11 @@ import torch
 from tinyssd.anchors import multibox_prior
 from tinyssd.models import PRESETS, SSDConfig, TinySSD, build_model, ssd300_vgg16, tiny_ssd
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-
 
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
     return TinySSD(1).eval()
-
-
-@pytest.fixture(scope="module")
-def chapter():
-    """The chapter's code (needs ../shared/reference and d2l)."""
-    if not (REFERENCE / "chapter_tinyssd.py").is_file():
-        pytest.skip("../shared/reference is absent")
-    pytest.importorskip("d2l.torch")
-    sys.path.insert(0, str(REFERENCE))
-    try:
-        import chapter_tinyssd
-    finally:
-        sys.path.remove(str(REFERENCE))
-    return chapter_tinyssd
 
 
 def test_tiny_ssd_output_shapes_at_256(tiny):

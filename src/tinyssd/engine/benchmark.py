@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..losses import MultiBoxLoss
 from ..matching import multibox_target
 from ..models import build_model
+from .train import train_step
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
@@ -49,22 +50,15 @@ def synthetic_batch(
 def make_train_step(
     model: torch.nn.Module, precision: str = "fp32", lr: float = 0.2, compile: bool = False
 ) -> Callable[[Tensor, Tensor], None]:
-    """tinyssd's training step (channels_last, optional bf16 autocast), as in engine.train."""
+    """tinyssd's training step (``engine.train.train_step``) with its own SGD optimiser."""
     model = model.to(memory_format=torch.channels_last).train()
     step_model = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=5e-4)
     loss_fn = MultiBoxLoss()
-    bf16 = precision == "bf16"
+    dtype = torch.bfloat16 if precision == "bf16" else None
 
     def step(images: Tensor, labels: Tensor) -> None:
-        images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            anchors, cls_preds, bbox_preds = step_model(images)
-        bbox_labels, bbox_masks, cls_labels = multibox_target(anchors, labels)
-        out = loss_fn(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
+        train_step(step_model, loss_fn, optimizer, images, labels, dtype)
 
     return step
 

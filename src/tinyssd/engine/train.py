@@ -176,6 +176,28 @@ def make_targets(anchors: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tenso
     return multibox_target(anchors, labels)
 
 
+def train_step(
+    step_model: torch.nn.Module,
+    loss_fn: MultiBoxLoss,
+    optimizer: torch.optim.Optimizer,
+    images: Tensor,
+    labels: Tensor,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[dict[str, Tensor], tuple[Tensor, ...]]:
+    """One iteration: forward (channels_last, optional autocast), label anchors, loss,
+    backward, step. Returns the loss dict and (cls_preds, cls_labels, bbox_preds,
+    bbox_labels, bbox_masks) for the metrics."""
+    images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(images.device.type, autocast_dtype, enabled=autocast_dtype is not None):
+        anchors, cls_preds, bbox_preds = step_model(images)
+    bbox_labels, bbox_masks, cls_labels = make_targets(anchors, labels)
+    out = loss_fn(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    optimizer.step()
+    return out, (cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)
+
+
 class EpochMeter:
     """Sums of the chapter's metrics on the device (no host sync per batch)."""
 
@@ -240,16 +262,12 @@ def train_one_epoch(
     )
     for step, (images, labels) in enumerate(bar):
         t0 = time.perf_counter()
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, autocast_dtype, enabled=autocast_dtype is not None):
-            anchors, cls_preds, bbox_preds = step_model(images)
-        bbox_labels, bbox_masks, cls_labels = make_targets(anchors, labels)
-        out = loss_fn(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        meter.add(out, cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)
+        images = images.to(device, non_blocking=True)
+        out, preds_and_targets = train_step(
+            step_model, loss_fn, optimizer, images, labels.to(device), autocast_dtype
+        )
+        meter.add(out, *preds_and_targets)
+        bbox_labels = preds_and_targets[3]
         if device.type == "cuda":
             torch.cuda.synchronize()
         meter.seconds += time.perf_counter() - t0

@@ -1,0 +1,22 @@
+"""Fixtures shared by several test modules."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.fixture(scope="module")
+def chapter():
+    """The chapter's code, ``../shared/reference/chapter_tinyssd.py``; skips where absent."""
+    if not (REFERENCE / "chapter_tinyssd.py").is_file():
+        pytest.skip("../shared/reference is absent")
+    pytest.importorskip("d2l.torch")
+    sys.path.insert(0, str(REFERENCE))
+    try:
+        import chapter_tinyssd
+    finally:
+        sys.path.remove(str(REFERENCE))
+    return chapter_tinyssd
