@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(PY) bench/eval.py --out bench/results/eval.json
 	$(PY) bench/predict.py --out bench/results/predict.json
 	$(PY) bench/train.py --out bench/results/train.json
+	$(PY) bench/time_to_ap.py --out bench/results/time_to_ap.json
 	$(PY) bench/readme_table.py
 
 clean:

@@ -69,7 +69,7 @@ def table() -> str:
         if entry:
             rows.append(
                 f"| {label}, ms, batch 32 × 5444 anchors | {_f(entry.get('d2l_ms'), '.2f')} | "
-                f"{_f(entry.get('tinyssd_ms'), '.2f')} | {_f(entry.get('speedup'), '.1f')}× | "
+                f"{_f(entry.get('tinyssd_ms'), '.2f')} | {_f(entry.get('ratio'), '.1f')}× | "
                 f"`python bench/ops.py` |"
             )
     if ev:
