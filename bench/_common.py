@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# $TINYSSD_SHARED, else ../shared beside the checkout, else /work/shared
+SHARED = next(
+    (
+        Path(p)
+        for p in (os.environ.get("TINYSSD_SHARED"), ROOT.parent / "shared", "/work/shared")
+        if p and Path(p).is_dir()
+    ),
+    ROOT.parent / "shared",
+)
 REFERENCE = SHARED / "reference"
 BANANAS = SHARED / "data" / "banana-detection"
 

@@ -1,11 +1,11 @@
 """Fixtures shared by several test modules."""
 
 import sys
-from pathlib import Path
 
 import pytest
+from fixtures import find_shared
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = find_shared() / "reference"
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,13 @@
 """The chapter's run on the real banana data set, shortened (skipped where the data is absent)."""
 
 import csv
-from pathlib import Path
 
 import pytest
+from fixtures import find_shared
 
 from tinyssd.cli import main
 
-BANANAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "banana-detection"
+BANANAS = find_shared() / "data" / "banana-detection"
 
 pytestmark = [
     pytest.mark.slow,
