@@ -92,11 +92,13 @@ def multibox_target(
     gt_class, gt_boxes = labels[..., 0], labels[..., 1:]
     matched = match_anchors(anchors, gt_boxes, gt_class >= 0, iou_threshold)  # (B, A)
     foreground = matched >= 0
-    idx = matched.clamp(min=0)
-    assigned = gt_boxes.gather(1, idx[..., None].expand(-1, -1, 4))  # (B, A, 4)
-    class_labels = torch.where(foreground, gt_class.gather(1, idx).long() + 1, 0)
+    # encode only the few matched anchors (tens per image, of thousands) and scatter
+    img, anchor = foreground.nonzero(as_tuple=True)  # (F,) each
+    gt = matched[img, anchor]
+    batch, num_anchors = matched.shape
+    offsets = anchors.new_zeros(batch, num_anchors, 4)
+    offsets[img, anchor] = encode_offsets(anchors[anchor], gt_boxes[img, gt])
+    class_labels = torch.zeros_like(matched)
+    class_labels[img, anchor] = gt_class[img, gt].long() + 1
     mask = foreground[..., None].to(anchors.dtype).expand(-1, -1, 4)
-    # where(), not a product: padding coordinates may encode to inf/nan
-    offsets = torch.where(foreground[..., None], encode_offsets(anchors[None], assigned), 0.0)
-    batch = labels.shape[0]
     return offsets.reshape(batch, -1), mask.reshape(batch, -1), class_labels
