@@ -59,3 +59,53 @@ def save_untrained_checkpoint(path: Path, classes: list[str], image_size: int = 
         "ssd": model.config.to_dict(),
     }
     return save_checkpoint(path, model, config)
+
+
+def write_image(path: Path, width: int = 64, height: int = 48, seed: int = 0) -> Path:
+    """A noisy RGB image of ``width`` x ``height`` pixels (PNG or JPEG by suffix)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def assert_valid_split(split) -> None:
+    """What every reader promises: finite non-empty boxes, labels 1..C, flags per box."""
+    import torch
+
+    for rec in split.records:
+        m = len(rec.labels)
+        assert rec.boxes.shape == (m, 4) and rec.boxes.dtype == torch.float32
+        assert rec.labels.dtype == torch.int64
+        assert rec.difficult.shape == rec.iscrowd.shape == (m,)
+        assert torch.isfinite(rec.boxes).all()
+        x1, y1, x2, y2 = rec.boxes.unbind(1)
+        assert (x2 > x1).all() and (y2 > y1).all()
+        assert ((rec.labels >= 1) & (rec.labels <= len(split.classes))).all()
+
+
+def assert_names_a_file(message: str, root: Path) -> None:
+    """A DataError or report entry: one line that starts with a path inside ``root``."""
+    assert "\n" not in message, message
+    assert message.startswith(str(root)), message
+
+
+def corrupted(valid: bytes):
+    """Hypothesis strategy: random bytes, or ``valid`` truncated, or with a span replaced by
+    random bytes or by a token that parsers trip on (numbers out of range, quotes, brackets)."""
+    from hypothesis import strategies as st
+
+    tokens = [b"", b"nan", b"inf", b"-1", b"1e999", b"1" * 400, b"<", b">", b"&", b'"', b"{",
+              b"}", b"[", b"]", b",", b":", b"\x00", b"\xff\xfe", b"\n", b" ", b"0.5", b"-",
+              b"true", b"null", b"[[[[[[", b"</annotation>", b"<object>"]  # fmt: skip
+    n = len(valid)
+
+    def splice(start: int, length: int, new: bytes) -> bytes:
+        return valid[:start] + new + valid[start + length :]
+
+    return st.one_of(
+        st.binary(max_size=300),
+        st.integers(0, n).map(lambda k: valid[:k]),
+        st.builds(splice, st.integers(0, n), st.integers(0, 8), st.binary(max_size=8)),
+        st.builds(splice, st.integers(0, n), st.integers(0, 8), st.sampled_from(tokens)),
+    )

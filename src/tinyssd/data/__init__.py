@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
-from .bananas import is_bananas, read_bananas
+from .bananas import bananas_splits, is_bananas, read_bananas, write_bananas_records
 from .base import DataError, Record, Report, Split, read_image
+from .coco import coco_splits, is_coco, parse_coco_json, read_coco, write_coco
 from .dataset import DetectionDataset, collate
+from .voc import is_voc, parse_voc_xml, read_voc, voc_splits, write_voc
+from .yolo import is_yolo, parse_yolo_txt, read_yolo, write_yolo, yolo_splits
 
 Reader = Callable[..., Split]
 
-# format name -> (detector(root) -> bool, reader(root, split, report) -> Split)
-FORMATS: dict[str, tuple[Callable[[Path], bool], Reader]] = {
-    "bananas": (is_bananas, read_bananas),
+
+class Format(NamedTuple):
+    """What tinyssd knows of one data layout."""
+
+    detect: Callable[[Path], bool]  # does this folder have the layout?
+    splits: Callable[[Path], dict[str, Path]]  # split present -> the file or folder it reads
+    read: Reader  # (root, split, report) -> Split
+    write: Callable[[Path, str, list[Record], list[str]], Path]  # (root, split, records, classes)
+
+
+# Detection tries them in this order.
+FORMATS: dict[str, Format] = {
+    "bananas": Format(is_bananas, bananas_splits, read_bananas, write_bananas_records),
+    "voc": Format(is_voc, voc_splits, read_voc, write_voc),
+    "coco": Format(is_coco, coco_splits, read_coco, write_coco),
+    "yolo": Format(is_yolo, yolo_splits, read_yolo, write_yolo),
 }
 
 
@@ -22,32 +39,55 @@ def detect_format(root: str | Path) -> str:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found")
-    for name, (detect, _) in FORMATS.items():
-        if detect(root):
+    for name, fmt in FORMATS.items():
+        if fmt.detect(root):
             return name
     raise DataError(f"{root}: no known data layout found (expected one of: {', '.join(FORMATS)})")
+
+
+def resolve_format(root: str | Path, format: str = "auto") -> str:
+    """``format``, or the detected one for ``auto``; DataError for an unknown name."""
+    if not Path(root).is_dir():
+        raise DataError(f"{root}: data folder not found")
+    name = detect_format(root) if format == "auto" else format
+    if name not in FORMATS:
+        raise DataError(f"unknown data format {name!r} (choose from auto, {', '.join(FORMATS)})")
+    return name
 
 
 def load_split(
     root: str | Path, split: str = "train", format: str = "auto", report: Report | None = None
 ) -> Split:
     """Read one split of the data set at ``root`` in ``format`` (``auto`` detects it)."""
-    name = detect_format(root) if format == "auto" else format
-    if name not in FORMATS:
-        raise DataError(f"unknown data format {name!r} (choose from auto, {', '.join(FORMATS)})")
-    return FORMATS[name][1](Path(root), split, report if report is not None else Report())
+    reader = FORMATS[resolve_format(root, format)].read
+    return reader(Path(root), split, report if report is not None else Report())
 
 
 __all__ = [
     "FORMATS",
     "DataError",
     "DetectionDataset",
+    "Format",
     "Record",
     "Report",
     "Split",
     "collate",
     "detect_format",
+    "is_bananas",
+    "is_coco",
+    "is_voc",
+    "is_yolo",
     "load_split",
+    "parse_coco_json",
+    "parse_voc_xml",
+    "parse_yolo_txt",
     "read_bananas",
+    "read_coco",
     "read_image",
+    "read_voc",
+    "read_yolo",
+    "resolve_format",
+    "write_coco",
+    "write_voc",
+    "write_yolo",
 ]

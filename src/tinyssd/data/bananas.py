@@ -3,7 +3,8 @@
 ``label.csv`` has the header ``img_name,label,xmin,ymin,xmax,ymax`` (pixels,
 label 0-based) and any number of rows per image. An optional ``classes.txt``
 beside the split folders names the classes, one per line; without it the
-single class of the d2l data set is called "banana".
+single class of the d2l data set is called "banana". Difficult and crowd
+flags cannot be stored.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from .base import (
     Record,
     Report,
     Split,
+    finite_float,
+    free_stem,
+    link_or_copy,
+    natural_key,
+    read_names,
+    tidy_number,
 )
 
 HEADER = ["img_name", "label", "xmin", "ymin", "xmax", "ymax"]
@@ -36,11 +43,17 @@ def is_bananas(root: Path) -> bool:
     return any((Path(root) / f"bananas_{s}" / "label.csv").is_file() for s in ("train", "val"))
 
 
+def bananas_splits(root: Path) -> dict[str, Path]:
+    """Split name -> its ``label.csv``, for the splits present (train, val, test)."""
+    found = {s: split_dir(root, s) / "label.csv" for s in ("train", "val", "test")}
+    return {s: path for s, path in found.items() if path.is_file()}
+
+
 def read_classes(root: Path, num_labels: int) -> list[str]:
     """Class names from ``root/classes.txt``, else "banana" (one class) or "class{i}"."""
     path = Path(root) / "classes.txt"
     if path.is_file():
-        names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        names = read_names(path)
         if names:
             return names
     if num_labels <= 1:
@@ -74,7 +87,7 @@ def read_bananas(root: str | Path, split: str = "train", report: Report | None =
                 try:
                     name = row[0].strip()
                     label = int(row[1])
-                    box = [float(v) for v in row[2:6]]
+                    box = [finite_float(v) for v in row[2:6]]
                     if len(row) != 6 or not name:
                         raise ValueError
                 except (ValueError, IndexError):
@@ -83,6 +96,8 @@ def read_bananas(root: str | Path, split: str = "train", report: Report | None =
                 rows[name].append((label, box, lineno))
     except UnicodeDecodeError:
         raise DataError(f"{csv_path}: not a text CSV file") from None
+    except csv.Error as e:
+        raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
     max_label = max((lab for rs in rows.values() for lab, _, _ in rs), default=0)
     classes = read_classes(root, max_label + 1)
     images_dir = folder / "images"
@@ -92,7 +107,7 @@ def read_bananas(root: str | Path, split: str = "train", report: Report | None =
         else set()
     )
     records = []
-    for name in sorted(set(rows) | on_disk, key=_natural_key):
+    for name in sorted(set(rows) | on_disk, key=natural_key):
         if name not in on_disk:
             report.add(MISSING_IMAGE, images_dir / name)
             continue
@@ -122,14 +137,29 @@ def write_bananas(
         w = csv.writer(f)
         w.writerow(HEADER)
         for name, label, *box in rows:
-            w.writerow([name, label, *(_fmt(v) for v in box)])
+            w.writerow([name, label, *(tidy_number(v) for v in box)])
     return path
 
 
-def _fmt(v: float) -> str:
-    return str(int(v)) if float(v).is_integer() else f"{v:.2f}"
+def write_bananas_records(
+    root: str | Path, split: str, records: list[Record], classes: list[str]
+) -> Path:
+    """Write one split from records: ``label.csv``, the images and ``classes.txt``; return root.
 
-
-def _natural_key(name: str) -> tuple:
-    stem = Path(name).stem
-    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+    Images are hard-linked (or copied) into ``bananas_{split}/images/``, keeping
+    their names unless the name is taken there (then prefixed with the split).
+    Difficult and crowd flags are dropped: the CSV has no column for them.
+    """
+    root = Path(root)
+    images = split_dir(root, split) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    taken = {p.stem for p in images.iterdir()}
+    rows = []
+    for rec in records:
+        name = free_stem(rec.image.stem, split, taken) + rec.image.suffix
+        link_or_copy(rec.image, images / name)
+        for label, box in zip(rec.labels.tolist(), rec.boxes.tolist()):
+            rows.append((name, label - 1, *box))
+    (root / "classes.txt").write_text("".join(f"{n}\n" for n in classes))
+    write_bananas(root, split, rows)
+    return root

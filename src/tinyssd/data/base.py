@@ -12,6 +12,9 @@ one-line message that names the file.
 from __future__ import annotations
 
 import logging
+import math
+import os
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+FLOAT32_MAX = 3.4028234663852886e38  # larger coordinates would become inf in the float32 boxes
 
 
 class DataError(ValueError):
@@ -89,6 +93,7 @@ UNKNOWN_CLASS = "unknown class (box dropped)"
 NO_LABELS = "image without labels (kept as negative)"
 MISSING_IMAGE = "label without image (skipped)"
 BAD_LABEL_FILE = "unparsable label file (skipped)"
+BAD_SPLIT = "unreadable split (skipped)"
 
 
 @dataclass
@@ -98,7 +103,9 @@ class Report:
     items: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     def add(self, kind: str, where: str | Path, detail: str = "") -> None:
-        self.items[kind].append(f"{where}: {detail}" if detail else str(where))
+        """Record one problem; control characters (a newline in a file name) are escaped."""
+        entry = f"{where}: {detail}" if detail else str(where)
+        self.items[kind].append("".join(c if c.isprintable() else repr(c)[1:-1] for c in entry))
 
     def count(self, kind: str) -> int:
         return len(self.items.get(kind, []))
@@ -187,3 +194,85 @@ def clip_to_image(record: Record, size: tuple[int, int], report: Report) -> Reco
         record.iscrowd[keep],
         (h, w),
     )
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a UTF-8 file (a BOM is dropped); one-line :class:`DataError` otherwise."""
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file") from None
+
+
+def read_names(path: str | Path) -> list[str]:
+    """Class names from a text file, one per line, blank lines skipped."""
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+
+
+def finite_float(value: str | float) -> float:
+    """A coordinate from text or a JSON number.
+
+    Raises:
+        ValueError: not a number (booleans included), or not finite as float32.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{value!r} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not (math.isfinite(number) and abs(number) <= FLOAT32_MAX):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
+
+
+def tidy_number(value: float) -> int | float:
+    """``12.0 -> 12``, ``12.300000190734863 -> 12.3``: what label files should hold."""
+    value = round(float(value), 4)
+    return int(value) if value.is_integer() else value
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting ``2.png`` before ``10.png``; other names after, alphabetically."""
+    stem = Path(name).stem
+    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+
+
+def free_stem(stem: str, prefix: str, taken: set[str]) -> str:
+    """``stem`` if not in ``taken``, else ``{prefix}_{stem}`` (``_2``, ``_3``... if needed).
+
+    The result is added to ``taken``. Writers use it so that images of several
+    splits, or from several source folders, never overwrite one another.
+    """
+    name = stem if stem not in taken else f"{prefix}_{stem}"
+    base, n = name, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
+def is_file(path: str | Path) -> bool:
+    """Whether ``path`` is a file; False (not an OSError) for a name the OS rejects.
+
+    For paths built from what label files say: ``Path.is_file`` raises on a
+    name too long for the file system.
+    """
+    return os.path.isfile(path)
+
+
+def exists(path: str | Path) -> bool:
+    """Whether ``path`` exists; False (not an OSError) for a name the OS rejects."""
+    return os.path.exists(path)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` where the file system allows it, else copy it."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

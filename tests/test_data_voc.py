@@ -1,0 +1,243 @@
+"""Pascal VOC: 1-based inclusive boxes read and written exactly, both layouts, bad files."""
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures import assert_names_a_file, assert_valid_split, corrupted, write_image
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tinyssd.data import DataError, Record, Report, detect_format, parse_voc_xml, read_voc
+from tinyssd.data.base import BAD_BOX, BAD_LABEL_FILE, MISSING_IMAGE, NO_LABELS, UNKNOWN_CLASS
+from tinyssd.data.voc import voc_splits, write_voc
+
+
+def voc_xml(*objects, size=(48, 64)):
+    """An annotation; each object is (name, xmin, ymin, xmax, ymax[, difficult])."""
+    body = "".join(
+        f"<object><name>{o[0]}</name><difficult>{o[5] if len(o) > 5 else 0}</difficult>"
+        f"<bndbox><xmin>{o[1]}</xmin><ymin>{o[2]}</ymin><xmax>{o[3]}</xmax><ymax>{o[4]}</ymax>"
+        "</bndbox></object>"
+        for o in objects
+    )
+    h, w = size
+    return (
+        f"<annotation><filename>x.png</filename><size><width>{w}</width><height>{h}</height>"
+        f"<depth>3</depth></size>{body}</annotation>"
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_1_based_inclusive_boxes_become_0_based_with_exclusive_ends(tmp_path):
+    xml = write(tmp_path / "a.xml", voc_xml(("dog", 1, 2, 10, 20), ("cat", 5.5, 3, 64, 48, 1)))
+    boxes, names, difficult, size = parse_voc_xml(xml)
+    torch.testing.assert_close(boxes, torch.tensor([[0.0, 1, 10, 20], [4.5, 2, 64, 48]]))
+    assert names == ["dog", "cat"]
+    assert difficult.tolist() == [False, True]
+    assert size == (48, 64)
+
+
+def test_an_annotation_without_objects_or_size_parses_to_nothing(tmp_path):
+    xml = write(tmp_path / "a.xml", "<annotation><filename>a.jpg</filename></annotation>")
+    ann = parse_voc_xml(xml)
+    assert ann.boxes.shape == (0, 4) and ann.names == [] and ann.size is None
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("<annotation><object>", "not valid XML"),
+        ("\xff\xfe garbage", "not valid XML"),
+        ("<html/>", "expected <annotation>"),
+        (
+            "<annotation><object><name>a</name></object></annotation>",
+            "object 1 .* has no <bndbox>",
+        ),
+        (voc_xml(("a", 1, 1, "ten", 5)), "needs numbers"),
+        (voc_xml(("a", 1, 1, "nan", 5)), "needs numbers"),
+        (voc_xml(("a", 1, 1, "1e39", 5)), "needs numbers"),
+        (voc_xml(("", 1, 1, 2, 2)), "object 1 has no <name>"),
+    ],
+)
+def test_bad_files_raise_one_line_naming_the_file(tmp_path, text, says):
+    xml = write(tmp_path / "bad.xml", text)
+    with pytest.raises(DataError, match=says) as e:
+        parse_voc_xml(xml)
+    assert_names_a_file(str(e.value), xml)
+
+
+def imagesets_layout(root: Path) -> Path:
+    """train: 0 (dog + cat), 1 (no XML), ghost (no image); val: 2 (bird, only in val)."""
+    for i in range(3):
+        write_image(root / "JPEGImages" / f"{i}.jpg", seed=i)
+    write(root / "Annotations/0.xml", voc_xml(("dog", 1, 2, 10, 20), ("cat", 11, 12, 30, 40, 1)))
+    write(root / "Annotations/2.xml", voc_xml(("bird", 3, 4, 5, 6)))
+    write(root / "Annotations/ghost.xml", voc_xml(("dog", 1, 1, 2, 2)))
+    write(root / "Annotations/unlisted.xml", voc_xml(("fish", 1, 1, 2, 2)))
+    write(root / "ImageSets/Main/train.txt", "0\n1\nghost\n")
+    write(root / "ImageSets/Main/val.txt", "2\n")
+    return root
+
+
+def test_imagesets_layout_reads_the_listed_ids_with_names_from_all_annotations(tmp_path):
+    root = imagesets_layout(tmp_path)
+    assert detect_format(root) == "voc"
+    assert voc_splits(root) == {s: root / f"ImageSets/Main/{s}.txt" for s in ("train", "val")}
+    report = Report()
+    train = read_voc(root, "train", report)
+    assert train.classes == ["bird", "cat", "dog", "fish"]
+    assert [r.image.name for r in train.records] == ["0.jpg", "1.jpg"]
+    rec = train.records[0]
+    torch.testing.assert_close(rec.boxes, torch.tensor([[0.0, 1, 10, 20], [10, 11, 30, 40]]))
+    assert rec.labels.tolist() == [3, 2] and rec.difficult.tolist() == [False, True]
+    assert rec.size == (48, 64)
+    assert len(train.records[1].labels) == 0
+    assert report.items[NO_LABELS] == [str(root / "JPEGImages/1.jpg")]
+    assert report.items[MISSING_IMAGE] == [
+        f"{root / 'Annotations/ghost.xml'}: no image with this name"
+    ]
+    val = read_voc(root, "val")
+    assert val.classes == train.classes and val.records[0].labels.tolist() == [1]
+
+
+def test_a_missing_split_list_is_an_error_naming_it(tmp_path):
+    root = imagesets_layout(tmp_path)
+    with pytest.raises(DataError, match="test.txt: split list not found"):
+        read_voc(root, "test")
+
+
+def test_flat_folder_is_every_split_until_split_folders_exist(tmp_path):
+    flat = tmp_path / "flat"
+    write_image(flat / "a.JPG")
+    write(flat / "a.xml", voc_xml(("dog", 1, 1, 9, 9)))
+    write_image(flat / "b.png")
+    assert detect_format(flat) == "voc"
+    assert voc_splits(flat) == {"train": flat, "val": flat}
+    train, val = read_voc(flat, "train"), read_voc(flat, "val")
+    assert [r.image.name for r in train.records] == [r.image.name for r in val.records]
+    assert [r.image.name for r in train.records] == ["a.JPG", "b.png"]
+
+    split = tmp_path / "split"
+    write_image(split / "train/a.png")
+    write(split / "train/a.xml", voc_xml(("dog", 1, 1, 9, 9)))
+    write_image(split / "val/b.png")
+    write(split / "val/b.xml", voc_xml(("cat", 2, 2, 8, 8)))
+    assert voc_splits(split) == {"train": split / "train", "val": split / "val"}
+    assert [r.image.name for r in read_voc(split, "val").records] == ["b.png"]
+    assert read_voc(split, "train").classes == ["cat", "dog"]
+
+
+def test_classes_txt_fixes_names_and_order_and_other_names_are_reported(tmp_path):
+    write(tmp_path / "classes.txt", "zebra\ndog\n")
+    write_image(tmp_path / "a.png")
+    write(tmp_path / "a.xml", voc_xml(("dog", 1, 1, 9, 9), ("plum", 1, 1, 5, 5)))
+    report = Report()
+    split = read_voc(tmp_path, "train", report)
+    assert split.classes == ["zebra", "dog"]
+    assert split.records[0].labels.tolist() == [2]
+    assert report.items[UNKNOWN_CLASS] == [f"{tmp_path / 'a.xml'}: object 2: class 'plum'"]
+
+
+def test_empty_boxes_are_dropped_and_unparsable_files_skip_their_image(tmp_path):
+    write_image(tmp_path / "a.png")
+    write(
+        tmp_path / "a.xml", voc_xml(("dog", 5, 1, 4, 9), ("dog", 1, 9, 9, 9), ("dog", 1, 1, 3, 3))
+    )
+    write_image(tmp_path / "b.png")
+    write(tmp_path / "b.xml", "<annotation><object>")
+    report = Report()
+    split = read_voc(tmp_path, "train", report)
+    assert [r.image.name for r in split.records] == ["a.png"]
+    # xmin 5 > xmax 4 is empty, but ymin 9 = ymax 9 is one row of pixels: y1 = 8 < y2 = 9
+    torch.testing.assert_close(split.records[0].boxes, torch.tensor([[0.0, 8, 9, 9], [0, 0, 3, 3]]))
+    assert report.count(BAD_BOX) == 1
+    assert "object 1" in report.items[BAD_BOX][0]
+    assert report.items[BAD_LABEL_FILE][0].startswith(f"{tmp_path / 'b.xml'}:1: not valid XML")
+
+
+def test_write_voc_inverts_the_box_convention_exactly(tmp_path):
+    image = write_image(tmp_path / "src/cat.png", width=64, height=48)
+    rec = Record.make(
+        image,
+        [[0, 1, 10, 20], [4.5, 2, 64, 48], [1, 1, 5, 5]],
+        [1, 2, 2],
+        difficult=[False, True, False],
+        iscrowd=[False, False, True],
+    )
+    root = write_voc(tmp_path / "out", "train", [rec], ["dog", "cat"])
+    xml = (root / "Annotations/cat.xml").read_text()
+    assert "<xmin>1</xmin>" in xml and "<ymin>2</ymin>" in xml and "<xmax>10</xmax>" in xml
+    assert "<xmin>5.5</xmin>" in xml and "<width>64</width>" in xml and "<height>48</height>" in xml
+    back = read_voc(root, "train")
+    assert back.classes == ["dog", "cat"]
+    out = back.records[0]
+    torch.testing.assert_close(out.boxes, rec.boxes)
+    assert out.labels.tolist() == [1, 2, 2]
+    assert out.difficult.tolist() == [False, True, True]  # the crowd region became difficult
+    assert (root / "JPEGImages/cat.png").read_bytes() == image.read_bytes()
+    assert (root / "ImageSets/Main/train.txt").read_text() == "cat\n"
+
+
+def test_images_of_two_splits_with_one_name_do_not_overwrite_each_other(tmp_path):
+    a = write_image(tmp_path / "a/0.png", seed=1)
+    b = write_image(tmp_path / "b/0.png", seed=2)
+    out = tmp_path / "out"
+    write_voc(out, "train", [Record.make(a, [[0, 0, 4, 4]], [1])], ["dog"])
+    write_voc(out, "val", [Record.make(b, [[1, 1, 5, 5]], [1])], ["dog"])
+    assert (out / "ImageSets/Main/val.txt").read_text() == "val_0\n"
+    assert (out / "JPEGImages/val_0.png").read_bytes() == b.read_bytes()
+    torch.testing.assert_close(
+        read_voc(out, "val").records[0].boxes, torch.tensor([[1.0, 1, 5, 5]])
+    )
+
+
+VALID = voc_xml(("dog", 1, 2, 10, 20), ("cat", 5, 3, 30, 40, 1)).encode()
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=corrupted(VALID))
+def test_parse_voc_xml_gives_an_annotation_or_a_data_error_naming_the_file(data):
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "a.xml"
+        xml.write_bytes(data)
+        try:
+            ann = parse_voc_xml(xml)
+        except DataError as e:
+            assert_names_a_file(str(e), xml)
+            return
+        assert ann.boxes.shape == (len(ann.names), 4) and torch.isfinite(ann.boxes).all()
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return imagesets_layout(tmp_path_factory.mktemp("voc"))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=corrupted(VALID), target=st.sampled_from(["Annotations/0.xml", "ImageSets/Main/train.txt"])
+)
+def test_read_voc_on_corrupted_files_gives_a_split_or_a_data_error(voc_root, data, target):
+    original = (voc_root / target).read_bytes()
+    (voc_root / target).write_bytes(data)
+    try:
+        report = Report()
+        split = read_voc(voc_root, "train", report)
+    except DataError as e:
+        assert_names_a_file(str(e), voc_root)
+    else:
+        assert_valid_split(split)
+        for entries in report.items.values():
+            for entry in entries:
+                assert_names_a_file(entry, voc_root)
+    finally:
+        (voc_root / target).write_bytes(original)
