@@ -1,0 +1,99 @@
+"""``tinyssd data check DIR``: read every split, decode every image, report each problem.
+
+    $ tinyssd data check data/pets --first 5
+
+reads the train, val and test splits present in the folder's layout, decodes
+every image (so truncated files are found), clips the boxes to the image and
+prints, per problem kind, its count and the first few places.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from . import FORMATS, resolve_format
+from .base import BAD_SPLIT, UNREADABLE_IMAGE, DataError, Report, Split, clip_to_image, read_image
+
+WORKERS = min(4, os.cpu_count() or 1)  # threads: PIL decodes without holding the GIL
+
+
+class SplitCheck(NamedTuple):
+    images: int  # images that decode
+    boxes: int  # their boxes after clipping
+    same_as: str | None = None  # the split read from the same files, if any
+
+
+@dataclass
+class CheckReport(Report):
+    """A :class:`Report` that also says what was checked."""
+
+    format: str = ""
+    root: Path | None = None
+    splits: dict[str, SplitCheck] = field(default_factory=dict)
+
+    def summary(self, first: int = 3) -> str:
+        """The folder, its layout, images and boxes per split, then the problems."""
+        lines = [f"{self.root}: {self.format} layout"]
+        for name, s in self.splits.items():
+            if s.same_as:
+                lines.append(f"  {name}: the same files as {s.same_as}")
+            else:
+                lines.append(f"  {name}: {s.images} usable images, {s.boxes} boxes")
+        return "\n".join([*lines, super().summary(first)])
+
+
+def check_dataset(root: str | Path, format: str = "auto") -> CheckReport:
+    """Check every split present at ``root``.
+
+    A split that cannot be read at all (say a corrupt COCO JSON) is reported
+    as such and the others are still checked. Splits read from the same files
+    (a flat VOC folder is both train and val) are checked once.
+
+    Raises:
+        DataError: no such folder, or no known layout in it.
+    """
+    root = Path(root)
+    name = resolve_format(root, format)
+    fmt = FORMATS[name]
+    report = CheckReport(format=name, root=root)
+    read_from: dict[Path, str] = {}
+    for split, source in fmt.splits(root).items():
+        if source in read_from:
+            report.splits[split] = SplitCheck(0, 0, same_as=read_from[source])
+            continue
+        read_from[source] = split
+        try:
+            data = fmt.read(root, split, report)
+        except DataError as e:
+            report.add(BAD_SPLIT, str(e))
+            continue
+        report.splits[split] = check_images(data, report)
+    if not report.splits and not report:
+        raise DataError(f"{root}: no train, val or test split found in its {name} layout")
+    return report
+
+
+def check_images(data: Split, report: Report) -> SplitCheck:
+    """Decode every image of the split and clip its boxes, reporting what fails."""
+    with ThreadPoolExecutor(WORKERS) as pool:
+        sizes = list(pool.map(_decoded_size, [rec.image for rec in data.records]))
+    images = boxes = 0
+    for rec, size in zip(data.records, sizes):
+        if isinstance(size, DataError):
+            report.add(UNREADABLE_IMAGE, rec.image, str(size).split(": ", 1)[-1])
+            continue
+        images += 1
+        boxes += len(clip_to_image(rec, size, report).labels)
+    return SplitCheck(images, boxes)
+
+
+def _decoded_size(path: Path) -> tuple[int, int] | DataError:
+    """(height, width) of the fully decoded image, or the error that decoding raised."""
+    try:
+        return tuple(read_image(path).shape[-2:])
+    except DataError as e:
+        return e

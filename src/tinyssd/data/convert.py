@@ -1,0 +1,83 @@
+"""``tinyssd data convert SRC --to voc|coco|yolo|bananas OUT``: one layout to another.
+
+    $ tinyssd data convert data/pets-voc --to yolo data/pets-yolo
+
+Every split present in SRC is written to OUT in the target layout, images
+hard-linked where the file system allows (else copied), class names and
+their order kept. Difficult and crowd flags go where the target can hold
+them: VOC keeps difficult (crowd regions become difficult objects), COCO
+keeps both, YOLO and the banana CSV neither. Boxes are written as read,
+except for YOLO, whose tools reject boxes outside the image: they are
+clipped. Problems found on the way are logged as ``tinyssd data check``
+reports them; what cannot be used is left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from . import FORMATS, resolve_format
+from .base import UNREADABLE_IMAGE, DataError, Record, Report, clip_to_image, image_size
+
+log = logging.getLogger(__name__)
+
+
+def convert(src: str | Path, to: str, out: str | Path, format: str = "auto") -> Path:
+    """Write the data set at ``src`` (in ``format``, ``auto`` detects it) to ``out`` as ``to``.
+
+    Returns:
+        ``out``.
+    Raises:
+        DataError: unknown format or layout, ``out`` not empty, a split that
+            cannot be read, or splits that name different classes.
+    """
+    src, out = Path(src), Path(out)
+    if to not in FORMATS:
+        raise DataError(f"unknown target format {to!r} (choose from {', '.join(FORMATS)})")
+    name = resolve_format(src, format)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: the output folder must be new or empty")
+    sources = FORMATS[name].splits(src)
+    if not sources:
+        raise DataError(f"{src}: no train, val or test split found in its {name} layout")
+    report = Report()
+    # Read everything first: a split that cannot be read leaves no half-written output.
+    splits = {split: FORMATS[name].read(src, split, report) for split in sources}
+    first, *others = splits.items()
+    for split, data in others:
+        if data.classes != first[1].classes:
+            raise DataError(
+                f"{src}: {first[0]} and {split} name different classes "
+                f"({first[1].classes} vs {data.classes}); give them one classes.txt"
+            )
+    for split, data in splits.items():
+        records = with_image_sizes(data.records, report)
+        if to == "yolo":
+            records = [clip_to_image(rec, rec.size, report) for rec in records]
+        flags = sum(int((rec.difficult | rec.iscrowd).sum()) for rec in records)
+        if flags and to in ("yolo", "bananas"):
+            log.warning(
+                "%s: %d difficult or crowd flags dropped (%s has no place for them)",
+                split,
+                flags,
+                to,
+            )
+        FORMATS[to].write(out, split, records, data.classes)
+        boxes = sum(len(rec.labels) for rec in records)
+        log.info("%s: %d images, %d boxes written", split, len(records), boxes)
+    if report:
+        log.warning("problems in %s:\n%s", src, report.summary())
+    return out
+
+
+def with_image_sizes(records: list[Record], report: Report) -> list[Record]:
+    """Records with ``size`` read from the image headers; unreadable images reported, left out."""
+    sized = []
+    for rec in records:
+        try:
+            sized.append(dataclasses.replace(rec, size=image_size(rec.image)))
+        except DataError as e:
+            report.add(UNREADABLE_IMAGE, rec.image, str(e).split(": ", 1)[-1])
+    return sized
