@@ -218,3 +218,11 @@ def test_no_folder_or_no_layout_is_a_data_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="no known data layout"):
         check_dataset(tmp_path)
+
+
+def test_an_image_too_large_for_pil_is_reported_not_raised(tmp_path, monkeypatch):
+    root = write_tiny_bananas(tmp_path, n_train=2, n_val=1, size=48)
+    monkeypatch.setattr("PIL.Image.MAX_IMAGE_PIXELS", 100)  # 48 x 48 is a "decompression bomb"
+    report = check_dataset(root)
+    assert report.count(UNREADABLE_IMAGE) == 3
+    assert "decompression bomb" in report.items[UNREADABLE_IMAGE][0]

@@ -22,12 +22,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL.Image import DecompressionBombError
 from torch import Tensor
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-FLOAT32_MAX = 3.4028234663852886e38  # larger coordinates would become inf in the float32 boxes
+FLOAT32_MAX = 3.4028234663852886e38
+# What PIL raises for files it cannot decode; a decompression bomb is not an OSError.
+UNREADABLE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    DecompressionBombError,
+)  # larger coordinates would become inf in the float32 boxes
 
 
 class DataError(ValueError):
@@ -150,7 +159,7 @@ def read_image(path: str | Path) -> Tensor:
             arr = np.asarray(im, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UNREADABLE_ERRORS as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
@@ -164,7 +173,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
             orientation = im.getexif().get(0x0112, 1)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UNREADABLE_ERRORS as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
