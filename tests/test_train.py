@@ -71,3 +71,11 @@ def test_stop_ap50_ends_training_once_reached(tiny_data, tmp_path):
     run = _train(tiny_data, tmp_path / "stop", epochs=5, stop_ap50=0.0)
     with (run / "metrics.csv").open() as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
+
+
+def test_paths_may_be_given_as_path_objects(tiny_data, tmp_path):
+    run = train(
+        data=tiny_data, out=tmp_path / "run", epochs=1, batch_size=8, image_size=64, progress=False
+    )
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["data"] == str(tiny_data) and run == tmp_path / "run"

@@ -345,6 +345,10 @@ def train(**kwargs) -> Path:
         run = tinyssd.train(data="data/banana-detection", epochs=20, out="runs/bananas")
     """
     cfg = TrainConfig(**kwargs)
+    for name in ("data", "out", "resume"):  # paths may come as Path objects; config.json needs str
+        value = getattr(cfg, name)
+        if value is not None:
+            setattr(cfg, name, str(value))
     dist_ctx = dist.init_distributed()
     device = dist_ctx.device if dist_ctx.enabled else resolve_device(cfg.device)
     resume_file = resolve_weights(cfg.resume) if cfg.resume else None
