@@ -163,7 +163,10 @@ def evaluate_run(
     det = load(weights)
     report = Report()
     dataset = DetectionDataset(
-        load_split(data, split, format, report), det.image_size, None, report
+        load_split(data, split, format, report).with_classes(det.classes),
+        det.image_size,
+        None,
+        report,
     )
     if report:
         log.info("data check:\n%s", report.summary())

@@ -93,6 +93,30 @@ class Split:
     classes: list[str]
     root: Path
 
+    def with_classes(self, classes: list[str]) -> Split:
+        """The same split labelled by ``classes`` (another split's list), matched by name.
+
+        Used to read val with train's labels: ``Split(recs, ["dog"])`` relabelled to
+        ``["cat", "dog"]`` turns label 1 into 2. Where some names are not in ``classes``
+        (the banana layout names classes by count when it has no ``classes.txt``),
+        labels keep their numbers if they fit; otherwise it is an error.
+        """
+        if self.classes == list(classes):
+            return self
+        if set(self.classes) <= set(classes):
+            new_label = torch.tensor([0] + [classes.index(n) + 1 for n in self.classes])
+            records = [
+                Record(r.image, r.boxes, new_label[r.labels], r.difficult, r.iscrowd, r.size)
+                for r in self.records
+            ]
+            return Split(records, list(classes), self.root)
+        if len(self.classes) <= len(classes):
+            log.warning("%s: class names %s differ from %s", self.root, self.classes, classes)
+            return Split(self.records, list(classes), self.root)
+        raise DataError(
+            f"{self.root}: classes {self.classes} do not match the training classes {classes}"
+        )
+
 
 # Problem kinds reported by readers and by `tinyssd data check`.
 UNREADABLE_IMAGE = "unreadable image"

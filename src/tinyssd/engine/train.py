@@ -123,7 +123,7 @@ def load_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset]
         log.info("no --data given: training on the built-in synthetic data set at %s", root)
     report = Report()
     train_split = load_split(root, "train", cfg.format, report)
-    val_split = load_split(root, "val", cfg.format, report)
+    val_split = load_split(root, "val", cfg.format, report).with_classes(train_split.classes)
     transform = None
     if cfg.augment != "none":
         from ..data.transforms import parse_augment, train_transform
