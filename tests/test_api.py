@@ -19,7 +19,8 @@ def detector(tmp_path_factory):
     path = save_untrained_checkpoint(
         tmp_path_factory.mktemp("run") / "best.safetensors", ["cat", "dog"]
     )
-    return tinyssd.load(path.parent, device="cpu")
+    # fp32: these tests compare with the plain fp32 path (bf16 is in test_fast_paths.py)
+    return tinyssd.load(path.parent, device="cpu", precision="fp32")
 
 
 def _image(h=128, w=128, seed=0):
@@ -100,3 +101,13 @@ def test_cli_errors_are_one_line_naming_the_file(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1 and str(tmp_path / "w") in err
     with pytest.raises(DataError, match="nope.png"):
         list(predict_files(None, [tmp_path / "nope.png"]))
+
+
+def test_default_precision_is_bf16_where_the_cpu_has_it_and_close_to_fp32(tmp_path):
+    ckpt = save_untrained_checkpoint(tmp_path / "w.safetensors", ["cat", "dog"])
+    auto, fp32 = tinyssd.load(ckpt, device="cpu"), tinyssd.load(ckpt, "cpu", precision="fp32")
+    supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert auto.autocast_dtype == (torch.bfloat16 if supported else None)
+    assert fp32.autocast_dtype is None
+    a, b = (d.predict(_image(), threshold=0.2)[0] for d in (auto, fp32))
+    assert len(a["scores"]) > 0 and abs(float(a["scores"][0]) - float(b["scores"][0])) < 0.05

@@ -39,7 +39,7 @@ def _train(a: argparse.Namespace) -> None:
 def _predict(a: argparse.Namespace) -> None:
     from .api import load, predict_files
 
-    det = load(a.weights, device=a.device)
+    det = load(a.weights, device=a.device, precision=a.precision)
     for line in predict_files(det, a.inputs, threshold=a.threshold, out=a.out):
         print(json.dumps(line), flush=True)
 
@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threshold", type=float, default=0.9)
     pr.add_argument("--out", default="predictions")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    pr.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="bf16 autocast for the network; auto = bf16 where the hardware has it",
+    )
     pr.set_defaults(func=_predict)
 
     e = sub.add_parser("eval", help="VOC and COCO mAP of a trained detector")
