@@ -39,9 +39,16 @@ class DistContext:
     def shard_batches(
         self, global_batches: Iterator[tuple[Tensor, Tensor]]
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """From each global batch (same on every rank), this rank's share."""
+        """From each global batch (same on every rank), this rank's share.
+
+        A last global batch smaller than the world is dropped on every rank: a
+        rank without images would skip the step and leave the others waiting
+        in the gradient all-reduce.
+        """
         for images, labels in global_batches:
             if self.enabled:
+                if len(images) < self.world_size:
+                    continue
                 images, labels = (
                     images[self.rank :: self.world_size],
                     labels[self.rank :: self.world_size],
