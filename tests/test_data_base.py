@@ -1,11 +1,13 @@
-"""The data contract shared by every format: relabelling a split by another's classes."""
+"""The data contract shared by every format: image decoding, relabelling a split."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from tinyssd.data.base import DataError, Record, Split
+from tinyssd.data.base import DataError, Record, Split, image_size, read_image
 
 
 def _split(classes, labels):
@@ -34,3 +36,43 @@ def test_count_named_banana_classes_keep_their_numbers():
 def test_more_val_classes_than_train_classes_is_an_error():
     with pytest.raises(DataError, match="do not match the training classes"):
         _split(["a", "b", "c"], [3]).with_classes(["x", "y"])
+
+
+@pytest.mark.parametrize(
+    "mode,value,expected",
+    [
+        ("L", 200, (200, 200, 200)),
+        ("RGBA", (10, 20, 30, 128), (10, 20, 30)),
+        ("P", 1, (0, 255, 0)),  # palette index 1 -> green
+        ("I;16", 65535, (255, 255, 255)),  # 16-bit full scale -> 8-bit full scale
+        ("I;16", 30000, (117, 117, 117)),
+    ],
+)
+def test_any_image_mode_reads_as_8_bit_rgb(tmp_path, mode, value, expected):
+    image = Image.new(mode, (6, 4), value)
+    if mode == "P":
+        image.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    image.save(tmp_path / "x.png")
+    got = read_image(tmp_path / "x.png")
+    assert got.dtype == torch.uint8 and got.shape == (3, 4, 6)
+    assert got[:, 0, 0].tolist() == list(expected)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # stored 6 wide x 4 high with a red left column; orientation 6 = rotate 90 deg clockwise
+    arr = np.zeros((4, 6, 3), dtype=np.uint8)
+    arr[:, 0] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr).save(tmp_path / "r.png", exif=exif)
+    got = read_image(tmp_path / "r.png")
+    assert got.shape == (3, 6, 4)  # shown 4 wide x 6 high
+    assert image_size(tmp_path / "r.png") == (6, 4)
+    assert got[0, 0, :].tolist() == [255] * 4 and got[0, -1, :].tolist() == [0] * 4  # red on top
+
+
+def test_a_corrupt_image_is_a_one_line_error_naming_the_file(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    with pytest.raises(DataError, match=r"bad\.png: unreadable image") as e:
+        read_image(tmp_path / "bad.png")
+    assert "\n" not in str(e.value)
