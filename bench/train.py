@@ -3,9 +3,11 @@
     python bench/train.py [--batches 12] [--out bench/results/train.json]
 
 Prints JSON: images/s of the chapter's training step (d2l.multibox_target,
-default layout, fp32) and of tinyssd's (channels_last, batched labelling; fp32
-and bf16 autocast), their ratios, and the roofline: fp32 2048^2 matmul GFLOP/s
-divided by the model's forward+backward GFLOP per image, all from this run.
+default layout, fp32, the process's default allocator) and of tinyssd's
+(channels_last, batched labelling, heap-kept allocator; fp32 and bf16
+autocast), their ratios, the chapter's step again under tinyssd's allocator
+setting, and the roofline: fp32 2048^2 matmul GFLOP/s divided by the model's
+forward+backward GFLOP per image, all from this run.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         step = B.make_train_step(build_model("tiny_ssd", 1), precision)
         result[f"tinyssd_{precision}_images_per_s"] = B.images_per_second(step, batches)
+
+    if chapter is not None:
+        # make_train_step has applied tinyssd's allocator setting to this process:
+        # how much of the gain is that setting alone, on the chapter's own code
+        net = chapter.TinySSD(num_classes=1)
+        trainer = torch.optim.SGD(net.parameters(), lr=0.2, weight_decay=5e-4)
+        result["chapter_with_tinyssd_allocator_images_per_s"] = B.images_per_second(
+            chapter_step, batches
+        )
 
     result["matmul_gflops"] = B.matmul_gflops()
     result["train_gflop_per_image"] = B.train_step_gflop_per_image()

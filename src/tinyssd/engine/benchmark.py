@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..losses import MultiBoxLoss
 from ..matching import multibox_target
 from ..models import build_model
+from .allocator import keep_freed_memory
 from .train import train_step
 
 
@@ -50,7 +51,9 @@ def synthetic_batch(
 def make_train_step(
     model: torch.nn.Module, precision: str = "fp32", lr: float = 0.2, compile: bool = False
 ) -> Callable[[Tensor, Tensor], None]:
-    """tinyssd's training step (``engine.train.train_step``) with its own SGD optimiser."""
+    """tinyssd's training step (``engine.train.train_step``) with its own SGD optimiser,
+    and the allocator setting ``tinyssd.train`` makes on the CPU."""
+    keep_freed_memory()
     model = model.to(memory_format=torch.channels_last).train()
     step_model = torch.compile(model) if compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=5e-4)

@@ -33,6 +33,7 @@ from ..matching import multibox_target
 from ..models import SSD, build_model
 from ..viz import draw_detections, plot_curves, save_grid
 from . import distributed as dist
+from .allocator import keep_freed_memory
 from .checkpoint import resolve_weights, restore, save_checkpoint
 from .evaluate import evaluate_model, predict_dataset
 
@@ -351,6 +352,8 @@ def train(**kwargs) -> Path:
             setattr(cfg, name, str(value))
     dist_ctx = dist.init_distributed()
     device = dist_ctx.device if dist_ctx.enabled else resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # large activations: reuse heap memory, no mmap per step
     resume_file = resolve_weights(cfg.resume) if cfg.resume else None
     if cfg.out is None:
         cfg.out = str(resume_file.parent if resume_file else default_run_dir(cfg.data))

@@ -1,0 +1,37 @@
+"""The CPU training allocator setting: large tensors come from the reusable heap."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc setting")
+
+# In a fresh process: is a 256 MB tensor inside the [heap] mapping?
+PROBE = """
+import sys, torch
+from tinyssd.engine.allocator import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+t = torch.empty(256 * 2**20, dtype=torch.uint8)
+for line in open("/proc/self/maps"):
+    if line.rstrip().endswith("[heap]"):
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        if start <= t.data_ptr() < end:
+            print("heap")
+"""
+
+
+def _where(setting: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, setting], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_large_tensors_come_from_the_heap_with_the_setting():
+    assert _where("keep") == "heap"
+
+
+def test_without_it_glibc_maps_them_afresh():
+    assert _where("default") == ""
