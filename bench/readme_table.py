@@ -41,6 +41,14 @@ def table() -> str:
                 f"| training images/s, TinySSD, batch 32 ({p}) | {_f(c)} | {_f(r)} | "
                 f"{_f(r / c if c and r else None, '.2f')}× | `python bench/train.py` |"
             )
+        ca = tr.get("chapter_with_tinyssd_allocator_images_per_s")
+        if ca:
+            r = tr.get("tinyssd_bf16_images_per_s")
+            rows.append(
+                f"| training images/s, the chapter's code under tinyssd's allocator setting | "
+                f"{_f(ca)} | {_f(r)} (bf16) | {_f(r / ca if r else None, '.2f')}× "
+                "| `python bench/train.py` |"
+            )
         rows.append(
             f"| roofline images/s (fp32 matmul {_f(tr.get('matmul_gflops'), '.0f')} GFLOP/s ÷ "
             f"{_f(tr.get('train_gflop_per_image'), '.2f')} GFLOP/image) | | "
@@ -97,8 +105,8 @@ def table() -> str:
 def main() -> None:
     text = README.read_text()
     new = re.sub(
-        r"(<!-- bench:start -->\n).*?(\n<!-- bench:end -->)",
-        lambda m: m.group(1) + table() + m.group(2),
+        r"(<!-- bench:start -->\n).*?(<!-- bench:end -->)",
+        lambda m: m.group(1) + table() + "\n" + m.group(2),
         text,
         flags=re.S,
     )
