@@ -93,7 +93,7 @@ def _bench(a: argparse.Namespace) -> None:
 def _demo(a: argparse.Namespace) -> None:
     from .api import demo
 
-    demo(out=a.out, epochs=a.epochs)
+    demo(out=a.out, epochs=a.epochs, data=a.data)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="synthesise data, train briefly, predict, show pictures")
     m.add_argument("--out", default="runs/demo")
     m.add_argument("--epochs", type=int, default=None)
+    m.add_argument("--data", help="banana-layout folder; default: the built-in synthetic set")
     m.set_defaults(func=_demo)
     return p
 
