@@ -65,6 +65,21 @@ def test_equals_chapter_on_small_random_anchor_sets(seed):
     _assert_same_targets(multibox_target(anchors, labels), d2l.multibox_target(anchors, labels))
 
 
+@pytest.mark.parametrize("copies", [1, 3, 6])
+def test_equals_chapter_with_duplicate_boxes_and_exact_ties(copies):
+    # a 4 x 4 grid of equal square anchors: a box centred on a grid corner has the
+    # same IoU with four anchors, its copies tie with it, and a tiny box overlaps
+    # one anchor only (zero IoU with all the others): every tie rule is exercised
+    ticks = torch.arange(4) / 4
+    y, x = torch.meshgrid(ticks, ticks, indexing="ij")
+    anchors = torch.stack((x, y, x + 0.25, y + 0.25), dim=-1).reshape(-1, 4)
+    corner = torch.tensor([0.375, 0.375, 0.625, 0.625])
+    tiny = torch.tensor([0.05, 0.05, 0.06, 0.06])
+    boxes = torch.stack([corner] * copies + [tiny, tiny, corner + 0.125])
+    labels = torch.cat((torch.zeros(len(boxes), 1), boxes), dim=1)[None]
+    _assert_same_targets(multibox_target(anchors, labels), d2l.multibox_target(anchors, labels))
+
+
 def test_docstring_worked_example(monkeypatch):
     # match_anchors' docstring example: 3 anchors x 2 boxes, threshold 0.5.
     #   step 1: anchors 0 (0.9) and 1 (0.6) reach 0.5 on box 0.

@@ -7,10 +7,6 @@ from torch import Tensor
 
 from .boxes import batched_box_iou, encode_offsets
 
-# IoU written into taken anchors / finished boxes so that they never win again;
-# below any real IoU (>= 0) and below padding (-1).
-_TAKEN = -2.0
-
 
 def match_anchors(
     anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, iou_threshold: float = 0.5
@@ -18,10 +14,9 @@ def match_anchors(
     """Assign ground-truth boxes to anchors, for a whole batch at once.
 
     1. Every anchor whose best IoU is >= ``iou_threshold`` takes that box.
-    2. Every box takes one anchor of its own, greedily by the largest remaining
-       IoU (the chapter's loop). Pairs that are each other's best among what
-       remains are taken together in one round, which picks the same pairs as
-       taking the global maximum one at a time; usually one or two rounds.
+    2. Every box takes one anchor of its own, greedily: the largest remaining
+       IoU pairs an anchor with a box and removes both, ties going to the lower
+       anchor, then the lower box index (the chapter's loop, argmax order).
 
     Padding boxes (``gt_valid`` False) never take an anchor.
 
@@ -48,28 +43,71 @@ def match_anchors(
     iou[img, slot] = batched_box_iou(anchors, gt_boxes[img, slot][None])[0]  # (N, A)
     best_iou, best_gt = iou.max(dim=1)  # (B, A): each anchor's best box
     matched = torch.where(best_iou >= iou_threshold, best_gt, -1)
-
-    batch, num_gt, num_anchors = iou.shape
-    done = ~gt_valid  # (B, M)
-    taken = torch.zeros(batch, num_anchors, dtype=torch.bool, device=iou.device)
-    gt_index = torch.arange(num_gt, device=iou.device)
-    imgs = torch.arange(batch, device=iou.device)  # images with boxes still open
-    gt_of_anchor, work = best_gt, iou  # first round: nothing taken yet, reuse step 1
-    for _ in range(num_gt):  # at most M rounds; normally one or two
-        anchor_of_gt = work.max(dim=2).indices  # (b, M): best free anchor of each open box
-        mutual = ~done[imgs] & (gt_of_anchor.gather(1, anchor_of_gt) == gt_index)  # (b, M)
-        r, cols = mutual.nonzero(as_tuple=True)
-        rows, anchors_won = imgs[r], anchor_of_gt[r, cols]
-        matched[rows, anchors_won] = cols
-        taken[rows, anchors_won] = True
-        done[rows, cols] = True
-        imgs = (~done).any(dim=1).nonzero()[:, 0]
-        if len(imgs) == 0:
-            break
-        # later rounds only look at the few images that still have a conflict
-        work = iou[imgs].masked_fill_(taken[imgs, None, :] | done[imgs, :, None], _TAKEN)
-        gt_of_anchor = work.max(dim=1).indices  # (b, A): best open box of each free anchor
+    rows, anchors_won, boxes = _greedy_pairs(iou, gt_valid)
+    matched[rows, anchors_won] = boxes
     return matched
+
+
+def _greedy_pairs(iou: Tensor, gt_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 2 of ``match_anchors``: the chapter's greedy loop, on a few candidates.
+
+    When a box is paired, at most M - 1 anchors have been taken by other boxes,
+    so its anchor is among its own M best (IoU descending, lower index first on
+    ties). The loop therefore runs exactly on a (B, M, M) table of those
+    candidates instead of the (B, M, A) IoU table, one box per image a round.
+
+    Args:
+        iou (Tensor[B, M, A]), gt_valid (Tensor[B, M] bool).
+    Returns:
+        (image, anchor, box) index tensors of the pairs, one per real box.
+    """
+    batch, num_gt, _ = iou.shape
+    cand_iou, cand_anchor = _best_anchors(iou, gt_valid, num_gt)  # (B, M, k) each
+    k = cand_iou.shape[2]
+    table = cand_iou.masked_fill(~gt_valid[..., None], -torch.inf)
+    # argmax order of the chapter's (A, M) table: lower anchor first, then lower box
+    order = cand_anchor * num_gt + torch.arange(num_gt, device=iou.device)[:, None]
+    no_pair = torch.iinfo(order.dtype).max
+    imgs = torch.arange(batch, device=iou.device)
+    pairs = []
+    for _ in range(int(gt_valid.sum(dim=1).max())):
+        top = table.flatten(1).max(dim=1).values  # (B,)
+        open_ = top > -torch.inf  # images with a box still to pair
+        tied = torch.where(table == top[:, None, None], order, no_pair)
+        pick = tied.flatten(1).argmin(dim=1)  # (B,)
+        box, anchor = pick // k, cand_anchor.flatten(1).gather(1, pick[:, None])[:, 0]
+        pairs.append(torch.stack((imgs, anchor, box))[:, open_])
+        table[imgs, box] = -torch.inf  # the box is done
+        table.masked_fill_(cand_anchor == anchor[:, None, None], -torch.inf)  # the anchor taken
+    if not pairs:
+        return (iou.new_zeros(0, dtype=torch.long),) * 3
+    rows, anchors_won, boxes = torch.cat(pairs, dim=1)
+    return rows, anchors_won, boxes
+
+
+def _best_anchors(iou: Tensor, gt_valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Each box's ``k`` best anchors, ties at the cut going to the lower anchor index.
+
+    Returns:
+        (Tensor[B, M, k'] IoU, Tensor[B, M, k'] anchor index), k' = min(k, A).
+    """
+    num_anchors = iou.shape[2]
+    if k >= num_anchors:
+        return iou, torch.arange(num_anchors, device=iou.device).expand_as(iou)
+    values, index = iou.topk(k + 1, dim=2)  # (B, M, k+1), descending
+    # where the k-th and (k+1)-th values tie, topk's choice among equals is arbitrary:
+    # redo those rows exactly (all above the cut, then the lowest indices at it)
+    tie = (values[..., k - 1] == values[..., k]) & gt_valid  # (B, M)
+    values, index = values[..., :k].contiguous(), index[..., :k].contiguous()
+    if tie.any():
+        rows = iou[tie]  # (R, A)
+        cut = values[tie][:, k - 1 : k]  # (R, 1)
+        above, at = rows > cut, rows == cut
+        need = k - above.sum(dim=1, keepdim=True)
+        keep = above | (at & (at.cumsum(dim=1) <= need))  # exactly k per row
+        fixed = keep.nonzero()[:, 1].view(-1, k)  # (R, k), ascending anchor index
+        values[tie], index[tie] = rows.gather(1, fixed), fixed
+    return values, index
 
 
 def multibox_target(
