@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.tinyssd-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-augment clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ bench: $(STAMP)
 	$(PY) bench/train.py --out bench/results/train.json
 	$(PY) bench/time_to_ap.py --out bench/results/time_to_ap.json
 	$(PY) bench/readme_table.py
+
+# about 40 minutes: SSD augmentation vs none at equal epochs (docs/augmentation.md)
+bench-augment: $(STAMP)
+	cd bench && ../$(PY) augment.py --epochs 20 --synthetic-epochs 12 --out results/augment.json
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
