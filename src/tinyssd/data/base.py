@@ -28,7 +28,7 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_MAX = 3.4028234663852886e38  # larger coordinates would become inf in the float32 boxes
 # What PIL raises for files it cannot decode; a decompression bomb is not an OSError.
 UNREADABLE_ERRORS = (
     UnidentifiedImageError,
@@ -36,7 +36,7 @@ UNREADABLE_ERRORS = (
     ValueError,
     SyntaxError,
     DecompressionBombError,
-)  # larger coordinates would become inf in the float32 boxes
+)
 
 
 class DataError(ValueError):
@@ -139,6 +139,10 @@ class Report:
         """Record one problem; control characters (a newline in a file name) are escaped."""
         entry = f"{where}: {detail}" if detail else str(where)
         self.items[kind].append("".join(c if c.isprintable() else repr(c)[1:-1] for c in entry))
+
+    def add_unreadable(self, image: str | Path, error: DataError) -> None:
+        """Record an image that ``read_image`` or ``image_size`` could not read."""
+        self.add(UNREADABLE_IMAGE, image, str(error).split(": ", 1)[-1])
 
     def count(self, kind: str) -> int:
         return len(self.items.get(kind, []))

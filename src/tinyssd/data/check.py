@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import FORMATS, resolve_format
-from .base import BAD_SPLIT, UNREADABLE_IMAGE, DataError, Report, Split, clip_to_image, read_image
+from .base import BAD_SPLIT, DataError, Report, Split, clip_to_image, read_image
 
 WORKERS = min(4, os.cpu_count() or 1)  # threads: PIL decodes without holding the GIL
 
@@ -84,7 +84,7 @@ def check_images(data: Split, report: Report) -> SplitCheck:
     images = boxes = 0
     for rec, size in zip(data.records, sizes):
         if isinstance(size, DataError):
-            report.add(UNREADABLE_IMAGE, rec.image, str(size).split(": ", 1)[-1])
+            report.add_unreadable(rec.image, size)
             continue
         images += 1
         boxes += len(clip_to_image(rec, size, report).labels)

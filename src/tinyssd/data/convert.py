@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 
 from . import FORMATS, resolve_format
-from .base import UNREADABLE_IMAGE, DataError, Record, Report, clip_to_image, image_size
+from .base import DataError, Record, Report, clip_to_image, image_size
 
 log = logging.getLogger(__name__)
 
@@ -79,5 +79,5 @@ def with_image_sizes(records: list[Record], report: Report) -> list[Record]:
         try:
             sized.append(dataclasses.replace(rec, size=image_size(rec.image)))
         except DataError as e:
-            report.add(UNREADABLE_IMAGE, rec.image, str(e).split(": ", 1)[-1])
+            report.add_unreadable(rec.image, e)
     return sized

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .base import UNREADABLE_IMAGE, DataError, Record, Report, Split, clip_to_image, read_image
+from .base import DataError, Record, Report, Split, clip_to_image, read_image
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             try:
                 image = read_image(rec.image)
             except DataError as e:
-                self.report.add(UNREADABLE_IMAGE, rec.image, str(e).split(": ", 1)[-1])
+                self.report.add_unreadable(rec.image, e)
                 continue
             self.records.append(clip_to_image(rec, tuple(image.shape[-2:]), self.report))
             self.images.append(image if transform is not None else resize_image(image, image_size))

@@ -36,7 +36,6 @@ from .base import (
     MISSING_IMAGE,
     NO_LABELS,
     UNKNOWN_CLASS,
-    UNREADABLE_IMAGE,
     DataError,
     Record,
     Report,
@@ -246,7 +245,7 @@ def read_yolo(root: str | Path, split: str = "train", report: Report | None = No
         try:
             h, w = image_size(image)
         except DataError as e:
-            report.add(UNREADABLE_IMAGE, image, str(e).split(": ", 1)[-1])
+            report.add_unreadable(image, e)
             continue
         try:
             parsed = parse_yolo_txt(label, w, h)
