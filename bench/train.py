@@ -31,6 +31,17 @@ def banana_batches(n: int) -> list:
     return [collate([ds[i] for i in range(k * 32, k * 32 + 32)]) for k in range(n)]
 
 
+def chapter_train_step(chapter):
+    """The chapter's training step on a fresh TinySSD with its SGD (lr 0.2, wd 5e-4)."""
+    net = chapter.TinySSD(num_classes=1).train()
+    trainer = torch.optim.SGD(net.parameters(), lr=0.2, weight_decay=5e-4)
+
+    def step(images, labels):
+        chapter.train_step(net, trainer, images.float(), labels)
+
+    return step
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=12, help="timed batches (+2 warm-up)")
@@ -43,14 +54,8 @@ def main() -> None:
 
     chapter = chapter_module()
     if chapter is not None:
-        net = chapter.TinySSD(num_classes=1)
-        trainer = torch.optim.SGD(net.parameters(), lr=0.2, weight_decay=5e-4)
-        net.train()
-
-        def chapter_step(images, labels):
-            chapter.train_step(net, trainer, images.float(), labels)
-
-        result["chapter_images_per_s"] = B.images_per_second(chapter_step, batches)
+        step = chapter_train_step(chapter)
+        result["chapter_images_per_s"] = B.images_per_second(step, batches)
 
     for precision in ("fp32", "bf16"):
         step = B.make_train_step(build_model("tiny_ssd", 1), precision)
@@ -59,11 +64,8 @@ def main() -> None:
     if chapter is not None:
         # make_train_step has applied tinyssd's allocator setting to this process:
         # how much of the gain is that setting alone, on the chapter's own code
-        net = chapter.TinySSD(num_classes=1)
-        trainer = torch.optim.SGD(net.parameters(), lr=0.2, weight_decay=5e-4)
-        result["chapter_with_tinyssd_allocator_images_per_s"] = B.images_per_second(
-            chapter_step, batches
-        )
+        step = chapter_train_step(chapter)
+        result["chapter_with_tinyssd_allocator_images_per_s"] = B.images_per_second(step, batches)
 
     result["train_gflop_per_image"] = B.train_step_gflop_per_image()
     result["roofline_images_per_s"] = result["matmul_gflops"] / result["train_gflop_per_image"]

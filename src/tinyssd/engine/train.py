@@ -82,6 +82,12 @@ class TrainConfig:
     progress: bool = True
     stop_ap50: float | None = None  # stop once val AP50 reaches this (time-to-accuracy runs)
 
+    def __post_init__(self) -> None:
+        for name in ("data", "out", "resume"):  # Path objects welcome; config.json holds str
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, str(value))
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -346,10 +352,6 @@ def train(**kwargs) -> Path:
         run = tinyssd.train(data="data/banana-detection", epochs=20, out="runs/bananas")
     """
     cfg = TrainConfig(**kwargs)
-    for name in ("data", "out", "resume"):  # paths may come as Path objects; config.json needs str
-        value = getattr(cfg, name)
-        if value is not None:
-            setattr(cfg, name, str(value))
     dist_ctx = dist.init_distributed()
     device = dist_ctx.device if dist_ctx.enabled else resolve_device(cfg.device)
     if device.type == "cpu":
