@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +43,16 @@ def emit(result: dict, out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+
+
+def train_metrics(**train_kwargs) -> tuple[list[dict[str, float]], float]:
+    """Run ``tinyssd.train`` in a throw-away folder: its metrics.csv rows and the wall seconds."""
+    import tinyssd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        run = tinyssd.train(out=str(Path(tmp) / "run"), progress=False, **train_kwargs)
+        wall = time.perf_counter() - t0
+        with (run / "metrics.csv").open() as f:
+            rows = [{k: float(v or "nan") for k, v in row.items()} for row in csv.DictReader(f)]
+    return rows, wall

@@ -13,39 +13,27 @@ bbox MAE, and the training minutes. Everything else is the chapter's recipe
 from __future__ import annotations
 
 import argparse
-import csv
-import tempfile
 from pathlib import Path
 
-from _common import BANANAS, emit
+from _common import BANANAS, emit, train_metrics
 
-import tinyssd
 from tinyssd.data.synthetic import ensure_synthetic
 
 SETTINGS = ("none", "ssd")
 
 
 def run(data: Path, augment: str, epochs: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = tinyssd.train(
-            data=str(data),
-            epochs=epochs,
-            augment=augment,
-            out=str(Path(tmp) / augment),
-            progress=False,
-        )
-        with (out / "metrics.csv").open() as f:
-            rows = list(csv.DictReader(f))
+    rows, _ = train_metrics(data=str(data), epochs=epochs, augment=augment)
     last = rows[-1]
     return {
         "epochs": len(rows),
-        "final_AP50": float(last["val_AP50"]),
-        "final_AP": float(last["val_AP"]),
-        "best_AP50": max(float(r["val_AP50"]) for r in rows),
-        "best_AP": max(float(r["val_AP"]) for r in rows),
-        "final_train_class_err": float(last["class_err"]),
-        "final_train_bbox_mae": float(last["bbox_mae"]),
-        "train_minutes": sum(float(r["seconds"]) for r in rows) / 60,
+        "final_AP50": last["val_AP50"],
+        "final_AP": last["val_AP"],
+        "best_AP50": max(r["val_AP50"] for r in rows),
+        "best_AP": max(r["val_AP"] for r in rows),
+        "final_train_class_err": last["class_err"],
+        "final_train_bbox_mae": last["bbox_mae"],
+        "train_minutes": sum(r["seconds"] for r in rows) / 60,
     }
 
 

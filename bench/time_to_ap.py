@@ -15,14 +15,8 @@ Skips (prints {"skipped": ...}) when ../shared/data/banana-detection is absent.
 from __future__ import annotations
 
 import argparse
-import csv
-import tempfile
-import time
-from pathlib import Path
 
-from _common import BANANAS, emit
-
-import tinyssd
+from _common import BANANAS, emit, train_metrics
 
 RECIPES = {
     "chapter": {},
@@ -43,28 +37,18 @@ def main() -> None:
         return
     result = {"target_AP50": a.target, "recipes": {}}
     for name in a.recipes.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            run = tinyssd.train(
-                data=str(BANANAS),
-                epochs=a.max_epochs,
-                out=str(Path(tmp) / name),
-                stop_ap50=a.target,
-                progress=False,
-                **RECIPES[name],
-            )
-            wall = time.perf_counter() - t0
-            with (run / "metrics.csv").open() as f:
-                rows = list(csv.DictReader(f))
-        reached = float(rows[-1]["val_AP50"]) >= a.target
+        rows, wall = train_metrics(
+            data=str(BANANAS), epochs=a.max_epochs, stop_ap50=a.target, **RECIPES[name]
+        )
+        reached = rows[-1]["val_AP50"] >= a.target
         result["recipes"][name] = {
             "settings": RECIPES[name],
             "reached": reached,
             "epochs": len(rows),
-            "train_minutes": sum(float(r["seconds"]) for r in rows) / 60,
+            "train_minutes": sum(r["seconds"] for r in rows) / 60,
             "wall_minutes": wall / 60,
-            "final_AP50": float(rows[-1]["val_AP50"]),
-            "final_AP": float(rows[-1]["val_AP"]),
+            "final_AP50": rows[-1]["val_AP50"],
+            "final_AP": rows[-1]["val_AP"],
         }
     emit(result, a.out)
 
