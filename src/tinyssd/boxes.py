@@ -10,7 +10,6 @@ import math
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_convert
 from torchvision.ops import box_iou as _tv_box_iou
 
 # The chapter scales centre offsets by 10 and log-size offsets by 5:
@@ -103,8 +102,3 @@ def decode_offsets(anchors: Tensor, offsets: Tensor) -> Tensor:
     cxy = offsets[..., :2] * a[..., 2:] / _XY_SCALE + a[..., :2]
     wh = torch.exp((offsets[..., 2:] / _WH_SCALE).clamp(max=MAX_LOG_SCALE)) * a[..., 2:]
     return box_center_to_corner(torch.cat((cxy, wh), dim=-1))
-
-
-def to_xywh(boxes: Tensor) -> Tensor:
-    """``Tensor[N, 4]`` xyxy -> xywh (COCO's box format)."""
-    return box_convert(boxes, "xyxy", "xywh")

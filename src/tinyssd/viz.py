@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from torch import Tensor  # noqa: E402
 
@@ -75,8 +74,3 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def as_uint8(images: Tensor) -> Tensor:
-    """0-255 floats or uint8 -> uint8, for drawing."""
-    return images if images.dtype == torch.uint8 else images.clamp(0, 255).round().to(torch.uint8)
