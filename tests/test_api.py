@@ -11,7 +11,7 @@ from tinyssd.api import predict_files
 from tinyssd.cli import main
 from tinyssd.data.base import DataError
 from tinyssd.data.dataset import resize_image
-from tinyssd.engine.evaluate import predict_batch
+from tinyssd.inference import predict_batch
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from tinyssd.data.base import DataError
+from tinyssd.errors import CheckpointError
 from tinyssd.engine.checkpoint import read_checkpoint, resolve_weights, restore, save_checkpoint
 from tinyssd.models import TinySSD
 
@@ -91,9 +91,9 @@ def test_killed_mid_write_last_good_checkpoint_still_loads(tmp_path):
 def test_unreadable_checkpoint_gives_one_line_error_naming_the_file(tmp_path):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(DataError, match="broken.safetensors"):
+    with pytest.raises(CheckpointError, match="broken.safetensors"):
         read_checkpoint(bad)
-    with pytest.raises(DataError, match="no such run folder"):
+    with pytest.raises(CheckpointError, match="no such run folder"):
         resolve_weights(tmp_path / "missing")
-    with pytest.raises(DataError, match="no best.safetensors"):
+    with pytest.raises(CheckpointError, match="no best.safetensors"):
         resolve_weights(tmp_path)

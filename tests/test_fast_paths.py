@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tinyssd.engine.evaluate import predict_batch
+from tinyssd.inference import predict_batch
 from tinyssd.models import TinySSD
 from tinyssd.models.fuse import fold_batchnorm
 

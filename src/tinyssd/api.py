@@ -19,11 +19,10 @@ from torch import Tensor
 from .data.base import IMAGE_SUFFIXES, DataError, read_image
 from .data.dataset import resize_image
 from .engine.checkpoint import read_checkpoint, resolve_weights, split_state
-from .engine.evaluate import predict_batch
-from .engine.train import resolve_device, resolve_precision
+from .errors import CheckpointError
+from .inference import autocast, evaluate_dataset, predict_batch, resolve_device, resolve_precision
 from .models import SSD, SSDConfig
 from .models.fuse import fold_batchnorm
-from .viz import draw_detections
 
 log = logging.getLogger("tinyssd")
 
@@ -78,9 +77,7 @@ class Detector:
         sizes = [tuple(t.shape[-2:]) for t in tensors]
         batch = torch.stack([resize_image(t, self.image_size) for t in tensors]).to(self.device)
         batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            self.device.type, self.autocast_dtype, enabled=self.autocast_dtype is not None
-        ):
+        with autocast(self.device, self.autocast_dtype):
             dets = predict_batch(
                 self.model,
                 batch,
@@ -107,9 +104,14 @@ def load(run_or_file: str | Path, device: str = "auto", precision: str = "auto")
     """
     path = resolve_weights(run_or_file)
     tensors, meta = read_checkpoint(path)
-    cfg = meta["config"]
-    model = SSD(cfg["num_classes"], SSDConfig.from_dict(cfg["ssd"]))
-    model.load_state_dict(split_state(tensors, "model."))
+    log.info("loaded %s (epoch %s)", path, meta.get("epoch", "?"))
+    try:
+        cfg = meta["config"]
+        model = SSD(cfg["num_classes"], SSDConfig.from_dict(cfg["ssd"]))
+        model.load_state_dict(split_state(tensors, "model."))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot rebuild the model ({first})") from None
     return Detector(model, cfg["classes"], resolve_device(device), precision)
 
 
@@ -135,6 +137,8 @@ def predict_files(
         image = read_image(f)
         d = det.predict(image, threshold=threshold)[0]
         picture = out / f"{f.stem}.png"
+        from .viz import draw_detections
+
         draw_detections(image, d["boxes"], d["scores"], d["labels"], det.classes).save(picture)
         yield {
             "image": str(f),
@@ -158,7 +162,6 @@ def evaluate_run(
 ) -> dict:
     """``tinyssd eval``: mAP of a trained detector on a split; table, PR curves, JSON."""
     from .data import DetectionDataset, Report, load_split
-    from .engine.evaluate import evaluate_model
     from .evaluation import to_json
     from .evaluation.plot import format_table, plot_pr_curves
 
@@ -172,7 +175,7 @@ def evaluate_run(
     )
     if report:
         log.info("data check:\n%s", report.summary())
-    result = evaluate_model(det.model, dataset, 32, det.device)
+    result = evaluate_dataset(det.model, dataset, 32, det.device)
     print(format_table(result, det.classes))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +201,11 @@ def demo(
 
     data = Path(data) if data is not None else ensure_synthetic()
     run = train(
-        data=str(data), epochs=epochs or DEMO_EPOCHS, batch_size=DEMO_BATCH_SIZE, out=str(out)
+        data=str(data),
+        epochs=epochs or DEMO_EPOCHS,
+        batch_size=DEMO_BATCH_SIZE,
+        out=str(out),
+        exist_ok=True,  # the demo's own folder: `make demo` twice replaces its run
     )
     det = load(run)
     val_images = sorted((Path(data) / "bananas_val" / "images").iterdir())[:8]

@@ -5,34 +5,59 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from dataclasses import fields
+from typing import Any
 
-from .data.base import DataError
+from .errors import TinySSDError
 
 
 def _train(a: argparse.Namespace) -> None:
     from .engine.train import train
 
-    train(
-        data=a.data,
-        format=a.format,
-        model=a.model,
-        epochs=a.epochs,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        weight_decay=a.weight_decay,
-        momentum=a.momentum,
-        image_size=a.image_size,
-        out=a.out,
-        seed=a.seed,
-        resume=a.resume,
-        device=a.device,
-        augment=a.augment,
-        loss=a.loss,
-        compile=a.compile,
-        precision=a.precision,
-        workers=a.workers,
-        stop_ap50=a.stop_ap50,
+    train(**train_overrides(a))
+
+
+def train_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields a ``tinyssd train`` command line sets: ``--config``'s, then
+    the options given explicitly (options not given are absent from the namespace)."""
+    from .config import TrainConfig, read_run_config
+
+    given = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)}
+    if getattr(a, "config", None):
+        saved = read_run_config(a.config)
+        base = {k: v for k, v in saved.items() if k not in ("out", "resume", "exist_ok", "force")}
+        given = {**TrainConfig.from_dict(base).to_dict(), **given}
+    return given
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, help and choices from the field; defaults shown
+    in the help but not set, so that only what the user typed overrides a recipe,
+    ``--config`` or a resumed run's settings."""
+    from .config import RECIPES, TrainConfig, field_types, flag
+
+    types = field_types()
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        name = f"--{flag(f.name)}"
+        shown = f.default if f.default is not None else "from --recipe"
+        if f.name in RECIPES["default"]:
+            shown = f"{RECIPES['default'][f.name]} (chapter recipe: {RECIPES['chapter'][f.name]})"
+        elif f.default is None:
+            shown = "none"
+        help_text = (
+            meta["help"] if "default:" in meta["help"] else f"{meta['help']} (default: {shown})"
+        )
+        if types[f.name] is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(
+                name, type=types[f.name], choices=meta.get("choices"), help=help_text
+            )
+    parser.add_argument(
+        "--config", help="a run's config.json (or run folder): repeat that run's settings"
     )
 
 
@@ -96,46 +121,26 @@ def _demo(a: argparse.Namespace) -> None:
     demo(out=a.out, epochs=a.epochs, data=a.data)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tinyssd")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinyssd", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"tinyssd {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     fmt = dict(default="auto", choices=["auto", "bananas", "voc", "coco", "yolo"])
 
-    t = sub.add_parser("train", help="train a detector (the chapter's settings are the defaults)")
-    t.add_argument("--data", help="data folder; default: the built-in synthetic data set")
-    t.add_argument("--format", **fmt)
-    t.add_argument("--model", default="tiny_ssd", help="tiny_ssd or ssd300_vgg16")
-    t.add_argument("--epochs", type=int, default=20)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=0.2)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (chapter: 0)")
-    t.add_argument("--image-size", type=int, default=256)
-    t.add_argument("--out", help="run folder (default runs/NAME)")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--resume", help="run folder or checkpoint file to continue from")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument(
-        "--augment",
-        default="none",
-        help="none, ssd (all four), or a comma list of photometric,expand,crop,flip",
-    )
-    t.add_argument(
-        "--loss",
-        default="chapter",
-        help="chapter (CE + masked L1) or key=value list, e.g. box=smooth_l1,sigma=1,"
-        "cls=focal,gamma=2,alpha=0.25,neg_pos=3,cls_weight=1,box_weight=1,normalize=positives",
-    )
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16"],
-        help="bf16 autocast for the forward pass; auto = bf16 where the hardware has it",
-    )
-    t.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    t.add_argument("--stop-ap50", type=float, help="stop once val AP50 reaches this value")
+    t = sub.add_parser("train", help="train a detector", argument_default=argparse.SUPPRESS)
+    add_train_options(t)
     t.set_defaults(func=_train)
 
     pr = sub.add_parser("predict", help="draw and print detections for images")
@@ -212,8 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         a.func(a)
-    except (DataError, FileNotFoundError) as e:
+    except TinySSDError as e:
         print(f"tinyssd: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # the reader of our output went away (`tinyssd predict ... | head -1`): end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except OSError as e:  # permissions, a full disk, a read-only folder: name the path
+        where = e.filename if e.filename is not None else "tinyssd"
+        print(f"tinyssd: error: {where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinyssd: interrupted", file=sys.stderr)

@@ -5,12 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-from torch import Tensor  # noqa: E402
+from PIL import Image, ImageDraw
+from torch import Tensor
 
 _COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6"]
 
@@ -53,9 +49,13 @@ def save_grid(images: Sequence[Image.Image], path: str | Path, columns: int = 4)
 
 def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
     """The chapter's class-error and bbox-MAE curves (log scale) and val AP per epoch."""
+    # a bare Figure draws with Agg without touching pyplot's global backend
+    from matplotlib.figure import Figure
+
     path = Path(path)
     epochs = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [r["class_err"] for r in rows], label="class error")
     ax1.plot(epochs, [r["bbox_mae"] for r in rows], label="bbox mae", linestyle="--")
     ax1.set_yscale("log")
@@ -72,5 +72,4 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

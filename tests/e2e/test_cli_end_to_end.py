@@ -7,7 +7,7 @@ import pytest
 
 from tinyssd.cli import main
 from tinyssd.data import DetectionDataset, load_split
-from tinyssd.engine.evaluate import evaluate_model
+from tinyssd.inference import evaluate_dataset
 from tinyssd.models import build_model
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def run(synth, tmp_path_factory):
 
 def test_training_lifts_ap50_well_above_an_untrained_model(synth, run):
     val = DetectionDataset(load_split(synth, "val"), 128)
-    untrained = evaluate_model(build_model("tiny_ssd", 2, image_size=128).eval(), val)["AP50"]
+    untrained = evaluate_dataset(build_model("tiny_ssd", 2, image_size=128).eval(), val)["AP50"]
     with (run / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 12

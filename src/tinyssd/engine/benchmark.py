@@ -111,14 +111,14 @@ def predict_latency_ms(
     precision: str = "fp32",
 ) -> float:
     """Median wall time of one prediction (forward + decode + NMS) of ``batch`` images."""
-    from .evaluate import predict_batch
+    from ..inference import autocast, predict_batch
 
     model = model.eval().to(memory_format=torch.channels_last)
     images = synthetic_batch(batch, image_size)[0].contiguous(memory_format=torch.channels_last)
     bf16 = precision == "bf16"
 
     def once() -> None:
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), autocast("cpu", torch.bfloat16 if bf16 else None):
             predict_batch(model, images, [(image_size, image_size)] * batch)
 
     for _ in range(3):

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
-from ..data.base import DataError
+from ..errors import CheckpointError
 
 
 def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -104,18 +104,18 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(tensors, metadata) of a checkpoint; DataError naming the file if it is not one."""
+    """(tensors, metadata) of a checkpoint; CheckpointError naming the file if it is not one."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: checkpoint not found")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
     if "tinyssd" not in header:
-        raise DataError(f"{path}: not a tinyssd checkpoint (no tinyssd metadata)")
+        raise CheckpointError(f"{path}: not a tinyssd checkpoint (no tinyssd metadata)")
     return tensors, json.loads(header["tinyssd"])
 
 
@@ -141,14 +141,25 @@ def restore(
     return meta
 
 
-def resolve_weights(run_or_file: str | Path) -> Path:
-    """A checkpoint file from a run folder (best, else last) or the file itself."""
+def resolve_checkpoint(run_or_file: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint file from a run folder, or the file itself.
+
+    In a folder, ``prefer="best"`` (prediction, evaluation) takes
+    ``best.safetensors`` else ``last``; ``prefer="last"`` (resuming) takes
+    ``last.safetensors`` else ``best``.
+    """
     p = Path(run_or_file)
     if p.is_dir():
-        for name in ("best.safetensors", "last.safetensors"):
-            if (p / name).is_file():
-                return p / name
-        raise DataError(f"{p}: run folder has no best.safetensors or last.safetensors")
+        order = ("best", "last") if prefer == "best" else ("last", "best")
+        for name in order:
+            if (p / f"{name}.safetensors").is_file():
+                return p / f"{name}.safetensors"
+        raise CheckpointError(f"{p}: run folder has no best.safetensors or last.safetensors")
     if not p.is_file():
-        raise DataError(f"{p}: no such run folder or checkpoint file")
+        raise CheckpointError(f"{p}: no such run folder or checkpoint file")
     return p
+
+
+def resolve_weights(run_or_file: str | Path) -> Path:
+    """The checkpoint to predict with: a run folder's best (else last), or the file itself."""
+    return resolve_checkpoint(run_or_file, prefer="best")

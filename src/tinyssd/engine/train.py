@@ -1,117 +1,52 @@
-"""Training: the chapter's loop as a function (``tinyssd.train``) and a command.
+"""Training: ``tinyssd.train`` and ``tinyssd train``.
 
-    tinyssd train --data ../shared/data/banana-detection --epochs 20
-    torchrun --nproc-per-node 2 -m tinyssd train --data DIR      # several processes
+    tinyssd train --data ../shared/data/banana-detection
+    torchrun --standalone --nproc-per-node 2 -m tinyssd train --data DIR   # several processes
 
-Each epoch: get batch, forward, label anchors, loss, backward, step; then
-evaluate on val, log, checkpoint. The run folder gets ``config.json``,
-``metrics.csv``, ``curves.png``, ``val_predictions.png``, ``last.safetensors``
-and ``best.safetensors`` (best val COCO AP).
+The loop: get batch, forward, label anchors, loss, backward, step; after each
+epoch: evaluate on val, log, checkpoint, maybe stop. The run folder gets
+``config.json``, ``metrics.csv``, ``curves.png``, ``val_predictions.png``,
+``last.safetensors`` and ``best.safetensors`` (best val COCO AP).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
+import math
 import random
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
+from ..config import TrainConfig, check, read_run_config
 from ..data import DetectionDataset, Report, collate, load_split
-from ..data.base import DataError, read_image
+from ..errors import DataError, TinySSDError, UsageError
+from ..inference import autocast, evaluate_dataset, resolve_device, resolve_precision
 from ..losses import LossConfig, MultiBoxLoss
 from ..matching import multibox_target
-from ..models import SSD, build_model
-from ..viz import draw_detections, plot_curves, save_grid
+from ..models import PRESETS, SSD, build_model
 from . import distributed as dist
-from .allocator import keep_freed_memory
-from .checkpoint import resolve_weights, restore, save_checkpoint
-from .evaluate import evaluate_model, predict_dataset
+from .allocator import freed_memory_kept
+from .checkpoint import resolve_checkpoint, restore
+from .run_folder import METRIC_COLUMNS, RunFolder, new_run_dir
 
 log = logging.getLogger("tinyssd")
 
-METRIC_COLUMNS = [
-    "epoch",
-    "loss",
-    "cls_loss",
-    "box_loss",
-    "class_err",
-    "bbox_mae",
-    "val_AP50",
-    "val_AP",
-    "seconds",
-    "images_per_s",
-]
+__all__ = ["METRIC_COLUMNS", "TrainConfig", "train", "train_step"]
 
 
-# Boxes drawn in val_predictions.png: low enough to show what a young model finds.
-VAL_PICTURE_THRESHOLD = 0.3
+class TrainingError(TinySSDError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to try."""
 
 
-@dataclass
-class TrainConfig:
-    """What ``tinyssd train`` was asked to do; written to ``config.json``."""
-
-    data: str | None = None  # data folder; None = built-in synthetic set
-    format: str = "auto"
-    model: str = "tiny_ssd"
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 0.2
-    weight_decay: float = 5e-4
-    momentum: float = 0.0  # SGD momentum (the chapter uses none)
-    image_size: int = 256
-    out: str | None = None
-    seed: int = 0
-    resume: str | None = None
-    device: str = "auto"
-    augment: str = "none"
-    loss: str = "chapter"
-    compile: bool = False
-    precision: str = "auto"  # "fp32", "bf16" (autocast), or "auto": bf16 where the CPU/GPU has it
-    workers: int = 0
-    progress: bool = True
-    stop_ap50: float | None = None  # stop once val AP50 reaches this (time-to-accuracy runs)
-
-    def __post_init__(self) -> None:
-        for name in ("data", "out", "resume"):  # Path objects welcome; config.json holds str
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, str(value))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda: no CUDA device is available")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for the forward pass, or None for plain fp32."""
-    if name == "fp32":
-        return None
-    if name not in ("auto", "bf16"):
-        raise ValueError(f"precision {name!r}: choose from auto, fp32, bf16")
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = (
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    if name == "bf16" and not supported:
-        raise DataError(f"--precision bf16: not supported on this {device.type} device")
-    return torch.bfloat16 if supported else None
+# ---------------------------------------------------------------------------- setup
 
 
 def seed_everything(seed: int) -> None:
@@ -120,7 +55,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset]:
+def load_datasets(cfg: TrainConfig, image_size: int) -> tuple[DetectionDataset, DetectionDataset]:
     """Read, check and decode the train and val splits; log what was skipped."""
     root = cfg.data
     if root is None:
@@ -135,33 +70,96 @@ def load_datasets(cfg: TrainConfig) -> tuple[DetectionDataset, DetectionDataset]
     if cfg.augment != "none":
         from ..data.transforms import parse_augment, train_transform
 
-        transform = train_transform(cfg.image_size, **parse_augment(cfg.augment))
-    train_ds = DetectionDataset(train_split, cfg.image_size, transform, report)
-    val_ds = DetectionDataset(val_split, cfg.image_size, None, report)
+        transform = train_transform(image_size, **parse_augment(cfg.augment))
+    train_ds = DetectionDataset(train_split, image_size, transform, report)
+    val_ds = DetectionDataset(val_split, image_size, None, report)
     if report:
         log.info("data check for %s:\n%s", root, report.summary())
     if len(train_ds) == 0:
         raise DataError(f"{root}: no usable training images")
+    if len(val_ds) == 0:
+        log.warning(
+            "warning: %s has no usable val images: no val AP; best.safetensors = last", root
+        )
     return train_ds, val_ds
 
 
+def check_settings(cfg: TrainConfig) -> None:
+    """Every option that can be checked without data: a UsageError naming it."""
+    check(cfg)
+    if cfg.model not in PRESETS:
+        raise UsageError(f"--model {cfg.model!r}: choose from {', '.join(PRESETS)}")
+    try:
+        LossConfig.parse(cfg.loss or "chapter")
+    except ValueError as e:
+        raise UsageError(f"--loss {cfg.loss!r}: {e}") from None
+    if cfg.augment not in (None, "none"):
+        from ..data.transforms import parse_augment
+
+        try:
+            parse_augment(cfg.augment)
+        except ValueError as e:
+            raise UsageError(f"--augment {cfg.augment!r}: {e}") from None
+
+
+def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
+    """The run's config: a resumed run's own settings, then the given ones, then the recipe.
+
+    With ``resume``, a setting given that differs from the run's is logged; a
+    different data folder or model is a UsageError unless ``force``.
+    """
+    force = bool(overrides.pop("force", False))
+    resume = overrides.get("resume")
+    if not resume:
+        return TrainConfig(**overrides).resolved()
+    run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    saved = TrainConfig.from_dict(read_run_config(run_dir))
+    given = TrainConfig(**overrides)
+    changed = {}
+    for name in overrides:
+        old = getattr(saved, name)
+        new = getattr(given, name)  # normalised (Path -> str)
+        if name not in ("resume", "out", "progress") and new is not None and new != old:
+            changed[name] = (old, new)
+    for name in ("data", "model"):
+        if name in changed and not force:
+            old, new = changed[name]
+            raise UsageError(
+                f"--resume {resume}: the run used --{name} {old}, not {new} "
+                "(pass --force to change it)"
+            )
+    for name, (old, new) in changed.items():
+        log.info("resume: %s changed from %s to %s", name, old, new)
+    kept = {k: v for k, v in saved.to_dict().items() if k not in ("resume", "out", "progress")}
+    kept.update({k: v for k, v in given.to_dict().items() if k in overrides})
+    kept["resume"], kept["out"] = str(resume), str(run_dir)
+    return TrainConfig(**kept).resolved()
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+def stack_dataset(dataset: DetectionDataset) -> tuple[Tensor, Tensor]:
+    """All of an un-augmented data set at once: (images uint8 [N, 3, S, S], labels [N, M, 5])."""
+    return torch.stack(dataset.images), collate([dataset[i] for i in range(len(dataset))])[1]
+
+
 def batches(
-    dataset: DetectionDataset, batch_size: int, seed: int, epoch: int, workers: int = 0
+    dataset: DetectionDataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    workers: int = 0,
+    stacked: tuple[Tensor, Tensor] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Shuffled batches ``(images uint8 [B, 3, S, S], labels [B, M, 5])``.
 
     The order depends only on (seed, epoch), so a resumed run sees the same
-    batches. Without augmentation the cached images are gathered directly.
+    batches. With ``stacked`` (``stack_dataset``: no augmentation) batches are
+    gathered from it directly.
     """
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch))
-    if dataset.transform is None:
-        stacked = getattr(dataset, "_stacked", None)
-        if stacked is None:
-            stacked = (
-                torch.stack(dataset.images),
-                collate([dataset[i] for i in range(len(dataset))])[1],
-            )
-            dataset._stacked = stacked
+    if stacked is not None:
         images, labels = stacked
         for idx in order.split(batch_size):
             lab = labels[idx]
@@ -178,8 +176,23 @@ def batches(
     yield from loader
 
 
+# ---------------------------------------------------------------------------- one step
+
+
+@dataclass
+class Step:
+    """What one training step computed: its losses, and predictions against targets."""
+
+    losses: dict[str, Tensor]  # "loss", "cls_loss", "box_loss"
+    cls_logits: Tensor  # (B, A, K)
+    cls_targets: Tensor  # (B, A) int64, 0 = background
+    box_deltas: Tensor  # (B, 4A)
+    box_targets: Tensor  # (B, 4A)
+    box_mask: Tensor  # (B, 4A)
+
+
 def make_targets(anchors: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The chapter's ``multibox_target`` on the model's anchors."""
+    """Anchor targets (``multibox_target``): box offsets, their mask, classes 0..C."""
     return multibox_target(anchors, labels)
 
 
@@ -190,19 +203,18 @@ def train_step(
     images: Tensor,
     labels: Tensor,
     autocast_dtype: torch.dtype | None = None,
-) -> tuple[dict[str, Tensor], tuple[Tensor, ...]]:
+) -> Step:
     """One iteration: forward (channels_last, optional autocast), label anchors, loss,
-    backward, step. Returns the loss dict and (cls_preds, cls_labels, bbox_preds,
-    bbox_labels, bbox_masks) for the metrics."""
+    backward, optimiser step."""
     images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(images.device.type, autocast_dtype, enabled=autocast_dtype is not None):
-        anchors, cls_preds, bbox_preds = step_model(images)
-    bbox_labels, bbox_masks, cls_labels = make_targets(anchors, labels)
-    out = loss_fn(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)
+    with autocast(images.device, autocast_dtype):
+        anchors, cls_logits, box_deltas = step_model(images)
+    box_targets, box_mask, cls_targets = make_targets(anchors, labels)
+    losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask)
     optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
+    losses["loss"].backward()
     optimizer.step()
-    return out, (cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)
+    return Step(losses, cls_logits, cls_targets, box_deltas, box_targets, box_mask)
 
 
 class EpochMeter:
@@ -211,25 +223,28 @@ class EpochMeter:
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(6, dtype=torch.float64, device=device)
         self.images = 0
+        self.box_values_per_image = 0
         self.seconds = 0.0
 
-    def add(self, out: dict, cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks) -> None:
+    def add(self, step: Step) -> None:
+        n = len(step.cls_targets)
         with torch.no_grad():
-            correct = (cls_preds.argmax(dim=-1) == cls_labels).sum()
-            abs_err = ((bbox_labels - bbox_preds) * bbox_masks).abs().sum()
+            correct = (step.cls_logits.argmax(dim=-1) == step.cls_targets).sum()
+            abs_err = ((step.box_targets - step.box_deltas) * step.box_mask).abs().sum()
             self.sums += torch.stack(
                 [
-                    out["loss"].detach().double() * len(cls_labels),
-                    out["cls_loss"].double() * len(cls_labels),
-                    out["box_loss"].double() * len(cls_labels),
+                    step.losses["loss"].detach().double() * n,
+                    step.losses["cls_loss"].double() * n,
+                    step.losses["box_loss"].double() * n,
                     correct.double(),
-                    torch.tensor(float(cls_labels.numel()), dtype=torch.float64),
+                    torch.tensor(float(step.cls_targets.numel()), dtype=torch.float64),
                     abs_err.double(),
                 ]
             )
-        self.images += len(cls_labels)
+        self.images += n
+        self.box_values_per_image = step.box_targets.shape[1]
 
-    def result(self, num_box_values_per_image: int) -> dict[str, float]:
+    def result(self) -> dict[str, float]:
         loss, cls, box, correct, anchors, abs_err = self.sums.tolist()
         n = max(self.images, 1)
         return {
@@ -237,10 +252,33 @@ class EpochMeter:
             "cls_loss": cls / n,
             "box_loss": box / n,
             "class_err": 1 - correct / max(anchors, 1),
-            "bbox_mae": abs_err / max(self.images * num_box_values_per_image, 1),
+            "bbox_mae": abs_err / max(self.images * self.box_values_per_image, 1),
             "seconds": self.seconds,
             "images_per_s": self.images / max(self.seconds, 1e-9),
         }
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: saved in every checkpoint, restored by ``--resume``."""
+
+    epoch: int = 0  # epochs completed
+    history: list[dict] = field(default_factory=list)  # metrics.csv rows
+    best_ap: float = -1.0
+
+
+def check_finite(step: Step, epoch: int, index: int, lr: float) -> None:
+    """TrainingError when the loss is NaN or infinite (the weights would be garbage)."""
+    loss = step.losses["loss"]
+    if not bool(torch.isfinite(loss)):
+        raise TrainingError(
+            f"epoch {epoch + 1}, step {index + 1}: the loss is {float(loss)}; "
+            f"training stopped (lr {lr:g} may be too high: try a lower --lr); "
+            "the last finite checkpoint is kept"
+        )
 
 
 def train_one_epoch(
@@ -250,37 +288,37 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     batch_iter: Iterator[tuple[Tensor, Tensor]],
     device: torch.device,
+    epoch: int,
     num_batches: int,
-    desc: str,
-    progress: bool,
+    cfg: TrainConfig,
+    show_progress: bool,
     autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
+    """The epoch's steps; returns its training metrics (a metrics.csv row's first half)."""
+    from tqdm import tqdm
+
     model.train()
     meter = EpochMeter(device)
-    num_box_values = 0
     bar = tqdm(
         batch_iter,
         total=num_batches,
-        desc=desc,
-        disable=not progress,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not show_progress,
         leave=False,
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    for step, (images, labels) in enumerate(bar):
+    for index, (images, labels) in enumerate(bar):
         t0 = time.perf_counter()
-        images = images.to(device, non_blocking=True)
-        out, preds_and_targets = train_step(
-            step_model, loss_fn, optimizer, images, labels.to(device), autocast_dtype
-        )
-        meter.add(out, *preds_and_targets)
-        bbox_labels = preds_and_targets[3]
+        images, labels = images.to(device, non_blocking=True), labels.to(device)
+        step = train_step(step_model, loss_fn, optimizer, images, labels, autocast_dtype)
+        check_finite(step, epoch, index, optimizer.param_groups[0]["lr"])
+        meter.add(step)
         if device.type == "cuda":
             torch.cuda.synchronize()
         meter.seconds += time.perf_counter() - t0
-        num_box_values = bbox_labels.shape[1]
-        if progress and (step % 5 == 0 or step == num_batches - 1):
-            r = meter.result(num_box_values)
+        if show_progress and (index % 5 == 0 or index == num_batches - 1):
+            r = meter.result()
             bar.set_postfix(
                 loss=f"{r['loss']:.3g}",
                 cls_err=f"{r['class_err']:.2e}",
@@ -288,167 +326,128 @@ def train_one_epoch(
                 img_s=f"{r['images_per_s']:.1f}",
             )
     bar.close()
-    return meter.result(num_box_values)
+    return meter.result()
+
+
+def validate(
+    model: torch.nn.Module, val_ds: DetectionDataset, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """Val AP50 and COCO AP (fp32), or nothing for an empty val split."""
+    if not len(val_ds):
+        return {}
+    metrics = evaluate_dataset(model, val_ds, batch_size, device)
+    return {"val_AP50": metrics["AP50"], "val_AP": metrics["AP"]}
+
+
+def should_stop(cfg: TrainConfig, row: dict) -> bool:
+    if cfg.stop_ap50 is not None and row.get("val_AP50", -1.0) >= cfg.stop_ap50:
+        log.info("val AP50 %.3f >= %.3f: stopping", row["val_AP50"], cfg.stop_ap50)
+        return True
+    return False
+
+
+def train(config: TrainConfig | None = None, **overrides: Any) -> Path:
+    """Train a detector; returns the run folder. Keywords are ``TrainConfig``'s fields.
+
+    Example::
+
+        run = tinyssd.train(data="data/banana-detection", out="runs/bananas")
+        run = tinyssd.train(resume="runs/bananas", epochs=40)   # continue, 40 in all
+    """
+    if config is not None:
+        overrides = {**config.to_dict(), **overrides}
+    cfg = resolve_config(dict(overrides))
+    check_settings(cfg)
+    dist_ctx = dist.init_distributed()
+    device = dist_ctx.device if dist_ctx.enabled else resolve_device(cfg.device)
+    autocast_dtype = resolve_precision(cfg.precision, device)
+    with freed_memory_kept(device.type == "cpu"):  # large activations: reuse heap memory
+        try:
+            return _fit(cfg, dist_ctx, device, autocast_dtype)
+        finally:
+            dist_ctx.close()
+
+
+def _fit(
+    cfg: TrainConfig,
+    dist_ctx: dist.DistContext,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> Path:
+    resume_file = resolve_checkpoint(cfg.resume, prefer="last") if cfg.resume else None
+    main = dist_ctx.is_main
+    out = Path(cfg.out) if cfg.out else new_run_dir()
+    run = RunFolder(out, own=resume_file is not None or cfg.exist_ok, main=main)
+    cfg.out = str(out)
+    seed_everything(cfg.seed)
+
+    model = build_model(cfg.model, 1)  # image size of the preset unless given
+    image_size = cfg.image_size or model.config.image_size
+    train_ds, val_ds = load_datasets(cfg, image_size)
+    model = build_model(cfg.model, len(train_ds.classes), image_size=image_size).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    loss_cfg = LossConfig.parse(cfg.loss or "chapter")
+    loss_fn = MultiBoxLoss(loss_cfg)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    state = TrainState()
+    if resume_file is not None:
+        meta = restore(resume_file, model, optimizer, rng=True)
+        state = TrainState(
+            meta["epoch"], meta["extra"].get("history", []), meta["extra"].get("best_ap", -1.0)
+        )
+        log.info("resumed %s at epoch %d", resume_file, state.epoch)
+    run.start(run_config(cfg, model, train_ds.classes, loss_cfg))
+
+    step_model = dist_ctx.wrap(model)
+    if cfg.compile:
+        step_model = torch.compile(step_model)
+    stacked = stack_dataset(train_ds) if train_ds.transform is None else None
+    global_batch = cfg.batch_size * dist_ctx.world_size
+    num_batches = math.ceil(len(dist_ctx.shard(range(len(train_ds)))) / cfg.batch_size)
+
+    for epoch in range(state.epoch, cfg.epochs):
+        global_batches = batches(train_ds, global_batch, cfg.seed, epoch, cfg.workers, stacked)
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row |= train_one_epoch(
+            model,
+            step_model,
+            loss_fn,
+            optimizer,
+            dist_ctx.shard_batches(global_batches),
+            device,
+            epoch,
+            num_batches,
+            cfg,
+            cfg.progress and main,
+            autocast_dtype,
+        )
+        if main:
+            row |= validate(model, val_ds, cfg.batch_size, device)
+            state.epoch = epoch + 1
+            state.history.append(row)
+            improved = row.get("val_AP", -1.0) > state.best_ap or not val_ds
+            state.best_ap = max(state.best_ap, row.get("val_AP", -1.0))
+            run.log_epoch(state.history, cfg.epochs)
+            run.save(model, optimizer, state.epoch, state_extra(state), best=improved)
+        if should_stop(cfg, row):
+            break
+    run.finish(model, val_ds, device)
+    return out
+
+
+def state_extra(state: TrainState) -> dict[str, Any]:
+    return {"history": state.history, "best_ap": state.best_ap}
 
 
 def run_config(cfg: TrainConfig, model: SSD, classes: list[str], loss: LossConfig) -> dict:
-    """Everything needed to rebuild the model and repeat the run."""
+    """Everything needed to rebuild the model and repeat the run (``config.json``)."""
     return {
         "model": cfg.model,
         "num_classes": model.num_classes,
         "classes": list(classes),
         "ssd": model.config.to_dict(),
         "loss": loss.to_dict(),
-        "train": asdict(cfg),
+        "train": cfg.to_dict(),
     }
-
-
-def write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
-    tmp.replace(path)
-
-
-def save_val_predictions(
-    model: torch.nn.Module, dataset: DetectionDataset, path: Path, device, count: int = 8
-) -> None:
-    """A grid of val images with their boxes of score >= VAL_PICTURE_THRESHOLD drawn."""
-    subset_idx = list(range(min(count, len(dataset))))
-    if not subset_idx:
-        return
-    dets = predict_dataset(model, dataset, 32, device, indices=subset_idx)
-    pictures = []
-    for i, d in zip(subset_idx, dets, strict=True):
-        keep = d["scores"] >= VAL_PICTURE_THRESHOLD
-        image = read_image(dataset.records[i].image)
-        pictures.append(
-            draw_detections(
-                image, d["boxes"][keep], d["scores"][keep], d["labels"][keep], dataset.classes
-            )
-        )
-    save_grid(pictures, path)
-
-
-def default_run_dir(data: str | None) -> Path:
-    name = Path(data).name if data else "synthetic"
-    base = Path("runs") / name
-    if not base.exists():
-        return base
-    i = 2
-    while (Path("runs") / f"{name}-{i}").exists():
-        i += 1
-    return Path("runs") / f"{name}-{i}"
-
-
-def train(**kwargs) -> Path:
-    """Train a detector; returns the run folder. Keywords are ``TrainConfig``'s fields.
-
-    Example::
-
-        run = tinyssd.train(data="data/banana-detection", epochs=20, out="runs/bananas")
-    """
-    cfg = TrainConfig(**kwargs)
-    dist_ctx = dist.init_distributed()
-    device = dist_ctx.device if dist_ctx.enabled else resolve_device(cfg.device)
-    if device.type == "cpu":
-        keep_freed_memory()  # large activations: reuse heap memory, no mmap per step
-    resume_file = resolve_weights(cfg.resume) if cfg.resume else None
-    if cfg.out is None:
-        cfg.out = str(resume_file.parent if resume_file else default_run_dir(cfg.data))
-    out = Path(cfg.out)
-    seed_everything(cfg.seed)
-
-    train_ds, val_ds = load_datasets(cfg)
-    model = build_model(cfg.model, len(train_ds.classes), image_size=cfg.image_size).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    loss_cfg = LossConfig.parse(cfg.loss)
-    loss_fn = MultiBoxLoss(loss_cfg)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
-    config = run_config(cfg, model, train_ds.classes, loss_cfg)
-    autocast_dtype = resolve_precision(cfg.precision, device)
-
-    start_epoch, rows, best_ap = 0, [], -1.0
-    if resume_file is not None:
-        meta = restore(resume_file, model, optimizer, rng=True)
-        start_epoch = meta["epoch"]
-        rows = meta["extra"].get("history", [])
-        best_ap = meta["extra"].get("best_ap", -1.0)
-        log.info("resumed %s at epoch %d", resume_file, start_epoch)
-
-    step_model = dist_ctx.wrap(model)
-    if cfg.compile:
-        step_model = torch.compile(step_model)
-    main = dist_ctx.is_main
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=1))
-    shard = dist_ctx.shard
-    num_batches = (len(shard(range(len(train_ds)))) + cfg.batch_size - 1) // cfg.batch_size
-
-    for epoch in range(start_epoch, cfg.epochs):
-        batch_iter = dist_ctx.shard_batches(
-            batches(train_ds, cfg.batch_size * dist_ctx.world_size, cfg.seed, epoch, cfg.workers)
-        )
-        row = {"epoch": epoch + 1}
-        row.update(
-            train_one_epoch(
-                model,
-                step_model,
-                loss_fn,
-                optimizer,
-                batch_iter,
-                device,
-                num_batches,
-                f"epoch {epoch + 1}/{cfg.epochs}",
-                cfg.progress and main,
-                autocast_dtype,
-            )
-        )
-        if main and len(val_ds):
-            metrics = evaluate_model(model, val_ds, cfg.batch_size, device)
-            row["val_AP50"], row["val_AP"] = metrics["AP50"], metrics["AP"]
-        rows.append(row)
-        if main:
-            log.info(
-                "epoch %d/%d: loss %.4f, class err %.2e, bbox mae %.2e, val AP50 %s, AP %s, "
-                "%.1f s, %.1f images/s",
-                epoch + 1,
-                cfg.epochs,
-                row["loss"],
-                row["class_err"],
-                row["bbox_mae"],
-                _fmt(row.get("val_AP50")),
-                _fmt(row.get("val_AP")),
-                row["seconds"],
-                row["images_per_s"],
-            )
-            write_metrics(out / "metrics.csv", rows)
-            plot_curves(rows, out / "curves.png")
-            ap = row.get("val_AP", -1.0)
-            improved = ap > best_ap
-            best_ap = max(best_ap, ap)
-            extra = {"history": rows, "best_ap": best_ap}
-            save_checkpoint(out / "last.safetensors", model, config, optimizer, epoch + 1, extra)
-            if improved or not (out / "best.safetensors").exists():
-                save_checkpoint(
-                    out / "best.safetensors", model, config, optimizer, epoch + 1, extra
-                )
-        if cfg.stop_ap50 is not None and row.get("val_AP50", -1.0) >= cfg.stop_ap50:
-            log.info("val AP50 %.3f >= %.3f: stopping", row["val_AP50"], cfg.stop_ap50)
-            break
-    if main:
-        if len(val_ds):
-            save_val_predictions(model, val_ds, out / "val_predictions.png", device)
-        log.info("run folder: %s", out)
-    dist_ctx.close()
-    return out
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"

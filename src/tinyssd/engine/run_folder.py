@@ -1,0 +1,178 @@
+"""The run folder: what a training writes, and the rules that keep it from overwriting.
+
+A run writes only into a folder it owns: a new one (``runs/train``,
+``runs/train2``, ... as Ultralytics names them), an empty one, its own when
+resumed, or an existing one the user allowed with ``--exist-ok``. A lock file
+stops two trainings from writing into one folder at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from ..errors import UsageError
+from .checkpoint import save_checkpoint
+
+log = logging.getLogger("tinyssd")
+
+METRIC_COLUMNS = [
+    "epoch",
+    "loss",
+    "cls_loss",
+    "box_loss",
+    "class_err",
+    "bbox_mae",
+    "val_AP50",
+    "val_AP",
+    "seconds",
+    "images_per_s",
+]
+
+# Boxes drawn in val_predictions.png: low enough to show what a young model finds.
+VAL_PICTURE_THRESHOLD = 0.3
+LOCK_NAME = ".tinyssd.lock"
+
+
+def new_run_dir(parent: str | Path = "runs", name: str = "train") -> Path:
+    """The first of ``runs/train``, ``runs/train2``, ... that does not exist yet (not created)."""
+    parent = Path(parent)
+    i = 1
+    while (parent / (name if i == 1 else f"{name}{i}")).exists():
+        i += 1
+    return parent / (name if i == 1 else f"{name}{i}")
+
+
+class RunFolder:
+    """The run folder of one training; only the main process writes to it."""
+
+    def __init__(self, path: Path, own: bool, main: bool = True) -> None:
+        self.path = Path(path)
+        self.main = main
+        self._lock: IO | None = None
+        if not main:
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--out {self.path}: exists and is not a folder")
+        if self.path.is_dir() and any(self.path.iterdir()) and not own:
+            raise UsageError(
+                f"--out {self.path}: folder exists and is not empty "
+                "(pick a new --out, --resume it, or pass --exist-ok)"
+            )
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / LOCK_NAME, "a")  # noqa: SIM115 - held for the run
+        except OSError as e:
+            raise UsageError(f"--out {self.path}: cannot write there ({e.strerror})") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            self._lock = None
+            raise UsageError(f"--out {self.path}: another training is writing there") from None
+
+    def start(self, config: dict[str, Any]) -> None:
+        if self.main:
+            write_atomic(self.path / "config.json", json.dumps(config, indent=1))
+
+    def log_epoch(self, history: list[dict[str, Any]], epochs: int) -> None:
+        """The last epoch's summary line; ``metrics.csv`` and ``curves.png`` of all of them."""
+        from ..viz import plot_curves
+
+        row = history[-1]
+        log.info(
+            "epoch %d/%d: loss %.4f, class err %.2e, bbox mae %.2e, val AP50 %s, AP %s, "
+            "%.1f s, %.1f images/s",
+            row["epoch"],
+            epochs,
+            row["loss"],
+            row["class_err"],
+            row["bbox_mae"],
+            _fmt(row.get("val_AP50")),
+            _fmt(row.get("val_AP")),
+            row["seconds"],
+            row["images_per_s"],
+        )
+        write_metrics(self.path / "metrics.csv", history)
+        plot_curves(history, self.path / "curves.png")
+
+    def save(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
+        extra: dict[str, Any],
+        best: bool,
+    ) -> None:
+        """``last.safetensors``, and ``best.safetensors`` when ``best`` (or none exists yet)."""
+        config = json.loads((self.path / "config.json").read_text())
+        save_checkpoint(self.path / "last.safetensors", model, config, optimizer, epoch, extra)
+        if best or not (self.path / "best.safetensors").exists():
+            save_checkpoint(self.path / "best.safetensors", model, config, optimizer, epoch, extra)
+
+    def finish(self, model: torch.nn.Module, val_ds, device: torch.device) -> None:
+        """``val_predictions.png``; release the folder."""
+        if self.main:
+            if len(val_ds):
+                save_val_predictions(model, val_ds, self.path / "val_predictions.png", device)
+            log.info("run folder: %s", self.path)
+        self.close()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_val_predictions(
+    model: torch.nn.Module, dataset, path: Path, device: torch.device, count: int = 8
+) -> None:
+    """A grid of val images with their boxes of score >= VAL_PICTURE_THRESHOLD drawn."""
+    from ..data.base import read_image
+    from ..inference import predict_dataset
+    from ..viz import draw_detections, save_grid
+
+    subset_idx = list(range(min(count, len(dataset))))
+    dets = predict_dataset(model, dataset, 32, device, indices=subset_idx)
+    pictures = []
+    for i, d in zip(subset_idx, dets, strict=True):
+        keep = d["scores"] >= VAL_PICTURE_THRESHOLD
+        image = read_image(dataset.records[i].image)
+        boxes, scores, labels = d["boxes"][keep], d["scores"][keep], d["labels"][keep]
+        pictures.append(draw_detections(image, boxes, scores, labels, dataset.classes))
+    save_grid(pictures, path)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"

@@ -1,0 +1,147 @@
+"""Running a trained network: device and precision, autocast, batched prediction, evaluation.
+
+Everything that turns images into detections goes through here: ``tinyssd.load``
+/ ``Detector.predict``, the evaluation after each training epoch, ``tinyssd
+eval``, the benchmarks and the exporter.
+
+    device = resolve_device("auto")
+    dtype = resolve_precision("auto", device)         # torch.bfloat16 or None
+    with autocast(device, dtype):
+        dets = predict_batch(model, images, sizes)    # one dict per image
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .errors import UsageError
+from .postprocess import postprocess_detections
+
+if TYPE_CHECKING:
+    from .data.dataset import DetectionDataset
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda where available, else cpu; UsageError for a device that is not there."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r}: choose from {', '.join(DEVICES)}") from None
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast is fast on ``device`` (AVX512-BF16/AMX CPUs, Ampere+ GPUs)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for the forward pass, or None for plain fp32.
+
+    ``auto`` takes bf16 where the device supports it; ``bf16`` where it does
+    not is a UsageError.
+    """
+    if name not in PRECISIONS:
+        raise UsageError(f"--precision {name!r}: choose from {', '.join(PRECISIONS)}")
+    if name == "fp32":
+        return None
+    supported = bf16_supported(device)
+    if name == "bf16" and not supported:
+        raise UsageError(f"--precision bf16: not supported on this {device.type} device")
+    return torch.bfloat16 if supported else None
+
+
+def autocast(
+    device: torch.device | str, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype or torch.float32, enabled=dtype is not None)
+
+
+@torch.no_grad()
+def predict_batch(
+    model: torch.nn.Module,
+    images: Tensor,
+    image_sizes: Sequence[tuple[int, int]] | None = None,
+    **postprocess_kw,
+) -> list[dict[str, Tensor]]:
+    """Detections for a batch ``Tensor[B, 3, S, S]`` (uint8 or 0-255 float).
+
+    Boxes are scaled to ``image_sizes`` (height, width) per image, else left
+    normalised. ``postprocess_kw`` go to ``postprocess_detections``. The model
+    runs in eval mode and is put back in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        anchors, cls_logits, box_deltas = model(images)
+    finally:
+        model.train(was_training)
+    sizes = list(image_sizes) if image_sizes is not None else None
+    return postprocess_detections(
+        cls_logits, box_deltas, anchors[0], image_sizes=sizes, **postprocess_kw
+    )
+
+
+def _dataset_batches(
+    dataset: DetectionDataset, indices: list[int], batch_size: int, device: torch.device | str
+) -> Iterator[tuple[list[int], Tensor]]:
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        images = torch.stack([dataset[i][0] for i in idx]).to(device)
+        yield idx, images.contiguous(memory_format=torch.channels_last)
+
+
+def predict_dataset(
+    model: torch.nn.Module,
+    dataset: DetectionDataset,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    indices: list[int] | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    **postprocess_kw,
+) -> list[dict[str, Tensor]]:
+    """Detections for the images of ``dataset`` (all, or ``indices``) in their own pixels."""
+    indices = list(range(len(dataset))) if indices is None else indices
+    out: list[dict[str, Tensor]] = []
+    for idx, images in _dataset_batches(dataset, indices, batch_size, device):
+        sizes = [dataset.records[i].size for i in idx]
+        with autocast(device, autocast_dtype):
+            dets = predict_batch(model, images, sizes, **postprocess_kw)
+        out += [
+            {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()}
+            for d in dets
+        ]
+    return out
+
+
+def evaluate_dataset(
+    model: torch.nn.Module,
+    dataset: DetectionDataset,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> dict:
+    """VOC and COCO metrics of ``model`` on ``dataset`` (``tinyssd.evaluation.evaluate``).
+
+    fp32 unless ``autocast_dtype`` is given: the figures ``tinyssd eval`` reports.
+    """
+    from .evaluation import evaluate
+
+    predictions = predict_dataset(model, dataset, batch_size, device, None, autocast_dtype)
+    targets = [dataset.targets_in_pixels(i) for i in range(len(dataset))]
+    return evaluate(predictions, targets)
