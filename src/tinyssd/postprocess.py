@@ -89,7 +89,7 @@ def postprocess_detections(
         image_sizes: per image (height, width); boxes are scaled to those
             pixels, else they stay normalised.
     Returns:
-        One dict per image: ``boxes`` Tensor[N, 4] xyxy, ``scores`` Tensor[N],
+        One dict per image: ``boxes`` Tensor[N, 4] xyxy clipped to the image, ``scores`` Tensor[N],
         ``labels`` Tensor[N] int64 in 1..C, sorted by descending score.
     """
     batch, num_anchors, num_classes = cls_logits.shape
@@ -104,7 +104,7 @@ def postprocess_detections(
     img = torch.arange(batch, device=flat.device)[:, None].expand(-1, k)
     ok = top_scores >= score_threshold
     img, top_scores, labels = img[ok], top_scores[ok], labels[ok]
-    cand_boxes = boxes[img, anchor_idx[ok]]  # (N, 4)
+    cand_boxes = boxes[img, anchor_idx[ok]].clamp(0.0, 1.0)  # (N, 4), clipped to the image
     group = img if class_agnostic else img * num_classes + labels
     keep = batched_nms(cand_boxes, top_scores, group, nms_threshold)  # desc score
     keep = keep[torch.argsort(img[keep], stable=True)]

@@ -61,7 +61,7 @@ class RunFolder:
             return
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"--out {self.path}: exists and is not a folder")
-        if self.path.is_dir() and any(self.path.iterdir()) and not own:
+        if self.path.is_dir() and not own and any(p.name != LOCK_NAME for p in self.path.iterdir()):
             raise UsageError(
                 f"--out {self.path}: folder exists and is not empty "
                 "(pick a new --out, --resume it, or pass --exist-ok)"

@@ -1,0 +1,81 @@
+"""The run config: TrainConfig is the one source of `tinyssd train`'s options."""
+
+from dataclasses import fields
+
+import pytest
+
+from tinyssd.cli import build_parser, train_overrides
+from tinyssd.config import RECIPES, TrainConfig, flag, read_run_config
+from tinyssd.errors import UsageError
+
+
+def _train_parser():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices["train"]
+
+
+def test_every_config_field_is_a_train_option_with_its_default_in_the_help():
+    options = {o: a for a in _train_parser()._actions for o in a.option_strings}
+    for f in fields(TrainConfig):
+        action = options.get(f"--{flag(f.name)}")
+        assert action is not None, f"TrainConfig.{f.name} has no --{flag(f.name)} option"
+        shown = RECIPES["default"].get(f.name, f.default)
+        if shown is not None:
+            assert f"default: {shown}" in action.help, (f.name, action.help)
+
+
+def test_no_option_given_means_the_config_defaults():
+    a = build_parser().parse_args(["train"])
+    assert train_overrides(a) == {}
+    assert TrainConfig(**train_overrides(a)) == TrainConfig()
+
+
+def test_options_given_reach_the_config_typed():
+    a = build_parser().parse_args(
+        ["train", "--epochs", "3", "--lr", "0.01", "--no-progress", "--image-size", "300"]
+    )
+    cfg = TrainConfig(**train_overrides(a))
+    assert (cfg.epochs, cfg.lr, cfg.progress, cfg.image_size) == (3, 0.01, False, 300)
+
+
+def test_chapter_recipe_resolves_to_the_chapters_exact_settings():
+    cfg = TrainConfig(recipe="chapter").resolved()
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.optimizer) == ("tiny_ssd", 20, 32, "sgd")
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay) == (0.2, 0.0, 5e-4)
+    assert (cfg.loss, cfg.augment) == ("chapter", "none")
+
+
+def test_explicit_values_override_the_recipe():
+    cfg = TrainConfig(recipe="chapter", lr=0.05, epochs=3).resolved()
+    assert (cfg.lr, cfg.epochs, cfg.momentum) == (0.05, 3, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"batch_size": 0}, "--batch-size 0: must be > 0"),
+        ({"image_size": 0}, "--image-size 0: must be > 0"),
+        ({"lr": -1.0}, "--lr -1.0: must be > 0"),
+        ({"epochs": 0}, "--epochs 0: must be > 0"),
+        ({"device": "tpu"}, "--device 'tpu': choose from"),
+        ({"recipe": "magic"}, "--recipe 'magic': choose from"),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_the_option(kw, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        TrainConfig(**kw).resolved()
+
+
+def test_config_json_is_read_back(tmp_path):
+    (tmp_path / "config.json").write_text('{"train": {"epochs": 7, "lr": 0.3, "out": "x"}}')
+    assert read_run_config(tmp_path)["epochs"] == 7
+    a = build_parser().parse_args(["train", "--config", str(tmp_path), "--lr", "0.1"])
+    cfg = TrainConfig(**train_overrides(a))
+    assert (cfg.epochs, cfg.lr, cfg.out) == (7, 0.1, None)  # a repeat goes to a new folder
+
+
+def test_a_broken_config_json_is_one_usage_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UsageError, match="config.json: not a tinyssd config.json"):
+        read_run_config(tmp_path / "config.json")

@@ -1,0 +1,41 @@
+"""The run folder never overwrites what is not its own, and one training holds it."""
+
+import pytest
+
+from tinyssd.engine.run_folder import RunFolder, new_run_dir
+from tinyssd.errors import UsageError
+
+
+def test_new_runs_are_numbered_like_ultralytics(tmp_path):
+    assert new_run_dir(tmp_path) == tmp_path / "train"
+    (tmp_path / "train").mkdir()
+    assert new_run_dir(tmp_path) == tmp_path / "train2"
+    (tmp_path / "train2").mkdir()
+    assert new_run_dir(tmp_path) == tmp_path / "train3"
+
+
+def test_an_existing_non_empty_folder_is_refused_unless_allowed(tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    with pytest.raises(UsageError, match="exists and is not empty.*--exist-ok"):
+        RunFolder(tmp_path, own=False)
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+    RunFolder(tmp_path, own=True).close()
+
+
+def test_an_empty_or_new_folder_is_taken(tmp_path):
+    RunFolder(tmp_path / "new", own=False).close()
+    RunFolder(tmp_path / "new", own=False).close()  # only the lock file in it: still ours
+
+
+def test_a_second_training_on_the_same_folder_is_refused(tmp_path):
+    first = RunFolder(tmp_path / "run", own=False)
+    with pytest.raises(UsageError, match="another training is writing there"):
+        RunFolder(tmp_path / "run", own=True)
+    first.close()
+    RunFolder(tmp_path / "run", own=True).close()
+
+
+def test_a_folder_that_cannot_be_made_is_one_usage_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="cannot write there"):
+        RunFolder(tmp_path / "file" / "run", own=False)
