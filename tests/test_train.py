@@ -1,5 +1,8 @@
 import csv
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +82,108 @@ def test_paths_may_be_given_as_path_objects(tiny_data, tmp_path):
     )
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["data"] == str(tiny_data) and run == tmp_path / "run"
+
+
+def test_resume_takes_last_not_best_and_reports_changed_settings(tiny_data, tmp_path, caplog):
+    run = _train(tiny_data, tmp_path / "run", epochs=2)
+    best = read_checkpoint(run / "best.safetensors")[1]["epoch"]
+    caplog.set_level("INFO", logger="tinyssd")
+    _train(tiny_data, None, epochs=3, lr=0.1, resume=str(run))
+    assert "resumed " + str(run / "last.safetensors") + " at epoch 2" in caplog.text
+    assert "lr changed from 0.2 to 0.1" in caplog.text
+    assert best <= 2 and _weights(run / "last.safetensors")[1]["epoch"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["lr"] == 0.1 and config["train"]["epochs"] == 3
+
+
+def test_resume_with_other_data_is_refused_unless_forced(tiny_data, tmp_path):
+    from fixtures import write_tiny_bananas
+
+    from tinyssd.errors import UsageError
+
+    other = write_tiny_bananas(tmp_path / "other", n_train=8, n_val=2, size=64, seed=1)
+    run = _train(tiny_data, tmp_path / "run", epochs=1)
+    with pytest.raises(UsageError, match="the run used --data"):
+        _train(other, None, epochs=2, resume=str(run))
+    _train(other, None, epochs=2, resume=str(run), force=True)
+
+
+def test_an_existing_out_folder_is_not_overwritten(tiny_data, tmp_path):
+    from tinyssd.errors import UsageError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="not empty"):
+        _train(tiny_data, tmp_path / "mine", epochs=1)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    _train(tiny_data, tmp_path / "mine", epochs=1, exist_ok=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_runs_without_out_are_numbered(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _train(tiny_data, None, epochs=1) == Path("runs/train")
+    assert _train(tiny_data, None, epochs=1) == Path("runs/train2")
+
+
+def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_finite_checkpoint(tiny_data, tmp_path):
+    from tinyssd.engine.train import TrainingError
+
+    run = _train(tiny_data, tmp_path / "run", epochs=1)
+    not_finite = r"^epoch 2(, step \d+: the loss is|: weight .* is not finite)"
+    with pytest.raises(TrainingError, match=not_finite):
+        _train(tiny_data, None, epochs=2, lr=1e30, resume=str(run))
+    tensors, meta = _weights(run / "last.safetensors")
+    assert meta["epoch"] == 1
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
+
+
+def test_lr_1e6_from_scratch_stops_before_saving_any_weights(tiny_data, tmp_path):
+    from tinyssd.engine.train import TrainingError
+
+    with pytest.raises(TrainingError, match="try a lower --lr"):
+        _train(tiny_data, tmp_path / "run", epochs=2, lr=1e6)
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_an_empty_val_split_warns_and_best_is_last(tmp_path, caplog):
+    from fixtures import write_tiny_bananas
+
+    data = write_tiny_bananas(tmp_path / "data", n_train=16, n_val=1, size=64)
+    (data / "bananas_val" / "label.csv").write_text("img_name,label,xmin,ymin,xmax,ymax\n")
+    for f in (data / "bananas_val" / "images").iterdir():
+        f.unlink()
+    caplog.set_level("WARNING", logger="tinyssd")
+    run = _train(data, tmp_path / "run", epochs=2)
+    assert "no usable val images" in caplog.text
+    assert _weights(run / "best.safetensors")[1]["epoch"] == 2
+
+
+ALLOCATOR_PROBE = """
+import sys, torch, tinyssd
+from fixtures import write_tiny_bananas
+data = write_tiny_bananas(__import__("pathlib").Path(sys.argv[1]), n_train=8, n_val=2, size=64)
+tinyssd.train(data=data, out=sys.argv[1] + "/run", epochs=1, batch_size=8, image_size=64,
+              progress=False)
+t = torch.empty(256 * 2**20, dtype=torch.uint8)
+for line in open("/proc/self/maps"):
+    if line.rstrip().endswith("[heap]"):
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        if start <= t.data_ptr() < end:
+            print("heap")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc setting")
+def test_the_allocator_setting_ends_with_training(tmp_path):
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run(
+        [sys.executable, "-c", ALLOCATOR_PROBE, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ""  # a large tensor is mapped afresh again, not heap-kept

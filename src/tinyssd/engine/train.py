@@ -281,6 +281,17 @@ def check_finite(step: Step, epoch: int, index: int, lr: float) -> None:
         )
 
 
+def check_finite_weights(model: torch.nn.Module, epoch: int, lr: float) -> None:
+    """TrainingError when a weight is NaN or infinite: such weights are never saved."""
+    for name, p in model.state_dict().items():
+        if p.is_floating_point() and not bool(torch.isfinite(p).all()):
+            raise TrainingError(
+                f"epoch {epoch + 1}: weight {name} is not finite; training stopped "
+                f"(lr {lr:g} may be too high: try a lower --lr); "
+                "the last finite checkpoint is kept"
+            )
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     step_model: torch.nn.Module,
@@ -397,6 +408,8 @@ def _fit(
         state = TrainState(
             meta["epoch"], meta["extra"].get("history", []), meta["extra"].get("best_ap", -1.0)
         )
+        for group in optimizer.param_groups:  # the run's settings, as changed by the user
+            group.update(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         log.info("resumed %s at epoch %d", resume_file, state.epoch)
     run.start(run_config(cfg, model, train_ds.classes, loss_cfg))
 
@@ -423,6 +436,7 @@ def _fit(
             cfg.progress and main,
             autocast_dtype,
         )
+        check_finite_weights(model, epoch, optimizer.param_groups[0]["lr"])
         if main:
             row |= validate(model, val_ds, cfg.batch_size, device)
             state.epoch = epoch + 1

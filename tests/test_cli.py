@@ -1,0 +1,69 @@
+"""The command line: bad usage is one line and exit code 2, before any data is read."""
+
+import subprocess
+import sys
+
+import pytest
+from fixtures import save_untrained_checkpoint
+from PIL import Image
+
+from tinyssd.cli import main
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size 0: must be > 0"),
+        (["--image-size", "0"], "--image-size 0: must be > 0"),
+        (["--lr", "-1"], "--lr -1.0: must be > 0"),
+        (["--model", "yolo9000"], "--model 'yolo9000': choose from"),
+        (["--loss", "box=cubic"], "--loss 'box=cubic'"),
+        (["--augment", "teleport"], "--augment 'teleport'"),
+    ],
+)
+def test_bad_train_arguments_fail_in_one_line_before_reading_data(args, message, capsys):
+    # the data folder does not exist: the argument error must come first
+    assert main(["train", "--data", "/nonexistent/data", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinyssd: error: ") and message in err, err
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_a_missing_checkpoint_is_one_line(capsys, tmp_path):
+    assert main(["predict", str(tmp_path), "--weights", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tinyssd: error: {tmp_path / 'none'}: no such run folder or checkpoint file"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("tinyssd ")
+
+
+def test_an_unwritable_output_path_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    ckpt = save_untrained_checkpoint(tmp_path / "w.safetensors", ["a"], image_size=64)
+    Image.new("RGB", (32, 32)).save(tmp_path / "im.png")
+    out = tmp_path / "file" / "pictures"
+    assert main(["predict", str(tmp_path / "im.png"), "--weights", str(ckpt), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tinyssd: error: ") and str(tmp_path / "file") in err
+    assert "\n" not in err
+
+
+def test_predict_into_a_closed_pipe_ends_quietly(tmp_path):
+    ckpt = save_untrained_checkpoint(tmp_path / "w.safetensors", ["a"], image_size=64)
+    for i in range(40):
+        Image.new("RGB", (32, 32), (i, 2 * i, 3 * i)).save(tmp_path / f"{i}.png")
+    cmd = [sys.executable, "-m", "tinyssd", "predict", str(tmp_path), "--weights", str(ckpt)]
+    cmd += ["--out", str(tmp_path / "out"), "--threshold", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `| head -1` does
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert first.startswith(b"{")
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 0
