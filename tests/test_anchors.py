@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from tinyssd.anchors import AnchorGenerator, multibox_prior
+from tinyssd.anchors import (
+    AnchorGenerator,
+    anchor_miss_rate,
+    fit_anchor_ratios,
+    fit_anchor_sizes,
+    grid_anchors,
+    multibox_prior,
+)
 from tinyssd.boxes import box_corner_to_center
 from tinyssd.models.config import tiny_ssd
 
@@ -119,3 +126,48 @@ def test_ratio_anchors_use_the_first_size():
     anchors = multibox_prior(torch.zeros(1, 1, 1, 1), sizes=[0.4, 0.1], ratios=[1, 4])[0]
     wh = box_corner_to_center(anchors)[:, 2:]
     torch.testing.assert_close(wh[2], torch.tensor([0.4 * math.sqrt(4), 0.4 / math.sqrt(4)]))
+
+
+def _planted_boxes() -> torch.Tensor:
+    """100 square boxes each of sides 0.1, 0.2, 0.4 and 0.8, as (w, h)."""
+    sides = torch.tensor([0.1, 0.2, 0.4, 0.8]).repeat_interleave(100)
+    return torch.stack((sides, sides), dim=1)
+
+
+def test_fit_anchor_sizes_recovers_planted_sizes():
+    fitted = fit_anchor_sizes(_planted_boxes(), num_maps=2, sizes_per_map=2)
+    assert fitted == ((0.1, 0.2), (0.4, 0.8))
+    one_per_map = fit_anchor_sizes(_planted_boxes(), num_maps=4, sizes_per_map=1)
+    assert one_per_map == ((0.1,), (0.2,), (0.4,), (0.8,))
+
+
+def test_fit_anchor_sizes_uses_the_geometric_size_and_spread():
+    wh = torch.tensor([[0.4, 0.1]] * 10)  # sqrt(0.4 * 0.1) = 0.2
+    assert fit_anchor_sizes(wh, 1, 1) == ((0.2,),)
+    # spread 2 doubles the log-distance from the median: 0.2 and 0.8 -> 0.1 and 1.6 (clamped 1)
+    wh = torch.tensor([[0.2, 0.2]] * 10 + [[0.8, 0.8]] * 10)
+    assert fit_anchor_sizes(wh, 2, 1, spread=2.0) == ((0.1,), (1.0,))
+    with pytest.raises(ValueError, match="no boxes"):
+        fit_anchor_sizes(torch.zeros(0, 2), 1, 1)
+
+
+def test_fit_anchor_ratios_median_first():
+    # ratios 0.5, 1 and 2, 100 boxes each: median 1, then the 1/4 and 3/4 quantiles
+    wh = torch.tensor([[0.1, 0.2]] * 100 + [[0.2, 0.2]] * 100 + [[0.2, 0.1]] * 100)
+    assert fit_anchor_ratios(wh, 3) == (1.0, 0.5, 2.0)
+    assert fit_anchor_ratios(wh, 1) == (1.0,)
+
+
+def test_anchor_miss_rate_before_and_after_fitting():
+    # one 4x4 map: anchor centres at 0.125, 0.375, ...; boxes of side 0.1 on the centres
+    centres = (torch.arange(4) + 0.5) / 4
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    c = torch.stack((cx, cy, cx, cy), dim=-1).reshape(-1, 4)
+    boxes = c + torch.tensor([-0.05, -0.05, 0.05, 0.05])
+    big = grid_anchors(4, 4, [0.25], [1])  # IoU 0.01 / 0.0625 = 0.16: every box missed
+    assert anchor_miss_rate(big, boxes) == 1.0
+    sizes = fit_anchor_sizes(boxes[:, 2:] - boxes[:, :2], 1, 1)
+    fitted = grid_anchors(4, 4, sizes[0], [1])
+    assert anchor_miss_rate(fitted, boxes) == 0.0
+    assert anchor_miss_rate(big, boxes, iou_threshold=0.1) == 0.0
+    assert anchor_miss_rate(big, torch.zeros(0, 4)) == 0.0

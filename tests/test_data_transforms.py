@@ -2,7 +2,15 @@ import pytest
 import torch
 
 from tinyssd.data.dataset import resize_image
-from tinyssd.data.transforms import PARTS, parse_augment, train_transform
+from tinyssd.data.transforms import (
+    PARTS,
+    AnchorBoundedAugment,
+    bounded_zoom_out,
+    centre_crop_boxes,
+    parse_augment,
+    train_transform,
+    zoom_out_limit,
+)
 
 BOXES = torch.tensor([[10.0, 20.0, 100.0, 150.0], [150.0, 50.0, 290.0, 190.0]])
 LABELS = torch.tensor([1, 2])
@@ -87,3 +95,52 @@ def test_parse_augment():
     }
     with pytest.raises(ValueError, match="unknown part"):
         parse_augment("flip,rotate")
+
+
+def test_zoom_out_limit_keeps_the_smallest_box_matchable():
+    # smallest box 20 x 20 px of a 200 x 200 image: size 0.1; smallest anchor 0.05
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [50.0, 50.0, 150.0, 150.0]])
+    z = zoom_out_limit(boxes, 200, 200, min_anchor=0.05)
+    assert z == pytest.approx(0.1 / (0.05 * 0.5**0.5))
+    # at that zoom the box is 0.1 / z = 0.0354 of the canvas: IoU with a concentric
+    # anchor of 0.05 is (0.0354 / 0.05)^2 = 0.5 exactly
+    assert ((0.1 / z) / 0.05) ** 2 == pytest.approx(0.5)
+    assert zoom_out_limit(boxes, 200, 200, min_anchor=0.2) == 1.0  # already too small
+    assert zoom_out_limit(torch.zeros(0, 4), 200, 200, 0.05) == float("inf")
+
+
+def test_bounded_zoom_out_never_passes_the_bound():
+    boxes = torch.tensor([[10.0, 20.0, 40.0, 50.0]])  # 30 x 30 of 300 x 200
+    torch.manual_seed(0)
+    limit = zoom_out_limit(boxes, 200, 300, min_anchor=0.05)
+    for _ in range(30):
+        image, out = bounded_zoom_out(_image(), boxes, max_zoom=4.0, min_anchor=0.05)
+        h, w = image.shape[-2:]
+        assert h / 200 <= limit + 1e-6 and w / 300 <= limit + 1e-6
+        size = (((out[0, 2] - out[0, 0]) / w) * ((out[0, 3] - out[0, 1]) / h)).sqrt()
+        assert size >= 0.05 * 0.5**0.5 - 1e-3
+        # the pasted image still holds its box: the same pixels moved by the offset
+        x0, y0 = int(out[0, 0] - 10), int(out[0, 1] - 20)
+        assert torch.equal(image[:, y0 : y0 + 200, x0 : x0 + 300], _image())
+
+
+def test_centre_crop_keeps_boxes_whose_centres_are_inside():
+    torch.manual_seed(0)
+    small = torch.tensor([[100.0, 100.0, 106.0, 106.0], [280.0, 180.0, 290.0, 190.0]])
+    for _ in range(20):
+        image, boxes, labels = centre_crop_boxes(_image(), small, LABELS, min_scale=0.5)
+        h, w = image.shape[-2:]
+        assert 1 <= len(boxes) == len(labels)
+        assert (boxes[:, 2:] <= torch.tensor([w, h])).all() and (boxes >= 0).all()
+        assert h >= 100 and w >= 150
+
+
+def test_anchor_bounded_augment_outputs_normalised_boxes():
+    t = AnchorBoundedAugment(128, min_anchor=0.05)
+    torch.manual_seed(0)
+    for _ in range(20):
+        image, boxes, labels = t(_image(), BOXES, LABELS)
+        assert image.shape == (3, 128, 128) and image.dtype == torch.uint8
+        assert len(boxes) == len(labels) >= 1
+        assert ((boxes >= 0) & (boxes <= 1)).all()
+        assert (boxes[:, 2:] > boxes[:, :2]).all()

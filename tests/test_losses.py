@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from tinyssd.losses import LossConfig, MultiBoxLoss, chapter_loss, hard_negative_mask, smooth_l1
+from tinyssd.losses import (
+    GIOU_LOSS,
+    LossConfig,
+    MultiBoxLoss,
+    chapter_loss,
+    hard_negative_mask,
+    iou_box_loss,
+    smooth_l1,
+)
 
 LN2, LN3 = math.log(2), math.log(3)
 
@@ -265,3 +273,58 @@ def test_parse_rejects_bad_keys_and_choices(spec, message):
 def test_parse_bad_number_names_the_option():
     with pytest.raises(ValueError, match="gamma"):
         LossConfig.parse("cls=focal,gamma=abc")
+
+
+def _iou_case():
+    """B=1, A=2, K=2: anchor 0 = (0, 0, 0.5, 0.5) matched, its target offsets 0
+    (the ground truth is the anchor itself), its prediction dx = 5 moves the box
+    right by 5 * 0.5 / 10 = 0.25: (0.25, 0, 0.75, 0.5).
+
+    IoU = 0.125 / 0.375 = 1/3; the enclosing box (0, 0, 0.75, 0.5) is the union,
+    so GIoU = 1/3 too. DIoU adds centre distance^2 / enclosing diagonal^2 =
+    0.25^2 / (0.75^2 + 0.5^2) = 1/13. Anchor 1 is background (masked out)."""
+    cls_preds, cls_labels, _, _, bbox_masks = _case()
+    anchors = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    bbox_preds = torch.tensor([[5.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 3.0]])
+    bbox_labels = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    return (cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks), anchors
+
+
+@pytest.mark.parametrize(("kind", "expected"), [("giou", 2 / 3), ("diou", 2 / 3 + 1 / 13)])
+def test_iou_box_losses_on_a_hand_computed_case(kind, expected):
+    case, anchors = _iou_case()
+    out = MultiBoxLoss(LossConfig(box=kind, normalize="positives"))(*case, anchors=anchors)
+    # one positive: its CE ln 2 plus anchor 1's 2 ln 2, over 1 positive
+    _check(out, 3 * LN2, expected, 3 * LN2 + expected)
+    torch.testing.assert_close(
+        iou_box_loss(kind, torch.tensor([[0.25, 0.0, 0.75, 0.5]]), anchors[:1]),
+        torch.tensor([expected]),
+    )
+
+
+def test_iou_loss_with_chapter_normalisation_and_an_l1_term():
+    case, anchors = _iou_case()
+    config = LossConfig(box="giou", l1_weight=0.5)
+    out = MultiBoxLoss(config)(*case, anchors=anchors[None])  # Tensor[1, A, 4] works too
+    # per image, over 4A = 8 values: (2/3 + 0.5 * |5|) / 8
+    _check(out, 1.5 * LN2, (2 / 3 + 2.5) / 8, 1.5 * LN2 + (2 / 3 + 2.5) / 8)
+
+
+def test_iou_loss_is_zero_on_a_perfect_prediction_and_differentiable():
+    case, anchors = _iou_case()
+    bbox_preds = torch.zeros(1, 8, requires_grad=True)
+    case = (case[0], case[1], bbox_preds, case[3], case[4])
+    out = MultiBoxLoss(LossConfig.parse("box=ciou"))(*case, anchors=anchors)
+    torch.testing.assert_close(out["box_loss"], torch.tensor(0.0))
+    out["loss"].backward()
+    assert torch.isfinite(bbox_preds.grad).all()
+
+
+def test_iou_loss_needs_anchors():
+    with pytest.raises(ValueError, match="anchors="):
+        MultiBoxLoss(LossConfig(box="giou"))(*_iou_case()[0])
+
+
+def test_parse_giou_preset():
+    assert LossConfig.parse("giou") == GIOU_LOSS
+    assert GIOU_LOSS.box == "giou" and GIOU_LOSS.normalize == "positives"

@@ -7,6 +7,7 @@ import torch
 
 from tinyssd.anchors import multibox_prior
 from tinyssd.models import PRESETS, SSDConfig, TinySSD, build_model, ssd300_vgg16, tiny_ssd
+from tinyssd.models.config import tiny_fpn
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +127,28 @@ def test_build_model_overrides_and_rejects_unknown_names():
     assert model.cls_heads[0].out_channels == 3 * 3
     with pytest.raises(ValueError, match="unknown model 'yolo'"):
         build_model("yolo", 1)
+
+
+def test_tiny_fpn_maps_anchors_and_shapes():
+    model = build_model("tiny_fpn", num_classes=3).eval()
+    with torch.no_grad():
+        anchors, cls_preds, bbox_preds = model(torch.zeros(2, 3, 256, 256, dtype=torch.uint8))
+        feats = model.backbone(torch.zeros(1, 3, 256, 256))
+    assert [tuple(f.shape[1:]) for f in feats] == [(96, s, s) for s in (32, 16, 8, 4, 2)]
+    # 6 anchors per cell: 6 * (1024 + 256 + 64 + 16 + 4) = 8184
+    assert anchors.shape == (1, 8184, 4)
+    assert cls_preds.shape == (2, 8184, 4)
+    assert bbox_preds.shape == (2, 4 * 8184)
+    config = tiny_fpn()
+    assert config.anchors_per_cell() == [6] * 5
+    sizes = [s for level in config.sizes for s in level]
+    assert sizes == sorted(sizes) and sizes[0] == 0.05 and sizes[-1] == 0.9
+
+
+def test_tiny_fpn_is_small_and_follows_the_input_size():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(build_model("tiny_fpn", 1)) < 2_000_000
+    assert build_model("tiny_fpn", 1, image_size=384).config.image_size == 384
+    with torch.no_grad():
+        anchors, _, _ = build_model("tiny_fpn", 1).eval()(torch.zeros(1, 3, 384, 384))
+    assert anchors.shape == (1, 6 * (48 * 48 + 24 * 24 + 12 * 12 + 6 * 6 + 3 * 3), 4)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .boxes import box_iou
+
 
 def cell_box_sizes(sizes: Sequence[float], ratios: Sequence[float]) -> Tensor:
     """Widths and heights of the a = n + m - 1 anchors of one cell.
@@ -99,3 +101,91 @@ class AnchorGenerator:
                 ]
             )
         return self._cache[key]
+
+
+def box_sizes_and_ratios(wh: Tensor) -> tuple[Tensor, Tensor]:
+    """Anchor-style size and ratio of boxes: ``sqrt(w h)`` and ``w / h``.
+
+    Args:
+        wh (Tensor[N, 2]): widths and heights, normalised to the image.
+    Returns:
+        (Tensor[N] sizes, Tensor[N] ratios); ``cell_box_sizes`` inverts them.
+    """
+    w, h = wh.float().clamp(min=1e-6).unbind(-1)
+    return (w * h).sqrt(), w / h
+
+
+def fit_anchor_sizes(
+    wh: Tensor, num_maps: int, sizes_per_map: int, spread: float = 1.0
+) -> tuple[tuple[float, ...], ...]:
+    """Anchor sizes for each feature map from the training boxes (quantiles).
+
+    The ``n = num_maps * sizes_per_map`` sizes are the box-size quantiles at
+    ``(i + 0.5) / n``, smallest first, so every size serves an equal share of
+    the boxes; the finest map (the first) takes the smallest. ``spread`` > 1
+    widens the ladder geometrically around its centre (a margin for objects
+    smaller or larger than any seen in training).
+
+    Example: boxes of sides 0.1, 0.2, 0.4 and 0.8 in equal numbers, 2 maps of
+    2 sizes -> ((0.1, 0.2), (0.4, 0.8)).
+
+    Args:
+        wh (Tensor[N, 2]): box widths and heights, normalised to the image.
+    Returns:
+        ``num_maps`` tuples of ``sizes_per_map`` sizes (the ``SSDConfig.sizes`` form).
+    """
+    if len(wh) == 0:
+        raise ValueError("fit_anchor_sizes: no boxes to fit anchors to")
+    sizes, _ = box_sizes_and_ratios(wh)
+    n = num_maps * sizes_per_map
+    q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    ladder = torch.quantile(sizes.double(), q)
+    if spread != 1.0:
+        log_ladder = ladder.log()
+        mid = log_ladder.mean()
+        ladder = (mid + (log_ladder - mid) * spread).exp()
+    ladder = ladder.clamp(1e-3, 1.0).tolist()
+    return tuple(
+        tuple(round(s, 4) for s in ladder[k * sizes_per_map : (k + 1) * sizes_per_map])
+        for k in range(num_maps)
+    )
+
+
+def fit_anchor_ratios(wh: Tensor, num_ratios: int) -> tuple[float, ...]:
+    """Aspect ratios (w / h) from the training boxes: log-ratio quantiles.
+
+    The first ratio is the median (the chapter's scheme pairs it with every
+    size), then the quantiles at ``(i + 0.5) / (num_ratios - 1)``.
+
+    Args:
+        wh (Tensor[N, 2]): box widths and heights.
+    Returns:
+        ``num_ratios`` ratios, the median first.
+    """
+    _, ratios = box_sizes_and_ratios(wh)
+    log_r = ratios.double().log()
+    out = [log_r.median()]
+    if num_ratios > 1:
+        q = (torch.arange(num_ratios - 1, dtype=torch.float64) + 0.5) / (num_ratios - 1)
+        out += list(torch.quantile(log_r, q))
+    return tuple(round(float(torch.as_tensor(r).exp()), 4) for r in out)
+
+
+def anchor_miss_rate(anchors: Tensor, boxes: Tensor, iou_threshold: float = 0.5) -> float:
+    """Share of ground-truth boxes whose best anchor has IoU < ``iou_threshold``.
+
+    Such boxes get only the one anchor the matching forces on them, whatever
+    its overlap: a high share says the anchors do not fit the data.
+
+    Args:
+        anchors (Tensor[A, 4]): normalised xyxy (e.g. a model's anchors).
+        boxes (Tensor[N, 4]): normalised xyxy, all training boxes.
+    Returns:
+        The share in [0, 1] (0.0 for no boxes).
+    """
+    if len(boxes) == 0:
+        return 0.0
+    best = torch.cat(
+        [box_iou(chunk, anchors.float()).amax(dim=1) for chunk in boxes.float().split(1024)]
+    )
+    return float((best < iou_threshold).float().mean())

@@ -5,7 +5,10 @@
 - ``cls``: ``ce`` (cross-entropy) or ``focal`` (softmax focal loss,
   ``-alpha_t (1 - p_t)^gamma log p_t``, alpha_t = ``alpha`` for objects and
   ``1 - alpha`` for background).
-- ``box``: ``l1`` or ``smooth_l1`` with ``sigma`` (quadratic for |x| < 1/sigma^2).
+- ``box``: ``l1`` or ``smooth_l1`` with ``sigma`` (quadratic for |x| < 1/sigma^2)
+  on the encoded offsets, or ``giou`` / ``diou`` / ``ciou``: 1 - (G/D/C)IoU of the
+  decoded predicted box with its ground-truth box (needs ``anchors``), plus
+  ``l1_weight`` x the L1 offset loss.
 - ``neg_pos``: hard negative mining; per image keep all positives and the
   ``neg_pos`` x #positives background anchors with the highest class loss.
 - ``normalize``: ``anchors`` (the chapter: per image, class loss averaged over
@@ -20,6 +23,16 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
+
+from .boxes import decode_offsets
+
+BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
+IOU_LOSSES = {
+    "giou": generalized_box_iou_loss,
+    "diou": distance_box_iou_loss,
+    "ciou": complete_box_iou_loss,
+}
 
 
 @dataclass(frozen=True)
@@ -27,17 +40,18 @@ class LossConfig:
     cls: str = "ce"  # "ce" or "focal"
     gamma: float = 2.0  # focal: focusing exponent
     alpha: float | None = 0.25  # focal: weight of object anchors (None: no weighting)
-    box: str = "l1"  # "l1" or "smooth_l1"
+    box: str = "l1"  # "l1", "smooth_l1", or on decoded boxes "giou", "diou", "ciou"
     sigma: float = 1.0  # smooth-L1: 1/sigma^2 is where it turns linear
     neg_pos: float | None = None  # hard negative mining ratio (None: every anchor counts)
     cls_weight: float = 1.0
     box_weight: float = 1.0
     normalize: str = "anchors"  # "anchors" (chapter) or "positives" (paper)
+    l1_weight: float = 0.0  # IoU-family box losses: weight of an added L1 offset loss
 
     def __post_init__(self) -> None:
         for name, allowed in (
             ("cls", ("ce", "focal")),
-            ("box", ("l1", "smooth_l1")),
+            ("box", BOX_LOSSES),
             ("normalize", ("anchors", "positives")),
         ):
             if getattr(self, name) not in allowed:
@@ -45,11 +59,14 @@ class LossConfig:
 
     @staticmethod
     def parse(spec: str) -> LossConfig:
-        """``"chapter"``, ``"ssd"`` (smooth-L1, 3:1 mining, per positive) or ``"k=v,k=v"``."""
+        """``"chapter"``, ``"ssd"`` (smooth-L1, 3:1 mining, per positive), ``"giou"``
+        (``GIOU_LOSS``) or ``"k=v,k=v"``."""
         if spec in ("", "chapter"):
             return LossConfig()
         if spec == "ssd":
             return LossConfig(box="smooth_l1", neg_pos=3.0, normalize="positives")
+        if spec == "giou":
+            return GIOU_LOSS
         types = {f.name: f.type for f in fields(LossConfig)}
         kw: dict = {}
         for item in spec.split(","):
@@ -72,6 +89,18 @@ class LossConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def iou_box_loss(kind: str, pred_boxes: Tensor, gt_boxes: Tensor) -> Tensor:
+    """``1 - GIoU`` (or DIoU / CIoU, torchvision's definitions) of each pair.
+
+    Args:
+        kind: ``giou``, ``diou`` or ``ciou``.
+        pred_boxes (Tensor[N, 4]), gt_boxes (Tensor[N, 4]): xyxy.
+    Returns:
+        Tensor[N]: in [0, 2); 0 for identical boxes.
+    """
+    return IOU_LOSSES[kind](pred_boxes, gt_boxes, reduction="none")
 
 
 def smooth_l1(x: Tensor, sigma: float = 1.0) -> Tensor:
@@ -127,6 +156,7 @@ class MultiBoxLoss(nn.Module):
         bbox_preds: Tensor,
         bbox_labels: Tensor,
         bbox_masks: Tensor,
+        anchors: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Loss and its two parts.
 
@@ -134,6 +164,9 @@ class MultiBoxLoss(nn.Module):
             cls_preds (Tensor[B, A, K]): logits.
             cls_labels (Tensor[B, A] int64): 0 = background.
             bbox_preds, bbox_labels, bbox_masks (Tensor[B, 4A]).
+            anchors (Tensor[1, A, 4] or Tensor[A, 4]): normalised xyxy; needed
+                by the IoU-family box losses, which decode both the predicted
+                and the target offsets on them.
         Returns:
             ``{"loss", "cls_loss", "box_loss"}``, scalars; ``loss`` is the one to
             back-propagate.
@@ -150,6 +183,10 @@ class MultiBoxLoss(nn.Module):
         box = smooth_l1(diff, c.sigma) if c.box == "smooth_l1" else diff.abs()  # (B, 4A)
 
         positive = cls_labels > 0
+        if c.box in IOU_LOSSES:
+            box = c.l1_weight * box + _iou_loss_per_value(
+                c.box, bbox_preds.float(), bbox_labels, positive, anchors
+            )
         counted = (
             hard_negative_mask(cls, positive, c.neg_pos)
             if c.neg_pos is not None
@@ -165,6 +202,30 @@ class MultiBoxLoss(nn.Module):
             box_loss = box.sum() / n_pos
         loss = c.cls_weight * cls_loss + c.box_weight * box_loss
         return {"loss": loss, "cls_loss": cls_loss.detach(), "box_loss": box_loss.detach()}
+
+
+def _iou_loss_per_value(
+    kind: str, bbox_preds: Tensor, bbox_labels: Tensor, positive: Tensor, anchors: Tensor | None
+) -> Tensor:
+    """The IoU-family loss of each positive anchor, spread over its 4 box values
+    so that it reduces like the offset losses.
+
+    Args:
+        bbox_preds, bbox_labels (Tensor[B, 4A]), positive (Tensor[B, A] bool),
+        anchors (Tensor[A, 4] or Tensor[1, A, 4]).
+    Returns:
+        Tensor[B, 4A]: ``loss / 4`` on each of a positive anchor's 4 values, else 0.
+    """
+    if anchors is None:
+        raise ValueError("IoU-family box losses decode boxes: pass anchors= to MultiBoxLoss")
+    batch, num_anchors = positive.shape
+    img, idx = positive.nonzero(as_tuple=True)  # (P,) each
+    anchors = anchors.reshape(-1, 4).float()[idx]
+    pred = decode_offsets(anchors, bbox_preds.reshape(batch, num_anchors, 4)[img, idx])
+    gt = decode_offsets(anchors, bbox_labels.reshape(batch, num_anchors, 4)[img, idx])
+    out = bbox_preds.new_zeros(batch, num_anchors)
+    out[img, idx] = iou_box_loss(kind, pred, gt)
+    return (out / 4).repeat_interleave(4, dim=1)
 
 
 def chapter_loss(
@@ -185,3 +246,7 @@ def chapter_loss(
     ).reshape(batch, -1)
     bbox = F.l1_loss(bbox_preds * bbox_masks, bbox_labels * bbox_masks, reduction="none")
     return cls.mean(dim=1) + bbox.mean(dim=1)
+
+
+# The IoU-family loss this project trains its default model with (per positive, 3:1 mining).
+GIOU_LOSS = LossConfig(box="giou", neg_pos=3.0, normalize="positives", box_weight=2.0)

@@ -66,4 +66,22 @@ def ssd300_vgg16() -> SSDConfig:
     )
 
 
-PRESETS = {"tiny_ssd": tiny_ssd, "ssd300_vgg16": ssd300_vgg16}
+def tiny_fpn() -> SSDConfig:
+    """tinyssd's default: strided convs + FPN neck, 5 maps (32, 16, 8, 4, 2 at 256 px).
+
+    Anchor sizes climb a geometric ladder from 0.05 to 0.9 of the image, two
+    per map (so each map covers a factor of about 1.9); ratios {1, 2, 1/2, 3, 1/3}
+    with the first size: 6 anchors per cell, 8184 anchors at 256 px.
+    """
+    ladder = [round(0.05 * (0.9 / 0.05) ** (i / 9), 3) for i in range(10)]
+    return SSDConfig(
+        name="tiny_fpn",
+        backbone="tiny_fpn",
+        channels=(96,) * 5,
+        sizes=tuple((ladder[2 * k], ladder[2 * k + 1]) for k in range(5)),
+        ratios=((1, 2, 0.5, 3, 1 / 3),) * 5,
+        image_size=256,
+    )
+
+
+PRESETS = {"tiny_ssd": tiny_ssd, "ssd300_vgg16": ssd300_vgg16, "tiny_fpn": tiny_fpn}

@@ -11,8 +11,9 @@ from ..anchors import AnchorGenerator
 from .config import PRESETS, SSDConfig, tiny_ssd
 from .ssd300 import VGG16Backbone
 from .tiny import TinyBackbone
+from .tiny_fpn import TinyFPNBackbone
 
-BACKBONES = {"tiny": TinyBackbone, "vgg16": VGG16Backbone}
+BACKBONES = {"tiny": TinyBackbone, "vgg16": VGG16Backbone, "tiny_fpn": TinyFPNBackbone}
 
 
 def cls_predictor(num_inputs: int, num_anchors: int, num_classes: int) -> nn.Conv2d:
