@@ -86,3 +86,12 @@ def test_read_bananas_on_corrupted_csv_gives_a_split_or_a_data_error(bananas_roo
         for entries in report.items.values():
             for entry in entries:
                 assert "\n" not in entry
+
+
+def test_a_csv_with_a_utf8_bom_reads(tmp_path):
+    write_image(tmp_path / "bananas_train/images/0.png", 32, 32)
+    (tmp_path / "bananas_train/label.csv").write_bytes(
+        ("\ufeff" + HEADER + "0.png,0,1,2,10,12\n").encode("utf-8")
+    )
+    split = read_bananas(tmp_path, "train")
+    assert split.records[0].boxes.tolist() == [[1, 2, 10, 12]]

@@ -76,3 +76,35 @@ def test_a_corrupt_image_is_a_one_line_error_naming_the_file(tmp_path):
     with pytest.raises(DataError, match=r"bad\.png: unreadable image") as e:
         read_image(tmp_path / "bad.png")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("value, expected", [(0.5, 128), (1.0, 255), (0.0, 0), (200.0, 200)])
+def test_a_float_image_reads_at_its_brightness(tmp_path, value, expected):
+    # TIFF mode "F": 0..1 floats are scaled by 255; larger values are taken as 0..255
+    Image.new("F", (5, 3), value).save(tmp_path / "f.tif")
+    got = read_image(tmp_path / "f.tif")
+    assert got.shape == (3, 3, 5) and got.unique().tolist() == [expected]
+
+
+def test_a_data_error_escapes_control_characters():
+    e = DataError("bad\x1b[2J\nname.png: unreadable")
+    assert str(e) == "bad\\x1b[2J\\nname.png: unreadable"
+
+
+@pytest.mark.parametrize(
+    "value, flag",
+    [(0, False), (1, True), (2, True), ("0", False), ("1", True), ("false", False),
+     ("True", True), (" yes ", True), ("no", False), ("", False), (None, False), (0.0, False)],
+)  # fmt: skip
+def test_flags_are_read_as_their_format_means_them(value, flag):
+    from tinyssd.data.values import read_flag
+
+    assert read_flag(value) is flag
+
+
+@pytest.mark.parametrize("value", ["maybe", [1], float("nan")])
+def test_a_value_that_is_no_flag_is_a_value_error(value):
+    from tinyssd.data.values import read_flag
+
+    with pytest.raises(ValueError, match="is not a 0/1 flag"):
+        read_flag(value)

@@ -224,3 +224,43 @@ def test_read_coco_on_corrupted_files_gives_a_split_or_a_data_error(coco_root, d
                 assert_names_a_file(entry, coco_root)
     finally:
         path.write_bytes(original)
+
+
+@pytest.mark.parametrize(
+    "flag, crowd",
+    [(0, False), (1, True), ("0", False), ("1", True), ("false", False), ("true", True),
+     (False, False), (True, True), (None, False)],
+)  # fmt: skip
+def test_iscrowd_and_difficult_are_read_as_their_format_means_them(tmp_path, flag, crowd):
+    data = coco(
+        [image(1, "a.png")],
+        [box(1, 1, 7, [1, 2, 3, 4], iscrowd=flag), box(2, 1, 7, [1, 2, 3, 4], difficult=flag)],
+    )
+    parsed = parse_coco_json(write_json(tmp_path / "instances.json", data))
+    assert [b.iscrowd for b in parsed.boxes] == [crowd, False]
+    assert [b.difficult for b in parsed.boxes] == [False, crowd]
+
+
+def test_a_flag_that_is_no_flag_skips_its_entry_only(tmp_path):
+    data = coco(
+        [image(1, "a.png")],
+        [box(1, 1, 7, [1, 2, 3, 4], iscrowd="maybe"), box(2, 1, 7, [1, 2, 3, 4])],
+    )
+    parsed = parse_coco_json(write_json(tmp_path / "instances.json", data))
+    assert [b.index for b in parsed.boxes] == [1]
+    assert parsed.problems == [
+        "annotations[0]: 'iscrowd' or 'difficult': 'maybe' is not a 0/1 flag"
+    ]
+
+
+def test_one_absurd_number_skips_its_entry_not_the_file(tmp_path):
+    # Python refuses to parse integers of over 4300 digits; NaN is not JSON but json reads it
+    text = json.dumps(coco([image(1, "a.png")], [box(1, 1, 7, [1, 2, 3, 4])]))
+    huge = '{"id": 2, "image_id": 1, "category_id": 7, "bbox": [1, 2, %s, 4]}' % ("9" * 5000)
+    nan = '{"id": 3, "image_id": 1, "category_id": 7, "bbox": [NaN, 2, 3, 4]}'
+    text = text.replace('"annotations": [', f'"annotations": [{huge}, {nan}, ')
+    path = tmp_path / "instances.json"
+    path.write_text(text)
+    parsed = parse_coco_json(path)
+    assert [b.index for b in parsed.boxes] == [2]
+    assert len(parsed.problems) == 2 and "not a finite number" in parsed.problems[0]

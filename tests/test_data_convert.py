@@ -169,3 +169,63 @@ def test_the_convert_command_fails_in_one_line_with_exit_code_2(tmp_path, capsys
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"tinyssd: error: {src}: ")
     assert not (tmp_path / "out").exists()
+
+
+def coco_with_classes(root, names):
+    """A COCO set of one image with one box per class named ``names``."""
+    write_image(root / "images/a.png", 32, 24)
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 32, "height": 24}],
+        "annotations": [
+            {"id": i, "image_id": 1, "category_id": i, "bbox": [1, 1, 8, 8]}
+            for i in range(1, len(names) + 1)
+        ],
+        "categories": [{"id": i, "name": n} for i, n in enumerate(names, start=1)],
+    }
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations/instances_train.json").write_text(json.dumps(data))
+    return root
+
+
+@pytest.mark.parametrize(
+    "names, to, says",
+    [
+        (["dog", ""], "coco", r"class 2 '' cannot be written as coco: it is empty"),
+        (["dog", "  "], "yolo", r"class 2 '  ' cannot be written as yolo: it is empty"),
+        (["hot\\ndog"], "voc", r"class 1 'hot\\ndog' cannot be written as voc: .*control"),
+        (["hot\\ndog"], "bananas", r"cannot be written as bananas: .*control"),
+        ([" dog"], "voc", r"class 1 ' dog' cannot be written as voc: it starts or ends"),
+        (["dog", "dog"], "voc", r"class names \['dog'\] are used twice"),
+    ],
+)
+def test_class_names_the_target_cannot_hold_are_a_one_line_error(tmp_path, names, to, says):
+    names = [n.replace("\\n", "\n") for n in names]
+    src = coco_with_classes(tmp_path / "src", names)
+    with pytest.raises(DataError, match=says) as e:
+        convert(src, to=to, out=tmp_path / "out")
+    assert "\n" not in str(e.value) and str(e.value).startswith(str(src))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("to", ["coco", "yolo"])
+def test_class_names_the_target_can_hold_convert_unchanged(tmp_path, to):
+    names = ["hot\ndog", " cat", "a,b"]
+    src = coco_with_classes(tmp_path / "src", names)
+    out = convert(src, to=to, out=tmp_path / "out")
+    assert load_split(out, "train").classes == names
+
+
+@pytest.mark.parametrize("to", TARGETS)
+def test_a_file_name_that_is_not_utf8_converts(tmp_path, to):
+    import os
+
+    stem = os.fsdecode(b"caf\xe9")  # Latin-1 bytes: a lone surrogate in Python
+    write_image(tmp_path / "src" / f"{stem}.png", 32, 24)
+    (tmp_path / "src" / f"{stem}.xml").write_text(
+        "<annotation><object><name>dog</name><bndbox><xmin>2</xmin><ymin>3</ymin>"
+        "<xmax>10</xmax><ymax>12</ymax></bndbox></object></annotation>"
+    )
+    out = convert(tmp_path / "src", to=to, out=tmp_path / "out")
+    (rec,) = load_split(out, "train").records
+    assert rec.image.name == "caf\ufffd.png"
+    assert rec.boxes.tolist() == [[1, 2, 10, 12]]

@@ -4,6 +4,7 @@ Never touches the internet: every URL points at 127.0.0.1.
 """
 
 import hashlib
+import io
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -187,3 +188,19 @@ def test_a_zip_without_the_banana_layout_is_an_error(serve, tmp_path):
     with pytest.raises(DataError, match="no bananas_train"):
         download_bananas(tmp_path / "to", url=server.url, sha1=sha1(body))
     assert not (tmp_path / "to" / "banana-detection").exists()
+
+
+def test_a_zip_member_that_climbs_out_is_kept_inside(archive, serve, tmp_path):
+    path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        with zipfile.ZipFile(io.BytesIO(archive)) as chapter:
+            for info in chapter.infolist():
+                z.writestr(info, chapter.read(info))
+        z.writestr("../../escaped.txt", "outside")
+    body = path.read_bytes()
+    server = serve(body)
+    data = download_bananas(tmp_path / "to", url=server.url, sha1=sha1(body))
+    assert len(read_bananas(data, "train").records) == 6
+    # the member lands in the temporary extraction folder, which is removed
+    assert list(tmp_path.rglob("escaped.txt")) == []
+    assert not (tmp_path.parent / "escaped.txt").exists()

@@ -3,6 +3,7 @@
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fixtures import assert_names_a_file, assert_valid_split, corrupted, write_image
@@ -241,3 +242,66 @@ def test_read_voc_on_corrupted_files_gives_a_split_or_a_data_error(voc_root, dat
                 assert_names_a_file(entry, voc_root)
     finally:
         (voc_root / target).write_bytes(original)
+
+
+@pytest.mark.parametrize(
+    "flag, difficult",
+    [("0", False), ("1", True), ("false", False), ("true", True), (" 1 ", True), ("", False)],
+)
+def test_difficult_is_read_as_voc_means_it(tmp_path, flag, difficult):
+    xml = tmp_path / "a.xml"
+    xml.write_text(voc_xml(("dog", 1, 1, 9, 9, flag)))
+    assert parse_voc_xml(xml).difficult.tolist() == [difficult]
+
+
+def test_a_difficult_that_is_no_flag_is_a_one_line_error(tmp_path):
+    xml = tmp_path / "a.xml"
+    xml.write_text(voc_xml(("dog", 1, 1, 9, 9, "maybe")))
+    with pytest.raises(DataError, match=r"object 1 \('dog'\): <difficult> 'maybe' is not a 0/1"):
+        parse_voc_xml(xml)
+
+
+def write_exif_image(path, width, height, orientation, box):
+    """A black image stored ``width`` x ``height``, white inside ``box`` (xyxy stored pixels)."""
+    from PIL import Image
+
+    arr = np.zeros((height, width), dtype=np.uint8)
+    x1, y1, x2, y2 = box
+    arr[y1:y2, x1:x2] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(arr).save(path, exif=exif)
+    return path
+
+
+def white_box(image):
+    """xyxy of the white pixels of a decoded ``Tensor[3, H, W]``."""
+    ys, xs = torch.nonzero(image[0] > 127, as_tuple=True)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_boxes_annotated_before_the_exif_rotation_turn_with_the_image(tmp_path, orientation):
+    from tinyssd.data.base import EXIF_FRAME, read_image
+
+    stored = (4, 6, 20, 14)  # xyxy in the stored 40 x 30 pixels
+    image = write_exif_image(tmp_path / "a.png", 40, 30, orientation, stored)
+    xml = voc_xml(("dog", 5, 7, 20, 14), size=(30, 40))  # <size> is the stored image's
+    (tmp_path / "a.xml").write_text(xml)
+    report = Report()
+    rec = read_voc(tmp_path, "train", report).records[0]
+    assert rec.boxes[0].tolist() == white_box(read_image(image))
+    assert rec.size == (40, 30)
+    assert report.items[EXIF_FRAME] == [
+        f"{image}: annotated as 40x30, shown 30x40 (EXIF orientation {orientation})"
+    ]
+
+
+def test_boxes_annotated_on_the_shown_image_stay(tmp_path):
+    from tinyssd.data.base import EXIF_FRAME
+
+    write_exif_image(tmp_path / "a.png", 40, 30, 6, (4, 6, 20, 14))
+    (tmp_path / "a.xml").write_text(voc_xml(("dog", 5, 7, 20, 14), size=(40, 30)))
+    report = Report()
+    rec = read_voc(tmp_path, "train", report).records[0]
+    assert rec.boxes[0].tolist() == [4, 6, 20, 14] and report.count(EXIF_FRAME) == 0

@@ -10,11 +10,11 @@ flags cannot be stored.
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from pathlib import Path
 
 from .base import (
-    BAD_BOX,
     BAD_LABEL_FILE,
     IMAGE_SUFFIXES,
     MISSING_IMAGE,
@@ -24,13 +24,13 @@ from .base import (
     Record,
     Report,
     Split,
-    finite_float,
-    free_stem,
+    exists,
     link_or_copy,
-    natural_key,
     read_names,
-    tidy_number,
+    read_text,
 )
+from .rules import MAX_CLASSES, image_problem, keep_boxes
+from .values import finite_float, free_stem, natural_key, tidy_number
 
 HEADER = ["img_name", "label", "xmin", "ymin", "xmax", "ymax"]
 
@@ -66,40 +66,43 @@ def read_bananas(root: str | Path, split: str = "train", report: Report | None =
 
     Rows with x1 >= x2 or y1 >= y2, or a label outside the class list, are
     dropped and reported; images in ``images/`` with no rows are kept as
-    negatives; rows naming a missing image are reported and skipped.
+    negatives; rows naming a missing image are reported and skipped. Without
+    ``classes.txt`` the largest label sets the number of classes, but labels
+    of MAX_CLASSES or more are taken as broken rows (unknown class).
     """
     root = Path(root)
     report = report if report is not None else Report()
     folder = split_dir(root, split)
     csv_path = folder / "label.csv"
-    if not csv_path.is_file():
+    if not exists(csv_path):
         raise DataError(f"{csv_path}: label file not found")
-    rows: dict[str, list[tuple[int, list[float]]]] = defaultdict(list)
     try:
-        with csv_path.open(newline="") as f:
-            reader = csv.reader(f)
-            header = [h.strip() for h in next(reader, [])]
-            if header != HEADER:
-                raise DataError(f"{csv_path}:1: header must be {','.join(HEADER)}, got {header}")
-            for lineno, row in enumerate(reader, start=2):
-                if not row or all(not c.strip() for c in row):
-                    continue
-                try:
-                    name = row[0].strip()
-                    label = int(row[1])
-                    box = [finite_float(v) for v in row[2:6]]
-                    if len(row) != 6 or not name:
-                        raise ValueError
-                except (ValueError, IndexError):
-                    report.add(BAD_LABEL_FILE, f"{csv_path}:{lineno}", f"cannot parse {row}")
-                    continue
-                rows[name].append((label, box, lineno))
-    except UnicodeDecodeError:
-        raise DataError(f"{csv_path}: not a text CSV file") from None
+        text = read_text(csv_path)
+    except DataError as e:
+        raise DataError(str(e).replace("not a UTF-8 text file", "not a text CSV file")) from None
+    rows: dict[str, list[tuple[int, list[float], int]]] = defaultdict(list)
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = [h.strip() for h in next(reader, [])]
+        if header != HEADER:
+            raise DataError(f"{csv_path}:1: header must be {','.join(HEADER)}, got {header}")
+        for lineno, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            try:
+                name = row[0].strip()
+                label = int(row[1])
+                box = [finite_float(v) for v in row[2:6]]
+                if len(row) != 6 or not name:
+                    raise ValueError
+            except (ValueError, IndexError):
+                report.add(BAD_LABEL_FILE, f"{csv_path}:{lineno}", f"cannot parse {row}")
+                continue
+            rows[name].append((label, box, lineno))
     except csv.Error as e:
         raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
-    max_label = max((lab for rs in rows.values() for lab, _, _ in rs), default=0)
-    classes = read_classes(root, max_label + 1)
+    labels_seen = (lab for rs in rows.values() for lab, _, _ in rs if 0 <= lab < MAX_CLASSES)
+    classes = read_classes(root, max(labels_seen, default=0) + 1)
     images_dir = folder / "images"
     on_disk = (
         {p.name for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
@@ -108,21 +111,27 @@ def read_bananas(root: str | Path, split: str = "train", report: Report | None =
     )
     records = []
     for name in sorted(set(rows) | on_disk, key=natural_key):
+        image = images_dir / name
         if name not in on_disk:
-            report.add(MISSING_IMAGE, images_dir / name)
+            report.add(MISSING_IMAGE, image)
             continue
-        boxes, labels = [], []
-        for label, (x1, y1, x2, y2), lineno in rows.get(name, []):
-            if not 0 <= label < len(classes):
-                report.add(UNKNOWN_CLASS, f"{csv_path}:{lineno}", f"label {label}")
-            elif x1 >= x2 or y1 >= y2:
-                report.add(BAD_BOX, f"{csv_path}:{lineno}", f"({x1}, {y1}, {x2}, {y2})")
-            else:
-                boxes.append([x1, y1, x2, y2])
-                labels.append(label + 1)
+        problem = image_problem(image, [root])
+        if problem:
+            report.add(problem, image)
+            continue
+        image_rows = rows.get(name, [])
+
+        def describe(i: int, kind: str, image_rows=image_rows) -> tuple[str, str]:
+            label, (x1, y1, x2, y2), lineno = image_rows[i]
+            detail = f"label {label}" if kind == UNKNOWN_CLASS else f"({x1}, {y1}, {x2}, {y2})"
+            return f"{csv_path}:{lineno}", detail
+
+        boxes = [box for _, box, _ in image_rows]
+        labels = [label + 1 for label, _, _ in image_rows]
+        keep = keep_boxes(boxes, labels, len(classes), image, report, describe)
         if name not in rows:
-            report.add(NO_LABELS, images_dir / name)
-        records.append(Record.make(images_dir / name, boxes, labels))
+            report.add(NO_LABELS, image)
+        records.append(Record.make(image, [boxes[i] for i in keep], [labels[i] for i in keep]))
     return Split(records, classes, root)
 
 
@@ -133,7 +142,7 @@ def write_bananas(
     folder = split_dir(Path(root), split)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     path = folder / "label.csv"
-    with path.open("w", newline="") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(HEADER)
         for name, label, *box in rows:
@@ -160,6 +169,6 @@ def write_bananas_records(
         link_or_copy(rec.image, images / name)
         for label, box in zip(rec.labels.tolist(), rec.boxes.tolist()):
             rows.append((name, label - 1, *box))
-    (root / "classes.txt").write_text("".join(f"{n}\n" for n in classes))
+    (root / "classes.txt").write_text("".join(f"{n}\n" for n in classes), encoding="utf-8")
     write_bananas(root, split, rows)
     return root

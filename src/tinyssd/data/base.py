@@ -12,9 +12,10 @@ one-line message that names the file.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import shutil
+import stat
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +28,13 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
+# Images with more pixels are skipped, judged from the header before decoding: a 13000 x 13000
+# PNG of a few KB decodes to 500 MB. Raise it per call (max_pixels=) or for the process with
+# the environment variable below; 64 M pixels is an 8000 x 8000 photo, 192 MB as 8-bit RGB.
+MAX_IMAGE_PIXELS = 64_000_000
+MAX_PIXELS_ENV = "TINYSSD_MAX_PIXELS"
+_PIL_LIMIT_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is lifted under it, see _open_image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-FLOAT32_MAX = 3.4028234663852886e38  # larger coordinates would become inf in the float32 boxes
 # What PIL raises for files it cannot decode; a decompression bomb is not an OSError.
 UNREADABLE_ERRORS = (
     UnidentifiedImageError,
@@ -39,8 +45,32 @@ UNREADABLE_ERRORS = (
 )
 
 
+def escape_control(text: str) -> str:
+    """``text`` with control characters written as escapes: ``"a\\nb"`` for a newline.
+
+    Everything tinyssd prints that a data set supplies (file names, class names)
+    goes through it, so a name cannot break a line or send terminal codes.
+    Undecodable bytes of a file name (``\\udcff``) are escaped too.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class DataError(ValueError):
-    """Bad input data. The message is one line: ``path[:line]: what is wrong``."""
+    """Bad input data. The message is one line: ``path[:line]: what is wrong``.
+
+    Control characters in the message (a newline in a file name) are escaped.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(escape_control(str(message)))
+
+
+class NotRegularFile(DataError):
+    """A FIFO, device or socket where a file was expected: never opened (it could block)."""
+
+
+class ImageTooLarge(DataError):
+    """An image whose header gives more pixels than the budget; it is not decoded."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +150,11 @@ class Split:
 
 # Problem kinds reported by readers and by `tinyssd data check`.
 UNREADABLE_IMAGE = "unreadable image"
+SPECIAL_FILE = "not a regular file: FIFO, device, socket or folder (skipped)"
+TOO_LARGE_IMAGE = "image over the pixel budget (skipped)"
+OUTSIDE_ROOT = "file outside the data folder (skipped)"
+TOO_MANY_BOXES = "image over the box limit (extra boxes dropped)"
+EXIF_FRAME = "annotation made before the EXIF rotation (boxes rotated with the image)"
 BAD_BOX = "box with x1 >= x2 or y1 >= y2 (dropped)"
 OUTSIDE_BOX = "box outside the image (clipped)"
 UNKNOWN_CLASS = "unknown class (box dropped)"
@@ -138,11 +173,11 @@ class Report:
     def add(self, kind: str, where: str | Path, detail: str = "") -> None:
         """Record one problem; control characters (a newline in a file name) are escaped."""
         entry = f"{where}: {detail}" if detail else str(where)
-        self.items[kind].append("".join(c if c.isprintable() else repr(c)[1:-1] for c in entry))
+        self.items[kind].append(escape_control(entry))
 
     def add_unreadable(self, image: str | Path, error: DataError) -> None:
         """Record an image that ``read_image`` or ``image_size`` could not read."""
-        self.add(UNREADABLE_IMAGE, image, str(error).split(": ", 1)[-1])
+        self.add(error_kind(error, UNREADABLE_IMAGE), image, str(error).split(": ", 1)[-1])
 
     def count(self, kind: str) -> int:
         return len(self.items.get(kind, []))
@@ -165,44 +200,143 @@ class Report:
         return "\n".join(lines)
 
 
-def read_image(path: str | Path) -> Tensor:
+def error_kind(error: DataError, default: str) -> str:
+    """The Report kind of a reader's error: special file, image too large, else ``default``."""
+    if isinstance(error, NotRegularFile):
+        return SPECIAL_FILE
+    if isinstance(error, ImageTooLarge):
+        return TOO_LARGE_IMAGE
+    return default
+
+
+def check_regular_file(path: str | Path) -> None:
+    """Raise unless ``path`` is a regular file (symlinks followed); never opens it.
+
+    Raises:
+        NotRegularFile: a directory, FIFO, device or socket (a FIFO would block
+            a reader forever).
+        OSError: from ``os.stat`` (a missing file).
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        what = "directory" if stat.S_ISDIR(mode) else "FIFO, device or socket"
+        raise NotRegularFile(f"{path}: not a regular file ({what}); not opened")
+
+
+def pixel_budget(max_pixels: int | None = None) -> int:
+    """The most pixels an image may have: ``max_pixels``, else $TINYSSD_MAX_PIXELS, else
+    :data:`MAX_IMAGE_PIXELS`.
+
+    Raises:
+        DataError: the environment variable is not a positive integer.
+    """
+    if max_pixels is not None:
+        return int(max_pixels)
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if value is None:
+        return MAX_IMAGE_PIXELS
+    try:
+        budget = int(value)
+        if budget <= 0:
+            raise ValueError
+    except ValueError:
+        raise DataError(f"{MAX_PIXELS_ENV}={value!r}: not a positive number of pixels") from None
+    return budget
+
+
+def _open_image(path: Path, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` of a regular file whose header is within the pixel budget.
+
+    A budget raised beyond Pillow's own decompression-bomb error (twice
+    ``PIL.Image.MAX_IMAGE_PIXELS``) lifts Pillow's limit for this open only.
+    """
+    check_regular_file(path)
+    budget = pixel_budget(max_pixels)
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    if budget == MAX_IMAGE_PIXELS or pil_limit is None or budget <= 2 * pil_limit:
+        im = Image.open(path)
+    else:  # a raised budget beyond the limit at which Pillow raises: lift Pillow's for this open
+        with _PIL_LIMIT_LOCK:
+            Image.MAX_IMAGE_PIXELS = None
+            try:
+                im = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pil_limit
+    w, h = im.size
+    if w * h > budget:
+        im.close()
+        raise ImageTooLarge(
+            f"{path}: {w}x{h} is {w * h} pixels, over the budget of {budget} "
+            f"(raise it with {MAX_PIXELS_ENV})"
+        )
+    return im
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16/32-bit integer images scaled by their range; float images in 0..1 scaled by 255."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if arr.max() > 255 else 255.0
+        return Image.fromarray((arr * (255.0 / top)).round().astype(np.uint8))
+    if im.mode == "F":
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0  # 0..1 floats, else 0..255
+        return Image.fromarray((arr * scale).clip(0, 255).round().astype(np.uint8))
+    return im
+
+
+def read_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
     """Decode an image file to RGB, EXIF orientation applied.
 
-    Any mode (grey, RGBA, palette, 16-bit) is converted to 8-bit RGB.
+    Any mode (grey, RGBA, palette, 16-bit, float) is converted to 8-bit RGB;
+    float images (TIFF mode "F") in 0..1 are scaled by 255.
 
+    Args:
+        max_pixels: the pixel budget (see :func:`pixel_budget`), checked from
+            the header before decoding.
     Returns:
         Tensor[3, H, W] uint8.
     Raises:
-        DataError: the file is missing, truncated or not an image.
+        DataError: the file is missing, truncated or not an image;
+            :class:`NotRegularFile`, :class:`ImageTooLarge`.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if arr.max() > 255 else 255.0
-                im = Image.fromarray((arr * (255.0 / top)).round().astype(np.uint8))
-            im = im.convert("RGB")
+        with _open_image(path, max_pixels) as im:
+            im = _to_8bit(ImageOps.exif_transpose(im)).convert("RGB")
             arr = np.asarray(im, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
+    except DataError:
+        raise
     except UNREADABLE_ERRORS as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image after EXIF orientation, reading only its header."""
+def image_header(path: str | Path, max_pixels: int | None = None) -> tuple[int, int, int]:
+    """(height, width, EXIF orientation 1..8) of the image as stored, reading only its header.
+
+    Raises:
+        DataError: as :func:`read_image`.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with _open_image(path, max_pixels) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
+    except DataError:
+        raise
     except UNREADABLE_ERRORS as e:
         raise DataError(f"{path}: unreadable image ({e})") from None
+    return h, w, orientation if orientation in range(1, 9) else 1
+
+
+def image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """(height, width) of an image after EXIF orientation, reading only its header."""
+    h, w, orientation = image_header(path, max_pixels)
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
@@ -233,10 +367,16 @@ def clip_to_image(record: Record, size: tuple[int, int], report: Report) -> Reco
     )
 
 
-def read_text(path: str | Path) -> str:
-    """The text of a UTF-8 file (a BOM is dropped); one-line :class:`DataError` otherwise."""
+def read_text(path: str | Path, max_bytes: int | None = None) -> str:
+    """The text of a UTF-8 file (a BOM is dropped); one-line :class:`DataError` otherwise.
+
+    Only regular files are opened (a FIFO would block); ``max_bytes`` bounds the size.
+    """
     path = Path(path)
     try:
+        check_regular_file(path)
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise DataError(f"{path}: larger than {max_bytes} bytes")
         return path.read_bytes().decode("utf-8-sig")
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -247,50 +387,6 @@ def read_text(path: str | Path) -> str:
 def read_names(path: str | Path) -> list[str]:
     """Class names from a text file, one per line, blank lines skipped."""
     return [line.strip() for line in read_text(path).splitlines() if line.strip()]
-
-
-def finite_float(value: str | float) -> float:
-    """A coordinate from text or a JSON number.
-
-    Raises:
-        ValueError: not a number (booleans included), or not finite as float32.
-    """
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(f"{value!r} is not a number")
-    try:
-        number = float(value)
-    except OverflowError:  # an int too large for a float
-        number = math.inf
-    if not (math.isfinite(number) and abs(number) <= FLOAT32_MAX):
-        raise ValueError(f"{value!r} is not a finite number")
-    return number
-
-
-def tidy_number(value: float) -> int | float:
-    """``12.0 -> 12``, ``12.300000190734863 -> 12.3``: what label files should hold."""
-    value = round(float(value), 4)
-    return int(value) if value.is_integer() else value
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key putting ``2.png`` before ``10.png``; other names after, alphabetically."""
-    stem = Path(name).stem
-    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
-
-
-def free_stem(stem: str, prefix: str, taken: set[str]) -> str:
-    """``stem`` if not in ``taken``, else ``{prefix}_{stem}`` (``_2``, ``_3``... if needed).
-
-    The result is added to ``taken``. Writers use it so that images of several
-    splits, or from several source folders, never overwrite one another.
-    """
-    name = stem if stem not in taken else f"{prefix}_{stem}"
-    base, n = name, 1
-    while name in taken:
-        n += 1
-        name = f"{base}_{n}"
-    taken.add(name)
-    return name
 
 
 def is_file(path: str | Path) -> bool:

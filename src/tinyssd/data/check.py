@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import FORMATS, resolve_format
-from .base import BAD_SPLIT, DataError, Report, Split, clip_to_image, read_image
+from .base import BAD_SPLIT, DataError, Report, Split, clip_to_image, escape_control, read_image
 
 WORKERS = min(4, os.cpu_count() or 1)  # threads: PIL decodes without holding the GIL
 
@@ -37,7 +37,7 @@ class CheckReport(Report):
 
     def summary(self, first: int = 3) -> str:
         """The folder, its layout, images and boxes per split, then the problems."""
-        lines = [f"{self.root}: {self.format} layout"]
+        lines = [escape_control(f"{self.root}: {self.format} layout")]
         for name, s in self.splits.items():
             if s.same_as:
                 lines.append(f"  {name}: the same files as {s.same_as}")

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .base import (
-    BAD_BOX,
     BAD_LABEL_FILE,
     MISSING_IMAGE,
     NO_LABELS,
@@ -30,16 +29,18 @@ from .base import (
     Record,
     Report,
     Split,
-    finite_float,
-    free_stem,
+    check_regular_file,
     image_size,
     is_file,
     link_or_copy,
-    tidy_number,
 )
+from .exif import to_display_frame
+from .rules import image_problem, keep_boxes
+from .values import finite_float, free_stem, read_flag, tidy_number
 
 SPLITS = ("train", "val", "test")
 PROBE = 50  # file names tried per candidate image folder
+MAX_INT_DIGITS = 30  # longer integer literals are read as floats (inf), not as a bignum
 
 
 class CocoImage(NamedTuple):
@@ -71,7 +72,9 @@ def parse_coco_json(path: str | Path) -> CocoFile:
 
     Example: ``"bbox": [10, 20, 30, 40]`` gives the box ``(10, 20, 40, 60)``.
     An image or annotation entry that cannot be used (no id, a bbox that is
-    not four finite numbers, ...) is skipped and listed in ``problems``.
+    not four finite numbers, an ``iscrowd`` that is not a 0/1 flag, ...) is
+    skipped and listed in ``problems``; flags may be numbers, booleans or
+    strings (``"0"`` and ``"false"`` are false).
 
     Raises:
         DataError: unreadable file, invalid JSON, no ``images`` list, or a
@@ -80,7 +83,8 @@ def parse_coco_json(path: str | Path) -> CocoFile:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_bytes())
+        check_regular_file(path)
+        data = json.loads(path.read_bytes(), parse_int=_parse_int)
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
@@ -115,6 +119,12 @@ def parse_coco_json(path: str | Path) -> CocoFile:
         except ValueError as e:
             problems.append(f"annotations[{i}]: {e}")
     return CocoFile(images, boxes, categories, problems)
+
+
+def _parse_int(literal: str) -> int | float:
+    """An integer literal of the JSON; a huge one becomes a float (so one entry fails, not
+    the file: Python refuses to parse integers of over 4300 digits)."""
+    return int(literal) if len(literal) <= MAX_INT_DIGITS else float(literal)
 
 
 def _categories(path: Path, entries: object) -> list[tuple[int, str]]:
@@ -158,14 +168,11 @@ def _box(index: int, entry: object) -> CocoBox:
     if any(isinstance(v, (str, bool)) for v in bbox):
         raise ValueError(f"'bbox' {bbox} does not hold 4 numbers")
     x, y, w, h = (finite_float(v) for v in bbox)
-    return CocoBox(
-        index,
-        image_id,
-        category_id,
-        (x, y, x + w, y + h),
-        bool(entry.get("iscrowd", 0)),
-        bool(entry.get("difficult", 0)),
-    )
+    try:
+        iscrowd, difficult = read_flag(entry.get("iscrowd")), read_flag(entry.get("difficult"))
+    except ValueError as e:
+        raise ValueError(f"'iscrowd' or 'difficult': {e}") from None
+    return CocoBox(index, image_id, category_id, (x, y, x + w, y + h), iscrowd, difficult)
 
 
 def _is_int(value: object) -> bool:
@@ -224,7 +231,11 @@ def read_coco(root: str | Path, split: str = "train", report: Report | None = No
     Unusable entries (see :func:`parse_coco_json`) are reported and skipped;
     images listed without any annotation are kept as negatives (reported);
     images missing on disk and annotations of unknown images are reported and
-    skipped; boxes with an unknown category or no area are dropped (reported).
+    skipped; boxes with an unknown category or no area are dropped (reported),
+    and so are boxes over the per-image limit (see :mod:`.rules`). A
+    ``file_name`` that resolves outside ROOT (absolute, ``..``, a symlink out)
+    or names a FIFO or device is skipped (reported). Boxes annotated before
+    the image's EXIF rotation are turned with it (see :mod:`.exif`).
     """
     root = Path(root)
     report = report if report is not None else Report()
@@ -245,31 +256,35 @@ def read_coco(root: str | Path, split: str = "train", report: Report | None = No
     records = []
     for im in coco.images:
         path = folder / im.file_name
+        problem = image_problem(path, [root])
+        if problem:
+            report.add(problem, path, f"listed in {json_path.name}")
+            continue
         if not is_file(path):
             report.add(MISSING_IMAGE, path, f"listed in {json_path.name}")
             continue
-        if not by_image[im.id]:
+        boxes = by_image[im.id]
+        if not boxes:
             report.add(NO_LABELS, path)
-        kept = []
-        for b in by_image[im.id]:
-            x1, y1, x2, y2 = b.box
-            where = f"annotations[{b.index}]"
-            if b.category_id not in labels:
-                report.add(UNKNOWN_CLASS, json_path, f"{where}: category_id {b.category_id}")
-            elif x1 >= x2 or y1 >= y2:
-                report.add(BAD_BOX, json_path, f"{where}: bbox has no area")
-            else:
-                kept.append(b)
-        records.append(
-            Record.make(
-                path,
-                [b.box for b in kept],
-                [labels[b.category_id] for b in kept],
-                [b.difficult for b in kept],
-                [b.iscrowd for b in kept],
-                im.size,
-            )
+
+        def describe(i: int, kind: str, boxes=boxes) -> tuple[str, str]:
+            b = boxes[i]
+            if kind == UNKNOWN_CLASS:
+                return str(json_path), f"annotations[{b.index}]: category_id {b.category_id}"
+            return str(json_path), f"annotations[{b.index}]: bbox has no area"
+
+        box_labels = [labels.get(b.category_id, 0) for b in boxes]
+        keep = keep_boxes([b.box for b in boxes], box_labels, len(labels), path, report, describe)
+        kept = [boxes[i] for i in keep]
+        record = Record.make(
+            path,
+            [b.box for b in kept],
+            [box_labels[i] for i in keep],
+            [b.difficult for b in kept],
+            [b.iscrowd for b in kept],
+            im.size,
         )
+        records.append(to_display_frame(record, report))
     return Split(records, [name for _, name in coco.categories], root)
 
 

@@ -9,7 +9,10 @@ them: VOC keeps difficult (crowd regions become difficult objects), COCO
 keeps both, YOLO and the banana CSV neither. Boxes are written as read,
 except for YOLO, whose tools reject boxes outside the image: they are
 clipped. Problems found on the way are logged as ``tinyssd data check``
-reports them; what cannot be used is left out.
+reports them; what cannot be used is left out (so no file from outside SRC
+that a label file names is ever linked into OUT). Class names that the
+target cannot hold unchanged (empty, a newline in a ``classes.txt`` line)
+are an error, not a silent relabel.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def convert(src: str | Path, to: str, out: str | Path, format: str = "auto") -> 
         ``out``.
     Raises:
         DataError: unknown format or layout, ``out`` not empty, a split that
-            cannot be read, or splits that name different classes.
+            cannot be read, splits that name different classes, or a class
+            name the target cannot hold (see :func:`class_name_problem`).
     """
     src, out = Path(src), Path(out)
     if to not in FORMATS:
@@ -52,6 +56,7 @@ def convert(src: str | Path, to: str, out: str | Path, format: str = "auto") -> 
                 f"{src}: {first[0]} and {split} name different classes "
                 f"({first[1].classes} vs {data.classes}); give them one classes.txt"
             )
+    check_class_names(first[1].classes, to, src)
     for split, data in splits.items():
         records = with_image_sizes(data.records, report)
         if to == "yolo":
@@ -70,6 +75,40 @@ def convert(src: str | Path, to: str, out: str | Path, format: str = "auto") -> 
     if report:
         log.warning("problems in %s:\n%s", src, report.summary())
     return out
+
+
+def class_name_problem(name: str, to: str) -> str | None:
+    """Why class ``name`` would not come back unchanged from format ``to``, or None.
+
+    Every format needs a non-empty UTF-8 name; VOC and the banana layout keep
+    names one per line in ``classes.txt`` (and VOC in stripped ``<name>``
+    text), so a control character (a newline) or a leading or trailing space
+    would change the name or the number of classes.
+    """
+    if not name.strip():
+        return "it is empty"
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid UTF-8"
+    if to in ("voc", "bananas"):
+        if not all(c.isprintable() for c in name):
+            return "it holds a control character such as a newline"
+        if name != name.strip():
+            return "it starts or ends with a space"
+    return None
+
+
+def check_class_names(classes: list[str], to: str, src: Path) -> None:
+    """Raise DataError for the first class name ``to`` cannot hold, or a name used twice
+    where ``to`` looks classes up by name (VOC)."""
+    for i, name in enumerate(classes, start=1):
+        problem = class_name_problem(name, to)
+        if problem:
+            raise DataError(f"{src}: class {i} {name!r} cannot be written as {to}: {problem}")
+    if to == "voc" and len(set(classes)) != len(classes):
+        twice = sorted({n for n in classes if classes.count(n) > 1})
+        raise DataError(f"{src}: class names {twice} are used twice; VOC names boxes by class")
 
 
 def with_image_sizes(records: list[Record], report: Report) -> list[Record]:

@@ -6,6 +6,10 @@ The zip is fetched with urllib into ``<name>.part``; an interrupted download
 continues with an HTTP Range request (and starts over if the server ignores
 it). The zip stays beside the data folder, as ``d2l.download_extract`` leaves
 it, so a deleted data folder is re-extracted without downloading.
+
+Extraction is ``torchvision.datasets.utils.extract_archive``. The fetch stays
+here: torchvision's ``download_url`` neither resumes, nor takes a timeout,
+nor checks a sha1 (it checks md5; d2l publishes the sha1).
 """
 
 from __future__ import annotations
@@ -124,13 +128,14 @@ def _extract(archive: Path, data: Path) -> None:
     The zip may hold ``banana-detection/bananas_train/...`` (the chapter's) or
     ``bananas_train/...`` at its top.
     """
+    from torchvision.datasets.utils import extract_archive  # imports every data set: lazily
+
     log.info("extracting %s", archive)
     with tempfile.TemporaryDirectory(dir=data.parent, prefix=f".{data.name}.partial-") as tmp:
         unzipped = Path(tmp) / "zip"
         try:
-            with zipfile.ZipFile(archive) as z:
-                z.extractall(unzipped)
-        except (zipfile.BadZipFile, OSError) as e:
+            extract_archive(archive, unzipped)
+        except (zipfile.BadZipFile, OSError, RuntimeError) as e:
             raise DataError(f"{archive}: cannot extract ({_one_line(e)})") from None
         for inner in (unzipped / BANANAS_FOLDER, unzipped):
             if _is_complete(inner):

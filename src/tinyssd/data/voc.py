@@ -29,7 +29,6 @@ import torch
 from torch import Tensor
 
 from .base import (
-    BAD_BOX,
     BAD_LABEL_FILE,
     IMAGE_SUFFIXES,
     MISSING_IMAGE,
@@ -39,16 +38,17 @@ from .base import (
     Record,
     Report,
     Split,
-    finite_float,
-    free_stem,
+    check_regular_file,
+    error_kind,
     image_size,
     is_file,
     link_or_copy,
-    natural_key,
     read_names,
     read_text,
-    tidy_number,
 )
+from .exif import to_display_frame
+from .rules import image_problem, is_special, keep_boxes
+from .values import finite_float, free_stem, natural_key, read_flag, tidy_number
 
 SPLITS = ("train", "val", "test")
 NAMES_FILES = ("classes.txt", "labels.txt")
@@ -83,6 +83,7 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
     """
     path = Path(path)
     try:
+        check_regular_file(path)
         data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -112,8 +113,10 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
             ) from None
         boxes.append([xmin - 1, ymin - 1, xmax, ymax])
         names.append(name)
-        flag = (obj.findtext("difficult") or "0").strip().lower()
-        difficult.append(flag in ("1", "true", "yes"))
+        try:
+            difficult.append(read_flag(obj.findtext("difficult")))
+        except ValueError as e:
+            raise DataError(f"{path}: object {i} ({name!r}): <difficult> {e}") from None
     return VocAnnotation(
         torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         names,
@@ -157,7 +160,10 @@ def read_voc(root: str | Path, split: str = "train", report: Report | None = Non
     negative (reported); an XML or listed ID without an image is reported and
     skipped; an unparsable XML is reported and its image skipped (its boxes
     are unknown). Objects with an unknown class or an empty box are dropped
-    (reported).
+    (reported), and so are boxes over the per-image limit (see :mod:`.rules`).
+    Images that resolve outside ROOT, and FIFOs or devices, are skipped
+    (reported). Boxes annotated before the image's EXIF rotation are turned
+    with it (see :mod:`.exif`).
     """
     root = Path(root)
     report = report if report is not None else Report()
@@ -171,6 +177,10 @@ def read_voc(root: str | Path, split: str = "train", report: Report | None = Non
         if image is None:
             report.add(MISSING_IMAGE, xml or folder / image_id, "no image with this name")
             continue
+        problem = image_problem(image, [root])
+        if problem:
+            report.add(problem, image)
+            continue
         if xml is None:
             report.add(NO_LABELS, image)
             records.append(Record.make(image, [], []))
@@ -178,22 +188,22 @@ def read_voc(root: str | Path, split: str = "train", report: Report | None = Non
         try:
             ann = parse_voc_xml(xml)
         except DataError as e:
-            report.add(BAD_LABEL_FILE, str(e))
+            report.add(error_kind(e, BAD_LABEL_FILE), str(e))
             continue
-        keep = []
-        for i, (name, box) in enumerate(zip(ann.names, ann.boxes.tolist())):
-            if name not in label_of:
-                report.add(UNKNOWN_CLASS, xml, f"object {i + 1}: class {name!r}")
-            elif box[0] >= box[2] or box[1] >= box[3]:
-                report.add(BAD_BOX, xml, f"object {i + 1}: {_voc_box(box)} is empty")
-            else:
-                keep.append(i)
+
+        def describe(i: int, kind: str, ann=ann, xml=xml) -> tuple[str, str]:
+            if kind == UNKNOWN_CLASS:
+                return str(xml), f"object {i + 1}: class {ann.names[i]!r}"
+            return str(xml), f"object {i + 1}: {_voc_box(ann.boxes[i].tolist())} is empty"
+
+        labels = [label_of.get(name, 0) for name in ann.names]
+        keep = keep_boxes(ann.boxes, labels, len(classes), image, report, describe)
         if not ann.names:
             report.add(NO_LABELS, image, f"{xml.name} has no object")
-        labels = [label_of[ann.names[i]] for i in keep]
-        records.append(
-            Record.make(image, ann.boxes[keep], labels, ann.difficult[keep], size=ann.size)
+        record = Record.make(
+            image, ann.boxes[keep], [labels[i] for i in keep], ann.difficult[keep], size=ann.size
         )
+        records.append(to_display_frame(record, report))
     return Split(records, classes, root)
 
 
@@ -229,12 +239,17 @@ def _pairs(root: Path, split: str) -> tuple[Path, list[tuple[str, Path | None, P
         else:
             ids = sorted({p.stem for p in annotations.glob("*.xml")} | set(images), key=natural_key)
         xmls = {i: annotations / f"{i}.xml" for i in ids}
-        return folder, [(i, images.get(i), xmls[i] if is_file(xmls[i]) else None) for i in ids]
+        return folder, [(i, images.get(i), xmls[i] if _is_label(xmls[i]) else None) for i in ids]
     folder = root / split if (root / split).is_dir() else root
     images = _by_stem(folder)
-    xmls = {p.stem: p for p in folder.glob("*.xml") if p.is_file()}
+    xmls = {p.stem: p for p in folder.glob("*.xml") if _is_label(p)}
     ids = sorted(set(images) | set(xmls), key=natural_key)
     return folder, [(i, images.get(i), xmls.get(i)) for i in ids]
+
+
+def _is_label(path: Path) -> bool:
+    """A file or a special file (which the parser then refuses, reported), not a folder."""
+    return is_file(path) or is_special(path)
 
 
 def _read_ids(path: Path) -> list[str]:
@@ -244,12 +259,15 @@ def _read_ids(path: Path) -> list[str]:
 
 
 def _by_stem(folder: Path) -> dict[str, Path]:
-    """Image files of ``folder`` by stem (the first in name order if several share one)."""
+    """Image files of ``folder`` by stem (the first in name order if several share one).
+
+    FIFOs and devices are listed too, for the reader to report them.
+    """
     if not folder.is_dir():
         return {}
     images = {}
     for p in sorted(folder.iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or is_special(p)):
             images.setdefault(p.stem, p)
     return images
 
@@ -282,8 +300,8 @@ def write_voc(root: str | Path, split: str, records: list[Record], classes: list
         xml = voc_xml(f"{stem}{rec.image.suffix}", size, rec, classes)
         (annotations / f"{stem}.xml").write_text(xml, encoding="utf-8")
         ids.append(stem)
-    (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-    (root / "classes.txt").write_text("".join(f"{n}\n" for n in classes))
+    (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    (root / "classes.txt").write_text("".join(f"{n}\n" for n in classes), encoding="utf-8")
     return root
 
 

@@ -30,30 +30,31 @@ import yaml
 from torch import Tensor
 
 from .base import (
-    BAD_BOX,
     BAD_LABEL_FILE,
     IMAGE_SUFFIXES,
     MISSING_IMAGE,
     NO_LABELS,
+    SPECIAL_FILE,
     UNKNOWN_CLASS,
     DataError,
     Record,
     Report,
     Split,
     clip_to_image,
+    error_kind,
     exists,
-    finite_float,
-    free_stem,
     image_size,
     is_file,
     link_or_copy,
-    natural_key,
     read_names,
     read_text,
 )
+from .rules import image_problem, is_special, keep_boxes
+from .values import finite_float, free_stem, natural_key
 
 SPLITS = ("train", "val", "test")
 MAX_CLASS_ID = 2**31 - 1
+MAX_YAML_BYTES = 1 << 20  # data.yaml is names and paths: a larger one is not read
 
 
 class YoloLabels(NamedTuple):
@@ -154,11 +155,19 @@ def yolo_classes(root: Path) -> list[str]:
 
 
 def _data_yaml(root: Path) -> dict | None:
+    """data.yaml as a dict, None if absent. Aliases (``*name``) are refused: expanding them
+    ("billion laughs") costs memory exponential in the file's size."""
     path = Path(root) / "data.yaml"
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(read_text(path))
+        text = read_text(path, max_bytes=MAX_YAML_BYTES)
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise DataError(f"{path}: YAML aliases (*{event.anchor}) are not allowed")
+        data = yaml.safe_load(text)
+    except DataError:
+        raise
     except (yaml.YAMLError, RecursionError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"{path}: not valid YAML ({first})") from None
@@ -193,11 +202,30 @@ def _sources(root: Path, split: str) -> list[Path]:
     raise DataError(f"{root}: no images/{split}/ or {split}/images/ folder")
 
 
+def _allowed_roots(root: Path) -> list[Path]:
+    """Where the images of any split may lie: ROOT, data.yaml's ``path:`` and the folders
+    its ``train:`` / ``val:`` / ``test:`` name (what the user wrote is allowed)."""
+    roots = [root]
+    data = _data_yaml(root)
+    if data and isinstance(data.get("path"), str) and os.path.isdir(root / data["path"]):
+        roots.append(root / data["path"])
+    for split in SPLITS:
+        try:
+            roots += [source for source in _sources(root, split) if source.is_dir()]
+        except DataError:
+            continue
+    return roots
+
+
 def _images(source: Path) -> list[Path]:
-    """Images of a folder (recursively) or of a list file (which may name missing ones)."""
+    """Images of a folder (recursively) or of a list file (which may name missing ones).
+
+    FIFOs and devices in a folder are listed too, for the reader to report them.
+    """
     if source.is_dir():
         found = [p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-        return sorted((p for p in found if p.is_file()), key=lambda p: natural_key(str(p)))
+        usable = (p for p in found if p.is_file() or is_special(p))
+        return sorted(usable, key=lambda p: natural_key(str(p)))
     lines = [line.strip() for line in read_text(source).splitlines() if line.strip()]
     return [source.parent / line for line in lines]
 
@@ -225,18 +253,30 @@ def read_yolo(root: str | Path, split: str = "train", report: Report | None = No
     negative (reported); a label file without an image, or a listed image
     that does not exist, is reported and skipped; an image whose header
     cannot be read, or whose label file cannot be parsed, is reported and
-    skipped; boxes with an unknown class or no area are dropped (reported).
+    skipped; boxes with an unknown class or no area are dropped (reported),
+    and so are boxes over the per-image limit (see :mod:`.rules`). Images
+    that resolve outside ROOT and the folders data.yaml names (an absolute or
+    ``..`` entry of a list file, a symlink out), FIFOs and devices are skipped
+    (reported); so is an image whose label file is a FIFO or device.
     """
     root = Path(root)
     report = report if report is not None else Report()
     classes = yolo_classes(root)
     sources = _sources(root, split)
+    roots = _allowed_roots(root)
     images = [image for source in sources for image in _images(source)]
     records = []
     for image in images:
         label = label_path(image, root)
+        problem = image_problem(image, roots)
+        if problem:
+            report.add(problem, image)
+            continue
         if not is_file(image):
             report.add(MISSING_IMAGE, image, "listed but not found")
+            continue
+        if is_special(label):
+            report.add(SPECIAL_FILE, label, "label file not opened; image skipped")
             continue
         if not is_file(label):
             report.add(NO_LABELS, image, f"no {label.name}")
@@ -250,21 +290,22 @@ def read_yolo(root: str | Path, split: str = "train", report: Report | None = No
         try:
             parsed = parse_yolo_txt(label, w, h)
         except DataError as e:
-            report.add(BAD_LABEL_FILE, str(e))
+            report.add(error_kind(e, BAD_LABEL_FILE), str(e))
             continue
-        keep = []
-        for i, (cls, box) in enumerate(zip(parsed.classes.tolist(), parsed.boxes.tolist())):
+
+        def describe(i: int, kind: str, label=label, parsed=parsed) -> tuple[str, str]:
             where = f"{label}:{parsed.lines[i]}"
-            if not 0 <= cls < len(classes):
-                report.add(UNKNOWN_CLASS, where, f"class {cls} ({len(classes)} names)")
-            elif box[0] >= box[2] or box[1] >= box[3]:
-                report.add(BAD_BOX, where, "width or height is not positive")
-            else:
-                keep.append(i)
+            if kind == UNKNOWN_CLASS:
+                return where, f"class {int(parsed.classes[i])} ({len(classes)} names)"
+            return where, "width or height is not positive"
+
+        labels = (parsed.classes + 1).tolist()
+        keep = keep_boxes(parsed.boxes, labels, len(classes), image, report, describe)
         if not parsed.lines:
             report.add(NO_LABELS, image, f"{label.name} is empty")
-        labels = parsed.classes[keep] + 1
-        records.append(Record.make(image, parsed.boxes[keep], labels, size=(h, w)))
+        records.append(
+            Record.make(image, parsed.boxes[keep], [labels[i] for i in keep], size=(h, w))
+        )
     _report_orphans(root, sources, images, report)
     return Split(records, classes, root)
 
@@ -303,10 +344,12 @@ def write_yolo(root: str | Path, split: str, records: list[Record], classes: lis
         for label, (x1, y1, x2, y2) in zip(rec.labels.tolist(), rec.boxes.tolist()):
             values = ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h)
             rows.append(" ".join([str(label - 1), *map(_fmt, values)]) + "\n")
-        (labels_dir / f"{stem}.txt").write_text("".join(rows))
+        (labels_dir / f"{stem}.txt").write_text("".join(rows), encoding="utf-8")
     data = {k: v for k, v in (_data_yaml(root) or {}).items() if k != "names"}
     data.update({split: f"images/{split}", "names": list(classes)})
-    (root / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    (root / "data.yaml").write_text(
+        yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     return root
 
 

@@ -1,0 +1,144 @@
+"""What every reader refuses, in one place: files it may not open, boxes it does not keep.
+
+- An image a label file names must resolve (symlinks followed) inside the
+  data folder, or inside a folder the user named (YOLO ``data.yaml``'s
+  ``path:``, ``train:``, ``val:``): a COCO ``file_name`` of ``/etc/x.jpg`` or
+  ``../../x.jpg``, or a symlink out of the folder, is skipped and counted, and
+  ``data convert`` never links it into its output.
+- FIFOs, devices and sockets are never opened (a FIFO blocks the reader).
+- A box is kept if its class is known and it has an area, up to
+  :data:`MAX_BOXES_PER_IMAGE` per image (the first ones), so that the cost
+  of matching stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+from .base import (
+    BAD_BOX,
+    OUTSIDE_ROOT,
+    SPECIAL_FILE,
+    TOO_MANY_BOXES,
+    UNKNOWN_CLASS,
+    DataError,
+    Report,
+)
+
+# Boxes kept per image (the first ones); more are dropped and counted. COCO's most crowded
+# image has under 100, the densest public sets (SKU-110K) under 800 on average.
+MAX_BOXES_PER_IMAGE = 500
+MAX_BOXES_ENV = "TINYSSD_MAX_BOXES"
+# Class ids at or above this are taken as broken rows, not as a class list to allocate.
+MAX_CLASSES = 100_000
+
+
+def box_limit(max_boxes: int | None = None) -> int:
+    """Boxes kept per image: ``max_boxes``, else $TINYSSD_MAX_BOXES, else MAX_BOXES_PER_IMAGE.
+
+    Raises:
+        DataError: the environment variable is not a positive integer.
+    """
+    if max_boxes is not None:
+        return int(max_boxes)
+    value = os.environ.get(MAX_BOXES_ENV)
+    if value is None:
+        return MAX_BOXES_PER_IMAGE
+    try:
+        limit = int(value)
+        if limit <= 0:
+            raise ValueError
+    except ValueError:
+        raise DataError(f"{MAX_BOXES_ENV}={value!r}: not a positive number of boxes") from None
+    return limit
+
+
+def keep_boxes(
+    boxes: Tensor | Sequence[Sequence[float]],
+    labels: Sequence[int],
+    num_classes: int,
+    image: str | Path,
+    report: Report,
+    describe: Callable[[int, str], tuple[str, str]],
+    max_boxes: int | None = None,
+) -> list[int]:
+    """Indices of the boxes a reader keeps; what it drops is reported.
+
+    Dropped, in this order: a label outside ``1..num_classes`` (UNKNOWN_CLASS),
+    ``x1 >= x2 or y1 >= y2`` (BAD_BOX), and all boxes after the first
+    ``box_limit(max_boxes)`` kept ones (one TOO_MANY_BOXES entry for the image).
+
+    Args:
+        boxes (Tensor[M, 4] or M lists): xyxy.
+        labels: M labels, 1..C where known (readers pass 0 or -1 for an unknown name).
+        describe: ``(i, kind) -> (where, detail)`` for the report entry of box i,
+            in the words of its format (``"a.xml", "object 3: class 'plum'"``).
+    Example:
+        labels ``[1, 9, 1]``, boxes ``[[0, 0, 5, 5], [0, 0, 5, 5], [5, 0, 5, 5]]``,
+        2 classes: ``[0]`` (box 1 unknown class, box 2 empty).
+    """
+    rows = boxes.tolist() if isinstance(boxes, Tensor) else [list(b) for b in boxes]
+    limit = box_limit(max_boxes)
+    keep = []
+    for i, (label, (x1, y1, x2, y2)) in enumerate(zip(labels, rows)):
+        kind = None
+        if not 1 <= label <= num_classes:
+            kind = UNKNOWN_CLASS
+        elif x1 >= x2 or y1 >= y2:
+            kind = BAD_BOX
+        if kind is not None:
+            report.add(kind, *describe(i, kind))
+        else:
+            keep.append(i)
+    if len(keep) > limit:
+        report.add(
+            TOO_MANY_BOXES,
+            image,
+            f"{len(keep)} boxes, kept the first {limit} (raise it with {MAX_BOXES_ENV})",
+        )
+        keep = keep[:limit]
+    return keep
+
+
+def resolve(path: str | Path) -> Path:
+    """``path`` with symlinks and ``..`` resolved (``os.path.realpath``)."""
+    return Path(os.path.realpath(path))
+
+
+def is_inside(path: str | Path, roots: Sequence[str | Path]) -> bool:
+    """Whether ``path``, symlinks followed, lies in one of ``roots`` (also resolved)."""
+    real = resolve(path)
+    return any(real.is_relative_to(resolve(root)) for root in roots)
+
+
+def image_problem(path: str | Path, roots: Sequence[str | Path]) -> str | None:
+    """Why a reader may not use the image at ``path``: a Report kind, or None if it may.
+
+    ``MISSING_IMAGE`` is left to the caller (its words differ per format): a
+    path that does not exist gives None here only if it is inside ``roots``.
+
+    Returns:
+        OUTSIDE_ROOT (resolves outside every root), SPECIAL_FILE (a FIFO,
+        device, socket or folder), or None.
+    """
+    if not is_inside(path, roots):
+        return OUTSIDE_ROOT
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else SPECIAL_FILE
+
+
+def is_special(path: str | Path) -> bool:
+    """Whether ``path`` exists and is not a regular file or folder (FIFO, device, socket)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
