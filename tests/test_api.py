@@ -111,3 +111,90 @@ def test_default_precision_is_bf16_where_the_cpu_has_it_and_close_to_fp32(tmp_pa
     assert fp32.autocast_dtype is None
     a, b = (d.predict(_image(), threshold=0.2)[0] for d in (auto, fp32))
     assert len(a["scores"]) > 0 and abs(float(a["scores"][0]) - float(b["scores"][0])) < 0.05
+
+
+def _save(path, seed=0, size=(64, 80)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_image(*size, seed).permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def test_pictures_never_overwrite_each_other_or_an_input(detector, tmp_path):
+    _save(tmp_path / "a.jpg", 0)
+    _save(tmp_path / "a.png", 1)
+    _save(tmp_path / "sub" / "a.png", 2)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    lines = list(predict_files(detector, [tmp_path], threshold=0.2, out=tmp_path))
+    pictures = [line["picture"] for line in lines]
+    assert len(lines) == 3 and len(set(pictures)) == 3
+    for p, data in before.items():
+        assert p.read_bytes() == data, f"{p} was overwritten"
+    assert str(tmp_path / "sub" / "a_2.png") in pictures  # beside its input, not over it
+
+
+def test_folders_are_searched_recursively_and_an_empty_one_says_so(detector, tmp_path):
+    _save(tmp_path / "x" / "y" / "deep.png")
+    lines = list(predict_files(detector, [tmp_path / "x"], out=tmp_path / "out"))
+    assert [line["image"] for line in lines] == [str(tmp_path / "x" / "y" / "deep.png")]
+    assert lines[0]["picture"] == str(tmp_path / "out" / "y" / "deep.png")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        list(predict_files(detector, [tmp_path / "empty"]))
+
+
+def test_a_corrupt_image_among_many_is_skipped_and_the_exit_code_says_so(tmp_path, capsys, caplog):
+    ckpt = save_untrained_checkpoint(tmp_path / "w.safetensors", ["banana"])
+    _save(tmp_path / "in" / "good1.png", 1)
+    (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    _save(tmp_path / "in" / "good2.png", 2)
+    code = main(["predict", str(tmp_path / "in"), "--weights", str(ckpt), "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert len(captured.out.strip().splitlines()) == 2
+    assert "1 unreadable image(s) skipped" in captured.err
+    assert "skipped: " + str(tmp_path / "in" / "bad.png") in caplog.text
+
+
+def test_one_default_threshold_for_the_api_and_the_cli():
+    import inspect
+
+    from tinyssd.cli import build_parser
+    from tinyssd.inference import DEFAULT_THRESHOLD
+
+    api_default = inspect.signature(tinyssd.Detector.predict).parameters["threshold"].default
+    files_default = inspect.signature(predict_files).parameters["threshold"].default
+    cli_default = build_parser().parse_args(["predict", "x", "--weights", "w"]).threshold
+    assert api_default == files_default == cli_default == DEFAULT_THRESHOLD
+
+
+def test_numpy_arrays_and_4d_batches_are_accepted(detector):
+    images = [_image(96, 128, i) for i in range(3)]
+    by_tensor = detector.predict(images, threshold=0.2)
+    as_hwc = [im.permute(1, 2, 0).numpy() for im in images]
+    for result in (
+        detector.predict(as_hwc, threshold=0.2),
+        detector.predict(np.stack(as_hwc), threshold=0.2),
+        detector.predict(torch.stack(images), threshold=0.2),
+    ):
+        assert len(result) == 3
+        for a, b in zip(result, by_tensor, strict=True):
+            torch.testing.assert_close(a["boxes"], b["boxes"])
+    one = detector.predict(as_hwc[0], threshold=0.2)
+    torch.testing.assert_close(one[0]["boxes"], by_tensor[0]["boxes"])
+    with pytest.raises(ValueError, match="uint8 \\(H, W, 3\\)"):
+        detector.predict(np.zeros((10, 10, 3), dtype=np.float32))
+
+
+def test_predicted_boxes_stay_inside_the_image(detector):
+    for seed in range(3):
+        d = detector.predict(_image(70, 150, seed), threshold=0.0)[0]
+        assert len(d["boxes"]) > 0
+        assert d["boxes"].min() >= 0
+        assert (d["boxes"][:, [0, 2]] <= 150).all() and (d["boxes"][:, [1, 3]] <= 70).all()
+
+
+def test_load_says_which_checkpoint_it_took(tmp_path, caplog):
+    ckpt = save_untrained_checkpoint(tmp_path / "best.safetensors", ["a"])
+    caplog.set_level("INFO", logger="tinyssd")
+    tinyssd.load(tmp_path, device="cpu")
+    assert f"loaded {ckpt}" in caplog.text

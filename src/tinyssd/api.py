@@ -20,22 +20,52 @@ from .data.base import IMAGE_SUFFIXES, DataError, read_image
 from .data.dataset import resize_image
 from .engine.checkpoint import read_checkpoint, resolve_weights, split_state
 from .errors import CheckpointError
-from .inference import autocast, evaluate_dataset, predict_batch, resolve_device, resolve_precision
+from .inference import (
+    DEFAULT_THRESHOLD,
+    autocast,
+    evaluate_dataset,
+    predict_batch,
+    resolve_device,
+    resolve_precision,
+)
 from .models import SSD, SSDConfig
 from .models.fuse import fold_batchnorm
 
 log = logging.getLogger("tinyssd")
 
-ImageLike = str | Path | Image.Image | Tensor
+ImageLike = str | Path | Image.Image | Tensor | np.ndarray
+
+
+def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
+    """One image or many: a list, a tuple, a 4-D tensor ``[B, 3, H, W]`` or array
+    ``[B, H, W, 3]``."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, (Tensor, np.ndarray)) and images.ndim == 4:
+        return list(images)
+    return [images]  # type: ignore[list-item]
 
 
 def _to_tensor(image: ImageLike) -> Tensor:
-    """Any accepted image -> ``Tensor[3, H, W]`` uint8 RGB."""
+    """Any accepted image -> ``Tensor[3, H, W]`` uint8 RGB.
+
+    Accepts a path, a PIL image, a uint8 tensor ``[3, H, W]`` or a uint8 NumPy
+    array ``[H, W, 3]`` (RGB, as PIL and imageio give; ``[H, W]`` grey too).
+    """
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, Image.Image):
         arr = torch.from_numpy(np.asarray(image.convert("RGB")).copy())
         return arr.permute(2, 0, 1).contiguous()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (
+            image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)
+        ):
+            raise ValueError(
+                f"image array must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}"
+            )
+        rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
     if isinstance(image, Tensor):
         if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
             raise ValueError(
@@ -62,18 +92,21 @@ class Detector:
     def predict(
         self,
         images: ImageLike | Sequence[ImageLike],
-        threshold: float = 0.5,
+        threshold: float = DEFAULT_THRESHOLD,
         nms_threshold: float = 0.45,
         max_detections: int = 200,
     ) -> list[dict]:
         """Detections with score >= ``threshold``, one dict per image.
 
+        ``images``: one image or a list of them (paths, PIL images, uint8
+        ``[3, H, W]`` tensors, uint8 ``[H, W, 3]`` arrays), or a 4-D batch
+        (tensor ``[B, 3, H, W]`` or array ``[B, H, W, 3]``).
+
         Returns:
             per image ``boxes`` Tensor[N, 4] xyxy in that image's pixels,
             ``scores`` Tensor[N], ``labels`` Tensor[N] (1..C), ``names`` list[str].
         """
-        many = isinstance(images, (list, tuple))
-        tensors = [_to_tensor(im) for im in (images if many else [images])]
+        tensors = [_to_tensor(im) for im in as_image_list(images)]
         sizes = [tuple(t.shape[-2:]) for t in tensors]
         batch = torch.stack([resize_image(t, self.image_size) for t in tensors]).to(self.device)
         batch = batch.contiguous(memory_format=torch.channels_last)
@@ -115,31 +148,83 @@ def load(run_or_file: str | Path, device: str = "auto", precision: str = "auto")
     return Detector(model, cfg["classes"], resolve_device(device), precision)
 
 
-def _image_files(inputs: Sequence[str | Path]) -> list[Path]:
-    files = []
+def image_files(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
+    """Every image named or found (recursively) in ``inputs``, with its path relative to
+    the folder it was found in (a named file: its own name).
+
+    Special files (FIFOs, devices) are left out. DataError when an input does
+    not exist or nothing is found.
+    """
+    found: list[tuple[Path, Path]] = []
     for p in map(Path, inputs):
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            in_dir = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            found += [(f, f.relative_to(p)) for f in in_dir if f.is_file()]
+        elif p.is_file():
+            found.append((p, Path(p.name)))
         elif p.exists():
-            files.append(p)
+            raise DataError(f"{p}: not a regular file or folder")
         else:
             raise DataError(f"{p}: no such image file or folder")
-    return files
+    if not found:
+        suffixes = " ".join(IMAGE_SUFFIXES)
+        names = ", ".join(map(str, inputs))
+        raise DataError(f"{names}: no images found (searched folders recursively for {suffixes})")
+    return found
+
+
+def picture_paths(files: list[tuple[Path, Path]], out: Path) -> list[Path]:
+    """Where each image's drawn picture goes: ``out/REL/NAME.png``, never the same path twice
+    (``a.jpg`` and ``a.png``, one name in two folders) and never an input image."""
+    inputs = {f.resolve() for f, _ in files}
+    taken: set[Path] = set()
+    stems = [out / rel.with_suffix(".png") for _, rel in files]
+    clash = {p for p in stems if stems.count(p) > 1}
+    paths = []
+    for (_, rel), path in zip(files, stems, strict=True):
+        if path in clash:  # a.jpg and a.png -> a_jpg.png, a_png.png
+            path = out / rel.parent / f"{rel.stem}_{rel.suffix.lstrip('.').lower()}.png"
+        candidate, i = path, 2
+        while candidate in taken or candidate.resolve() in inputs:
+            candidate = path.with_name(f"{path.stem}_{i}.png")
+            i += 1
+        taken.add(candidate)
+        paths.append(candidate)
+    return paths
 
 
 def predict_files(
-    det: Detector, inputs: Sequence[str | Path], threshold: float = 0.9, out: str | Path = "."
+    det: Detector,
+    inputs: Sequence[str | Path],
+    threshold: float = DEFAULT_THRESHOLD,
+    out: str | Path = "predictions",
+    skipped: list[str] | None = None,
 ) -> Iterator[dict]:
-    """Predict each image file, draw its boxes into ``out/NAME.png``, yield a JSON-able dict."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in _image_files(inputs):
-        image = read_image(f)
-        d = det.predict(image, threshold=threshold)[0]
-        picture = out / f"{f.stem}.png"
-        from .viz import draw_detections
+    """Predict each image file, draw its boxes into ``out/NAME.png``, yield a JSON-able dict.
 
-        draw_detections(image, d["boxes"], d["scores"], d["labels"], det.classes).save(picture)
+    An unreadable image is logged, appended to ``skipped`` and passed over; the
+    others are still predicted.
+    """
+    from .viz import draw_detections
+
+    out = Path(out)
+    files = image_files(inputs)
+    for (f, _), picture in zip(files, picture_paths(files, out), strict=True):
+        try:
+            image = read_image(f)
+        except DataError as e:
+            log.warning("skipped: %s", e)
+            if skipped is not None:
+                skipped.append(str(f))
+            continue
+        d = det.predict(image, threshold=threshold)[0]
+        if not len(d["scores"]):
+            log.info("%s: no box scored >= %g (--threshold)", f, threshold)
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        drawn = draw_detections(image, d["boxes"], d["scores"], d["labels"], det.classes)
+        tmp = picture.with_name(f".{picture.name}.tmp")
+        drawn.save(tmp, format="PNG")
+        tmp.replace(picture)
         yield {
             "image": str(f),
             "width": int(image.shape[2]),
@@ -209,7 +294,7 @@ def demo(
     )
     det = load(run)
     val_images = sorted((Path(data) / "bananas_val" / "images").iterdir())[:8]
-    lines = list(predict_files(det, val_images, threshold=0.3, out=Path(out) / "predictions"))
+    lines = list(predict_files(det, val_images, out=Path(out) / "predictions"))
     print(f"\nrun folder:        {run}")
     print(f"training curves:   {Path(run) / 'curves.png'}")
     print(f"val predictions:   {Path(run) / 'val_predictions.png'}")

@@ -65,8 +65,15 @@ def _predict(a: argparse.Namespace) -> None:
     from .api import load, predict_files
 
     det = load(a.weights, device=a.device, precision=a.precision)
-    for line in predict_files(det, a.inputs, threshold=a.threshold, out=a.out):
+    skipped: list[str] = []
+    for line in predict_files(det, a.inputs, threshold=a.threshold, out=a.out, skipped=skipped):
         print(json.dumps(line), flush=True)
+    if skipped:
+        raise SkippedInputs(f"{len(skipped)} unreadable image(s) skipped (listed above)")
+
+
+class SkippedInputs(Exception):
+    """Some inputs could not be used; the rest were processed (exit code 1)."""
 
 
 def _eval(a: argparse.Namespace) -> None:
@@ -133,6 +140,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .inference import DEFAULT_THRESHOLD
+
     p = argparse.ArgumentParser(prog="tinyssd", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"tinyssd {_version()}")
@@ -146,8 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="draw and print detections for images")
     pr.add_argument("inputs", nargs="+", help="image files or folders")
     pr.add_argument("--weights", required=True, help="run folder or checkpoint file")
-    pr.add_argument("--threshold", type=float, default=0.9)
-    pr.add_argument("--out", default="predictions")
+    pr.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="score a box needs to be printed and drawn (default: %(default)s)",
+    )
+    pr.add_argument("--out", default="predictions", help="folder for the drawn pictures")
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pr.add_argument(
         "--precision",
@@ -220,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     except TinySSDError as e:
         print(f"tinyssd: error: {e}", file=sys.stderr)
         return 2
+    except SkippedInputs as e:
+        print(f"tinyssd: {e}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # the reader of our output went away (`tinyssd predict ... | head -1`): end quietly
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from .data.dataset import DetectionDataset
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# Score a box needs to be reported, drawn or printed: the API, the CLI and the pictures.
+DEFAULT_THRESHOLD = 0.5
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -36,8 +36,6 @@ METRIC_COLUMNS = [
     "images_per_s",
 ]
 
-# Boxes drawn in val_predictions.png: low enough to show what a young model finds.
-VAL_PICTURE_THRESHOLD = 0.3
 LOCK_NAME = ".tinyssd.lock"
 
 
@@ -158,16 +156,16 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 def save_val_predictions(
     model: torch.nn.Module, dataset, path: Path, device: torch.device, count: int = 8
 ) -> None:
-    """A grid of val images with their boxes of score >= VAL_PICTURE_THRESHOLD drawn."""
+    """A grid of val images with their boxes of score >= DEFAULT_THRESHOLD drawn."""
     from ..data.base import read_image
-    from ..inference import predict_dataset
+    from ..inference import DEFAULT_THRESHOLD, predict_dataset
     from ..viz import draw_detections, save_grid
 
     subset_idx = list(range(min(count, len(dataset))))
     dets = predict_dataset(model, dataset, 32, device, indices=subset_idx)
     pictures = []
     for i, d in zip(subset_idx, dets, strict=True):
-        keep = d["scores"] >= VAL_PICTURE_THRESHOLD
+        keep = d["scores"] >= DEFAULT_THRESHOLD
         image = read_image(dataset.records[i].image)
         boxes, scores, labels = d["boxes"][keep], d["scores"][keep], d["labels"][keep]
         pictures.append(draw_detections(image, boxes, scores, labels, dataset.classes))
