@@ -264,3 +264,26 @@ def test_one_absurd_number_skips_its_entry_not_the_file(tmp_path):
     parsed = parse_coco_json(path)
     assert [b.index for b in parsed.boxes] == [2]
     assert len(parsed.problems) == 2 and "not a finite number" in parsed.problems[0]
+
+
+def test_boxes_annotated_on_the_stored_pixels_of_an_exif_turned_image_turn_with_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from tinyssd.data.base import EXIF_FRAME, read_image
+
+    arr = np.zeros((30, 40), dtype=np.uint8)  # stored 40 wide x 30 high
+    arr[6:14, 4:20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90° clockwise: 30 wide x 40 high
+    (tmp_path / "images").mkdir()
+    Image.fromarray(arr).save(tmp_path / "images/a.png", exif=exif)
+    data = coco([image(1, "a.png", w=40, h=30)], [box(1, 1, 7, [4, 6, 16, 8])])
+    write_json(tmp_path / "annotations/instances_train.json", data)
+    report = Report()
+    rec = read_coco(tmp_path, "train", report).records[0]
+    shown = read_image(rec.image)[0] > 127
+    ys, xs = torch.nonzero(shown, as_tuple=True)
+    white = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+    assert rec.boxes.tolist() == [white] and rec.size == (40, 30)
+    assert report.count(EXIF_FRAME) == 1
