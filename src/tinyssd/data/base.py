@@ -2,8 +2,9 @@
 
 A reader (bananas, VOC, COCO, YOLO) is a function ``read_*(root, split, report)
 -> Split``. It never decodes images; it returns one :class:`Record` per usable
-image, with boxes in the pixel coordinates of the image as stored (xyxy,
-0-based, x2/y2 exclusive as in the d2l banana CSV) and labels ``1..C``
+image, with boxes in the pixel coordinates of the image as :func:`read_image`
+shows it, EXIF orientation applied (xyxy, 0-based, x2/y2 exclusive as in the
+d2l banana CSV) and labels ``1..C``
 (0 is background). What it cannot use it records in the :class:`Report` and
 skips; what makes the whole split unusable raises :class:`DataError` with a
 one-line message that names the file.
@@ -79,7 +80,7 @@ class Record:
 
     Attributes:
         image: path of the image file.
-        boxes (Tensor[M, 4] float32): xyxy in the stored image's pixels.
+        boxes (Tensor[M, 4] float32): xyxy in the pixels of the image as shown (EXIF applied).
         labels (Tensor[M] int64): class ids 1..C (0 is background).
         difficult (Tensor[M] bool): VOC "difficult" (ignored by VOC evaluation).
         iscrowd (Tensor[M] bool): COCO crowd regions (ignored by COCO evaluation).
