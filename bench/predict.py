@@ -3,16 +3,20 @@
     python bench/predict.py [--out bench/results/predict.json]
 
 Prints JSON: median ms per single-image prediction for the chapter's
-``predict`` (d2l.multibox_detection) and for tinyssd's ``Detector.predict``
-path (BatchNorm folded, channels_last, batched NMS; fp32 and bf16), and batch-32
-images/s, all in this run.
+``predict`` (d2l.multibox_detection), for tinyssd's ``Detector.predict``
+path (BatchNorm folded, channels_last, batched NMS; fp32 and bf16) and for
+the ONNX export run by onnxruntime (``OnnxDetector.predict``: decoding and NMS
+in the graph; fp32), and batch-32 images/s, all in this run.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from _common import chapter_module, emit
@@ -31,6 +35,24 @@ def median_ms(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+def onnxruntime_predict_ms(model: torch.nn.Module, repeats: int) -> float | None:
+    """``OnnxDetector.predict`` on one 256 px image, as ``B.predict_latency_ms`` measures
+    ``predict_batch`` (same synthetic image, score threshold 0.01); None without onnxruntime."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        print(f"onnxruntime row skipped: {e}", file=sys.stderr)
+        return None
+    from tinyssd.export.onnx import export_model
+    from tinyssd.export.runtime import OnnxDetector
+
+    with tempfile.TemporaryDirectory() as tmp:
+        det = OnnxDetector(export_model(model, ["object"], Path(tmp) / "model.onnx"))
+    image = B.synthetic_batch(1)[0][0]
+    return median_ms(lambda: det.predict(image, threshold=0.01), repeats)
 
 
 def main() -> None:
@@ -55,6 +77,10 @@ def main() -> None:
         result[f"tinyssd_{precision}_batch32_images_per_s"] = 32e3 / batch_ms
         if "chapter_predict_ms" in result:
             result[f"speedup_{precision}_vs_chapter"] = result["chapter_predict_ms"] / ms
+    ort_ms = onnxruntime_predict_ms(model, a.repeats)
+    if ort_ms is not None:
+        result["onnxruntime_fp32_predict_ms"] = ort_ms
+        result["speedup_onnxruntime_vs_tinyssd_fp32"] = result["tinyssd_fp32_predict_ms"] / ort_ms
     emit(result, a.out)
 
 

@@ -1,20 +1,55 @@
-"""ONNX export: the network plus box decoding and softmax, NMS left to the consumer.
+"""ONNX export: the network, box decoding and, by default, per-class NMS in one graph.
 
-The exported graph takes ``images`` (B, 3, S, S) float32 0-255 pixels and
-returns ``boxes`` (B, A, 4) normalised xyxy and ``scores`` (B, A, K) class
-probabilities (background at 0) — the inputs of any NMS (e.g.
-``tinyssd.postprocess_detections`` on the logits' log, or onnxruntime-side NMS).
+    tinyssd export --weights runs/bananas --out bananas.onnx           # detections
+    tinyssd export --weights runs/bananas --out raw.onnx --no-nms      # boxes + scores
+
+With NMS (the default) the graph's inputs are
+
+- ``images`` (B, 3, S, S) uint8 RGB pixels, already resized to S x S (export
+  with ``input_dtype="float32"`` for 0-255 floats instead); the graph
+  normalises them itself,
+- ``score_threshold``, ``iou_threshold``: float32 scalars (shape ``()``), as
+  ``Detector.predict``'s ``threshold`` and ``nms_threshold``,
+
+and its outputs ``boxes`` (B, D, 4) float32 xyxy in the input's pixels,
+clipped to 0..S, ``scores`` (B, D) float32, ``labels`` (B, D) int64 in 1..C and
+``num_detections`` (B,) int64: image b's detections are its first
+``num_detections[b]`` rows, by descending score; the rows after them are
+zeros (label 0 = background). D is the ``max_detections`` export option. The
+selection is ``postprocess_detections``' (what ``Detector.predict`` returns):
+softmax; the ``topk_candidates`` best (anchor, class) pairs per image; those
+with score >= ``score_threshold`` go through ONNX ``NonMaxSuppression`` per
+class; the best D survivors are kept.
+
+Without NMS (``nms=False``) the only input is ``images`` and the outputs are
+``boxes`` (B, A, 4) normalised xyxy and ``scores`` (B, A, K) class
+probabilities (background at 0), the inputs of any NMS.
+
+``metadata_props`` (strings): ``classes`` (JSON list, label i is
+``classes[i - 1]``), ``image_size`` (S), ``pixel_mean`` and ``pixel_std``
+(JSON lists, applied inside the graph: feed 0-255 pixels), ``input_range``,
+``model`` (preset name), ``nms`` (``true``/``false``) and, with NMS,
+``topk_candidates`` and ``max_detections``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ..boxes import decode_offsets
+
+MIN_OPSET = 17  # the oldest tested; NonMaxSuppression and TopK as used here need 11
+INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
+# Score of a (candidate, class) pair that is not a candidate of that class. NMS is
+# told to drop scores <= half of it: between this and any probability (>= 0),
+# so runtimes that drop "< threshold" and those that drop "<= threshold" agree.
+_NOT_CANDIDATE = -1.0
 
 
 class ExportWrapper(nn.Module):
@@ -30,30 +65,228 @@ class ExportWrapper(nn.Module):
         return boxes, torch.softmax(cls_preds, dim=-1)
 
 
-def export_onnx(weights: str | Path, out: str | Path, opset: int = 17) -> Path:
-    """Write ``out`` (.onnx) for a checkpoint or run folder; class names go in its metadata."""
-    from ..api import load
+def _pairwise_iou(boxes: Tensor) -> Tensor:
+    """``Tensor[..., N, 4]`` xyxy -> ``Tensor[..., N, N]``: IoU of every pair in each set."""
+    x1, y1, x2, y2 = (c[..., :, None] for c in boxes.unbind(-1))  # (..., N, 1) each
+    area = (x2 - x1) * (y2 - y1)
+    iw = (torch.minimum(x2, x2.mT) - torch.maximum(x1, x1.mT)).clamp(min=0)
+    ih = (torch.minimum(y2, y2.mT) - torch.maximum(y1, y1.mT)).clamp(min=0)
+    inter = iw * ih
+    return inter / (area + area.mT - inter)
 
-    det = load(weights, device="cpu")
-    model = det.model.to(memory_format=torch.contiguous_format).eval()
-    size = det.image_size
+
+def greedy_nms(boxes: Tensor, scores: Tensor, iou_threshold: Tensor, min_score: float) -> Tensor:
+    """ONNX ``NonMaxSuppression``'s result, in tensor ops only (no Python numbers).
+
+    Per image and class, boxes are visited by descending score; one is kept
+    unless a kept box overlaps it with IoU > ``iou_threshold``; boxes scoring
+    <= ``min_score`` take no part.
+
+    Args:
+        boxes (Tensor[B, N, 4]): xyxy.
+        scores (Tensor[B, C, N]): score of each box for each class.
+        iou_threshold (Tensor[]): IoU above which the lower-scored box goes.
+    Returns:
+        Tensor[S, 3] int64: (image, class, box) of the kept boxes, by image,
+        then class, then descending score (ONNX's ``selected_indices``).
+    """
+    order = scores.argsort(dim=-1, descending=True, stable=True)  # (B, C, N)
+    sorted_boxes = boxes[:, None].expand(-1, scores.shape[1], -1, -1)
+    sorted_boxes = sorted_boxes.gather(2, order[..., None].expand(-1, -1, -1, 4))  # (B, C, N, 4)
+    # suppresses[b, c, i, j]: box i, if kept, removes the later box j
+    suppresses = (_pairwise_iou(sorted_boxes) > iou_threshold).triu(diagonal=1)  # (B, C, N, N)
+    keep = scores.gather(-1, order) > min_score  # (B, C, N)
+    for i in range(scores.shape[-1]):
+        keep = keep & ~(suppresses[..., i, :] & keep[..., i, None])
+    image, cls, rank = keep.nonzero(as_tuple=True)
+    return torch.stack((image, cls, order[image, cls, rank]), dim=1)
+
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """ONNX ``NonMaxSuppression`` in the exported graph; ``greedy_nms`` when run eagerly.
+
+    ``max_per_class`` is for the graph only: it must be at least N (all boxes).
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        boxes: Tensor,
+        scores: Tensor,
+        iou_threshold: Tensor,
+        max_per_class: int,
+        min_score: float,
+    ) -> Tensor:
+        return greedy_nms(boxes, scores, iou_threshold, min_score)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou_threshold, max_per_class: int, min_score: float):
+        return g.op(
+            "NonMaxSuppression",
+            boxes,
+            scores,
+            g.op("Constant", value_t=torch.tensor([max_per_class], dtype=torch.int64)),
+            iou_threshold,
+            g.op("Constant", value_t=torch.tensor([min_score], dtype=torch.float32)),
+        )
+
+
+class _ConstantAnchors:
+    """Stands in for an SSD's anchor generator: its anchors for one input size."""
+
+    def __init__(self, anchors: Tensor) -> None:
+        self.anchors = anchors  # (A, 4)
+
+    def __call__(self, shapes: object, device: object) -> Tensor:
+        return self.anchors
+
+
+def fixed_size_copy(model: nn.Module, image_size: int) -> nn.Module:
+    """A copy of ``model`` for S x S inputs only, its anchors computed once.
+
+    The generator derives anchors from the feature maps' shapes, which are
+    tensors while tracing: the trace would rebuild them, warning at each step.
+    """
+    model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+    with torch.no_grad():
+        anchors = model(torch.zeros(1, 3, image_size, image_size))[0]  # (1, A, 4)
+    model.anchor_generator = _ConstantAnchors(anchors[0])
+    return model
+
+
+class DetectionWrapper(nn.Module):
+    """SSD -> padded detections per image, ``postprocess_detections``' selection.
+
+    ``forward(images, score_threshold, iou_threshold)``: images Tensor[B, 3, S, S]
+    (uint8 or 0-255 float), thresholds Tensor[] -> ``boxes`` Tensor[B, D, 4] xyxy
+    in pixels of S, ``scores`` Tensor[B, D], ``labels`` Tensor[B, D] (1..C, 0 in
+    padding rows), ``num_detections`` Tensor[B]. Used eagerly it gives what
+    ``postprocess_detections`` gives, up to ties in score.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image_size: int,
+        topk_candidates: int = 400,
+        max_detections: int = 200,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        with torch.no_grad():
+            anchors, cls_logits, _ = model(torch.zeros(1, 3, image_size, image_size))
+        self.num_classes = cls_logits.shape[-1] - 1
+        self.topk = min(topk_candidates, anchors.shape[1] * self.num_classes)
+        self.max_detections = min(max_detections, self.topk)
+
+    def forward(
+        self, images: Tensor, score_threshold: Tensor, iou_threshold: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        anchors, cls_logits, box_deltas = self.model(images)
+        boxes = decode_offsets(anchors, box_deltas.reshape(box_deltas.shape[0], -1, 4))
+        probs = torch.softmax(cls_logits, dim=-1)[..., 1:].flatten(1)  # (B, A*C)
+        top_scores, top_idx = probs.topk(self.topk, dim=1)  # (B, k); index = anchor * C + class-1
+        labels = top_idx % self.num_classes + 1
+        anchor_idx = (top_idx // self.num_classes)[..., None].expand(-1, -1, 4)
+        cand_boxes = boxes.gather(1, anchor_idx).clamp(0.0, 1.0)  # (B, k, 4), inside the image
+        classes = torch.arange(1, self.num_classes + 1, device=labels.device)[:, None]  # (C, 1)
+        is_candidate = (labels[:, None] == classes) & (top_scores >= score_threshold)[:, None]
+        class_scores = torch.where(is_candidate, top_scores[:, None], _NOT_CANDIDATE)  # (B, C, k)
+        selected = _NonMaxSuppression.apply(
+            cand_boxes, class_scores, iou_threshold, self.topk, _NOT_CANDIDATE / 2
+        )
+        kept = torch.zeros_like(top_scores, dtype=torch.bool)
+        kept[selected[:, 0], selected[:, 2]] = True
+        scores, order = torch.where(kept, top_scores, _NOT_CANDIDATE).topk(self.max_detections)
+        valid = kept.gather(1, order)  # (B, D)
+        det_boxes = cand_boxes.gather(1, order[..., None].expand(-1, -1, 4)) * self.image_size
+        return (
+            torch.where(valid[..., None], det_boxes, 0.0),
+            torch.where(valid, scores, 0.0),
+            torch.where(valid, labels.gather(1, order), 0),
+            valid.sum(dim=1),
+        )
+
+
+def export_model(
+    model: nn.Module,
+    classes: list[str],
+    out: str | Path,
+    opset: int = 17,
+    nms: bool = True,
+    topk_candidates: int = 400,
+    max_detections: int = 200,
+    input_dtype: str = "uint8",
+) -> Path:
+    """Write ``out`` (.onnx) for an SSD (float32) and its class names.
+
+    See the module docstring for the graph's inputs, outputs and metadata.
+    """
+    if input_dtype not in INPUT_DTYPES:
+        raise ValueError(f"input_dtype {input_dtype!r}: choose from {', '.join(INPUT_DTYPES)}")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset}: tinyssd exports opset {MIN_OPSET} or newer")
+    config = model.config
+    size = config.image_size
+    model = fixed_size_copy(model, size)
+    example = torch.zeros(1, 3, size, size, dtype=INPUT_DTYPES[input_dtype])
+    if nms:
+        wrapper: nn.Module = DetectionWrapper(model, size, topk_candidates, max_detections)
+        args = (example, torch.tensor(0.01), torch.tensor(0.45))  # thresholds: any example
+        inputs = ["images", "score_threshold", "iou_threshold"]
+        outputs = ["boxes", "scores", "labels", "num_detections"]
+    else:
+        wrapper, args = ExportWrapper(model), (example,)
+        inputs, outputs = ["images"], ["boxes", "scores"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.zeros(1, 3, size, size)
-    torch.onnx.export(
-        ExportWrapper(model),
-        (example,),
-        str(out),
-        input_names=["images"],
-        output_names=["boxes", "scores"],
-        dynamic_axes={"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}},
-        opset_version=opset,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # The TorchScript exporter (dynamo=False) is deliberate: it takes NonMaxSuppression
+        # from a symbolic and needs no onnxscript; its deprecation notices are not for users.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
+        torch.onnx.export(
+            wrapper.eval(),
+            args,
+            str(out),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]},
+            opset_version=opset,
+            dynamo=False,
+        )
+    meta = {
+        "classes": json.dumps(list(classes)),
+        "image_size": str(size),
+        "pixel_mean": json.dumps(list(config.pixel_mean)),
+        "pixel_std": json.dumps(list(config.pixel_std)),
+        "input_range": "0-255 RGB, resized to image_size x image_size; normalised in the graph",
+        "model": config.name,
+        "nms": json.dumps(nms),
+    }
+    if isinstance(wrapper, DetectionWrapper):
+        meta |= {
+            "topk_candidates": str(wrapper.topk),
+            "max_detections": str(wrapper.max_detections),
+        }
+    return _add_metadata(out, meta)
+
+
+def _add_metadata(path: Path, meta: dict[str, str]) -> Path:
     import onnx
 
-    proto = onnx.load(str(out))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "classes", json.dumps(det.classes)
-    onnx.save(proto, str(out))
-    return out
+    proto = onnx.load(str(path))
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return path
+
+
+def export_onnx(weights: str | Path, out: str | Path, opset: int = 17, **options) -> Path:
+    """Write ``out`` (.onnx) for a checkpoint or run folder (``export_model``'s ``options``)."""
+    from ..api import load
+
+    det = load(weights, device="cpu", precision="fp32")
+    return export_model(det.model, det.classes, out, opset=opset, **options)
