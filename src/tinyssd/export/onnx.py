@@ -159,9 +159,9 @@ class DetectionWrapper(nn.Module):
 
     ``forward(images, score_threshold, iou_threshold)``: images Tensor[B, 3, S, S]
     (uint8 or 0-255 float), thresholds Tensor[] -> ``boxes`` Tensor[B, D, 4] xyxy
-    in pixels of S, ``scores`` Tensor[B, D], ``labels`` Tensor[B, D] (1..C, 0 in
-    padding rows), ``num_detections`` Tensor[B]. Used eagerly it gives what
-    ``postprocess_detections`` gives, up to ties in score.
+    in pixels of S, clipped to the image, ``scores`` Tensor[B, D], ``labels``
+    Tensor[B, D] (1..C, 0 in padding rows), ``num_detections`` Tensor[B]. Used
+    eagerly it gives what ``postprocess_detections`` gives, up to ties in score.
     """
 
     def __init__(
