@@ -150,7 +150,7 @@ def test_yolo_list_entries_outside_the_root_are_skipped_but_data_yaml_paths_are_
     assert [r.image for r in val.records] == [elsewhere] and len(val.records[0].labels) == 1
 
 
-def test_a_symlink_out_of_a_banana_or_voc_folder_is_skipped(tmp_path, outside):
+def test_links_the_user_placed_in_banana_or_voc_folders_are_followed(tmp_path, outside):
     bananas = write_tiny_bananas(tmp_path / "bananas", n_train=2, n_val=1, size=32)
     (bananas / "bananas_train/images/9.png").symlink_to(outside)
     voc = tmp_path / "voc"
@@ -158,10 +158,28 @@ def test_a_symlink_out_of_a_banana_or_voc_folder_is_skipped(tmp_path, outside):
     (voc / "b.png").symlink_to(outside)
     write(voc / "a.xml", voc_xml("dog", 1, 1, 9, 9))
     write(voc / "b.xml", voc_xml("dog", 1, 1, 9, 9))
-    for root, usable in ((bananas, 2), (voc, 1)):
+    for root, usable in ((bananas, 3), (voc, 2)):
         report = Report()
         assert len(load_split(root, "train", report=report).records) == usable
-        assert report.count(OUTSIDE_ROOT) == 1, root
+        assert report.count(OUTSIDE_ROOT) == 0, root
+
+
+def test_a_linked_coco_or_yolo_image_folder_is_part_of_the_data_set(tmp_path):
+    elsewhere = tmp_path / "disk2"
+    write_image(elsewhere / "good.png", W, H)
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    (coco / "images").symlink_to(elsewhere)
+    write_coco(coco, [coco_image(1, "good.png")], [coco_box(1, 1)])
+    report = Report()
+    assert [r.image.name for r in read_coco(coco, "train", report).records] == ["good.png"]
+    yolo = tmp_path / "yolo"
+    (yolo / "images").mkdir(parents=True)
+    (yolo / "images" / "train").symlink_to(elsewhere)
+    write(yolo / "labels/train/good.txt", "0 0.5 0.5 0.5 0.5\n")
+    write(yolo / "data.yaml", "names: [dog]\n")
+    assert [r.image.name for r in read_yolo(yolo, "train", report).records] == ["good.png"]
+    assert report.count(OUTSIDE_ROOT) == 0
 
 
 # 2. Special files are never opened: nothing blocks.

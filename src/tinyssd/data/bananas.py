@@ -115,7 +115,7 @@ def read_bananas(root: str | Path, split: str = "train", report: Report | None =
         if name not in on_disk:
             report.add(MISSING_IMAGE, image)
             continue
-        problem = image_problem(image, [root])
+        problem = image_problem(image, [root], follow_symlinks=False)
         if problem:
             report.add(problem, image)
             continue

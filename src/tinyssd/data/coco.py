@@ -256,7 +256,7 @@ def read_coco(root: str | Path, split: str = "train", report: Report | None = No
     records = []
     for im in coco.images:
         path = folder / im.file_name
-        problem = image_problem(path, [root])
+        problem = image_problem(path, [root, folder])  # a linked images/ folder is ours
         if problem:
             report.add(problem, path, f"listed in {json_path.name}")
             continue

@@ -110,14 +110,25 @@ def resolve(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def is_inside(path: str | Path, roots: Sequence[str | Path]) -> bool:
-    """Whether ``path``, symlinks followed, lies in one of ``roots`` (also resolved)."""
+def is_inside(path: str | Path, roots: Sequence[str | Path], follow_symlinks: bool = True) -> bool:
+    """Whether ``path`` lies in one of ``roots``: with symlinks followed (both resolved),
+    or, with ``follow_symlinks=False``, by its written path alone (``..`` resolved)."""
+    if not follow_symlinks:
+        plain = Path(os.path.abspath(path))
+        return any(plain.is_relative_to(os.path.abspath(root)) for root in roots)
     real = resolve(path)
     return any(real.is_relative_to(resolve(root)) for root in roots)
 
 
-def image_problem(path: str | Path, roots: Sequence[str | Path]) -> str | None:
+def image_problem(
+    path: str | Path, roots: Sequence[str | Path], follow_symlinks: bool = True
+) -> str | None:
     """Why a reader may not use the image at ``path``: a Report kind, or None if it may.
+
+    ``follow_symlinks``: True where the path comes from text in a label file
+    (COCO ``file_name``, a YOLO list): a symlink out of ``roots`` is outside.
+    False where the reader found the file in the data set's own folders
+    (bananas, VOC): what the user placed there, links included, is theirs.
 
     ``MISSING_IMAGE`` is left to the caller (its words differ per format): a
     path that does not exist gives None here only if it is inside ``roots``.
@@ -126,7 +137,7 @@ def image_problem(path: str | Path, roots: Sequence[str | Path]) -> str | None:
         OUTSIDE_ROOT (resolves outside every root), SPECIAL_FILE (a FIFO,
         device, socket or folder), or None.
     """
-    if not is_inside(path, roots):
+    if not is_inside(path, roots, follow_symlinks):
         return OUTSIDE_ROOT
     try:
         mode = os.stat(path).st_mode

@@ -177,7 +177,7 @@ def read_voc(root: str | Path, split: str = "train", report: Report | None = Non
         if image is None:
             report.add(MISSING_IMAGE, xml or folder / image_id, "no image with this name")
             continue
-        problem = image_problem(image, [root])
+        problem = image_problem(image, [root], follow_symlinks=False)
         if problem:
             report.add(problem, image)
             continue

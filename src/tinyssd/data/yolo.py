@@ -263,7 +263,7 @@ def read_yolo(root: str | Path, split: str = "train", report: Report | None = No
     report = report if report is not None else Report()
     classes = yolo_classes(root)
     sources = _sources(root, split)
-    roots = _allowed_roots(root)
+    roots = _allowed_roots(root) + [s for s in sources if s.is_dir()]  # linked folders too
     images = [image for source in sources for image in _images(source)]
     records = []
     for image in images:
