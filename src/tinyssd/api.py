@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch import Tensor
 from .data.base import IMAGE_SUFFIXES, DataError, read_image
 from .data.dataset import resize_image
 from .engine.checkpoint import read_checkpoint, resolve_weights, split_state
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError
 from .inference import (
     DEFAULT_THRESHOLD,
     autocast,
@@ -30,6 +31,9 @@ from .inference import (
 )
 from .models import SSD, SSDConfig
 from .models.fuse import fold_batchnorm
+
+if TYPE_CHECKING:
+    from .export.runtime import OnnxDetector
 
 log = logging.getLogger("tinyssd")
 
@@ -127,14 +131,19 @@ class Detector:
         return out
 
 
-def load(run_or_file: str | Path, device: str = "auto", precision: str = "auto") -> Detector:
-    """A Detector from a run folder (its best checkpoint) or a checkpoint file.
+def load(
+    run_or_file: str | Path, device: str = "auto", precision: str = "auto"
+) -> Detector | OnnxDetector:
+    """A Detector from a run folder (its best checkpoint), a checkpoint file, or an
+    exported ``.onnx`` file (run by onnxruntime on the CPU: ``OnnxDetector``).
 
     ``precision``: ``"bf16"`` runs the network under bf16 autocast (about twice
     as fast on CPUs with bf16 support; scores differ from fp32 in the second or
     third decimal), ``"fp32"`` without; ``"auto"`` (the default, as in
     training) takes bf16 where the device supports it.
     """
+    if str(run_or_file).lower().endswith(".onnx"):
+        return load_onnx(run_or_file, device, precision)
     path = resolve_weights(run_or_file)
     tensors, meta = read_checkpoint(path)
     log.info("loaded %s (epoch %s)", path, meta.get("epoch", "?"))
@@ -146,6 +155,20 @@ def load(run_or_file: str | Path, device: str = "auto", precision: str = "auto")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot rebuild the model ({first})") from None
     return Detector(model, cfg["classes"], resolve_device(device), precision)
+
+
+def load_onnx(path: str | Path, device: str = "auto", precision: str = "auto") -> OnnxDetector:
+    """An exported graph run by onnxruntime: CPU, fp32 (what the graph holds)."""
+    from .export.runtime import OnnxDetector
+
+    if device not in ("auto", "cpu"):
+        raise UsageError(f"--device {device}: the onnx backend runs on the CPU here")
+    if precision not in ("auto", "fp32"):
+        raise UsageError(f"--precision {precision}: an exported graph runs in fp32")
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: no such ONNX file")
+    log.info("loaded %s (onnxruntime)", path)
+    return OnnxDetector(path)
 
 
 def image_files(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
@@ -194,7 +217,7 @@ def picture_paths(files: list[tuple[Path, Path]], out: Path) -> list[Path]:
 
 
 def predict_files(
-    det: Detector,
+    det: Detector | OnnxDetector,
     inputs: Sequence[str | Path],
     threshold: float = DEFAULT_THRESHOLD,
     out: str | Path = "predictions",

@@ -33,10 +33,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         "model": "tiny_ssd",
         "epochs": 20,
         "batch_size": 32,
+        "min_steps": 0,
         "optimizer": "sgd",
         "lr": 0.2,
         "momentum": 0.0,
         "weight_decay": 5e-4,
+        "norm_bias_decay": True,
+        "schedule": "constant",
+        "warmup": 0,
+        "ema": 0.0,
+        "grad_clip": 0.0,
         "augment": "none",
         "loss": "chapter",
     },
@@ -57,11 +63,27 @@ class TrainConfig:
     )
     model: str | None = option(None, "network preset (tiny_ssd, ssd300_vgg16, ...)")
     epochs: int | None = option(None, "passes over the training set")
+    min_steps: int | None = option(
+        None, "at least this many steps: small data sets get more epochs (0: epochs decide)"
+    )
     batch_size: int | None = option(None, "images per step")
-    optimizer: str | None = option(None, "optimiser", choices=("sgd", "nesterov", "adamw"))
+    optimizer: str | None = option(
+        None, "optimiser (AdamW's beta1 is --momentum)", choices=("sgd", "nesterov", "adamw")
+    )
     lr: float | None = option(None, "peak learning rate")
     momentum: float | None = option(None, "SGD momentum (the chapter uses none)")
     weight_decay: float | None = option(None, "weight decay")
+    norm_bias_decay: bool | None = option(
+        None, "weight decay on BatchNorm and bias parameters too (the chapter's way)"
+    )
+    schedule: str | None = option(
+        None, "learning-rate decay over the steps", choices=("cosine", "step", "constant")
+    )
+    warmup: int | None = option(None, "steps of linear learning-rate warm-up")
+    ema: float | None = option(
+        None, "decay of the weights' moving average used to evaluate and save (0: off)"
+    )
+    grad_clip: float | None = option(None, "clip the gradient norm to this (0: off)")
     image_size: int | None = option(None, "square input side in pixels; default: the model's")
     augment: str | None = option(
         None, "none, ssd (all four), or a comma list of photometric,expand,crop,flip"
@@ -123,10 +145,12 @@ def check(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             raise UsageError(f"--{flag(name)} {value}: must be > 0")
-    for name in ("momentum", "weight_decay", "workers"):
+    for name in ("momentum", "weight_decay", "workers", "warmup", "min_steps", "grad_clip"):
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise UsageError(f"--{flag(name)} {value}: must be >= 0")
+    if cfg.ema is not None and not 0 <= cfg.ema < 1:
+        raise UsageError(f"--ema {cfg.ema}: must be in [0, 1)")
     for f in fields(TrainConfig):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)

@@ -8,12 +8,28 @@
 from __future__ import annotations
 
 
+def escape_control(text: str) -> str:
+    """``text`` with control characters written as escapes: ``"a\\nb"`` for a newline.
+
+    Everything tinyssd prints that a user or a data set supplies (file names,
+    class names) goes through it, so a name cannot break a line or send
+    terminal codes. Undecodable bytes of a file name (``\\udcff``) are escaped too.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class TinySSDError(ValueError):
-    """Base of tinyssd's own errors: a one-line message meant for the user."""
+    """Base of tinyssd's own errors: a one-line message meant for the user.
+
+    Control characters in the message (a newline in a file name) are escaped.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(escape_control(str(message)))
 
 
 class DataError(TinySSDError):
-    """Bad input data; the message names the file (and line or record)."""
+    """Bad input data. The message is one line: ``path[:line]: what is wrong``."""
 
 
 class UsageError(TinySSDError):

@@ -27,6 +27,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from PIL.Image import DecompressionBombError
 from torch import Tensor
 
+from ..errors import DataError, escape_control
+
 log = logging.getLogger(__name__)
 
 # Images with more pixels are skipped, judged from the header before decoding: a 13000 x 13000
@@ -44,26 +46,6 @@ UNREADABLE_ERRORS = (
     SyntaxError,
     DecompressionBombError,
 )
-
-
-def escape_control(text: str) -> str:
-    """``text`` with control characters written as escapes: ``"a\\nb"`` for a newline.
-
-    Everything tinyssd prints that a data set supplies (file names, class names)
-    goes through it, so a name cannot break a line or send terminal codes.
-    Undecodable bytes of a file name (``\\udcff``) are escaped too.
-    """
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-class DataError(ValueError):
-    """Bad input data. The message is one line: ``path[:line]: what is wrong``.
-
-    Control characters in the message (a newline in a file name) are escaped.
-    """
-
-    def __init__(self, message: str) -> None:
-        super().__init__(escape_control(str(message)))
 
 
 class NotRegularFile(DataError):

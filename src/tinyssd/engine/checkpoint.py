@@ -78,11 +78,20 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     epoch: int = 0,
     extra: dict[str, Any] | None = None,
+    training_model: torch.nn.Module | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temp file in the same folder, then rename)."""
+    """Write a checkpoint atomically (temp file in the same folder, then rename).
+
+    ``model`` holds the weights to predict with (``model.`` tensors: the EMA
+    when training keeps one); ``training_model``, when given, the weights the
+    optimiser updates (``train.`` tensors), which ``--resume`` continues from.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    if training_model is not None:
+        for k, v in training_model.state_dict().items():
+            tensors[f"train.{k}"] = v.detach().contiguous()
     meta: dict[str, Any] = {"epoch": epoch, "config": config, "extra": extra or {}}
     if optimizer is not None:
         opt_tensors, meta["optimizer"] = _flatten_optimizer(optimizer.state_dict())
@@ -128,10 +137,18 @@ def restore(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     rng: bool = True,
+    ema_model: torch.nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Load weights (and optimiser and RNG states) into place; returns the metadata."""
+    """Load weights (and optimiser and RNG states) into place; returns the metadata.
+
+    ``model`` gets the training weights (``train.``, else ``model.``);
+    ``ema_model``, when given, the saved ``model.`` weights (the EMA).
+    """
     tensors, meta = read_checkpoint(path)
-    model.load_state_dict(split_state(tensors, "model."))
+    trained = split_state(tensors, "train.") or split_state(tensors, "model.")
+    model.load_state_dict(trained)
+    if ema_model is not None:
+        ema_model.load_state_dict(split_state(tensors, "model."))
     if optimizer is not None and "optimizer" in meta:
         optimizer.load_state_dict(
             _unflatten_optimizer(split_state(tensors, "optim."), meta["optimizer"])

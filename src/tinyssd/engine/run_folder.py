@@ -14,12 +14,15 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
 from ..errors import UsageError
 from .checkpoint import save_checkpoint
+
+if TYPE_CHECKING:
+    from .train import Fit
 
 log = logging.getLogger("tinyssd")
 
@@ -101,19 +104,18 @@ class RunFolder:
         write_metrics(self.path / "metrics.csv", history)
         plot_curves(history, self.path / "curves.png")
 
-    def save(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        epoch: int,
-        extra: dict[str, Any],
-        best: bool,
-    ) -> None:
-        """``last.safetensors``, and ``best.safetensors`` when ``best`` (or none exists yet)."""
+    def save(self, fit: Fit, epoch: int, extra: dict[str, Any], best: bool) -> None:
+        """``last.safetensors``, and ``best.safetensors`` when ``best`` (or none exists yet).
+
+        ``model.`` holds the weights to predict with (the EMA when kept), and
+        ``train.`` the optimiser's own when they differ.
+        """
         config = json.loads((self.path / "config.json").read_text())
-        save_checkpoint(self.path / "last.safetensors", model, config, optimizer, epoch, extra)
+        training = fit.model if fit.ema is not None else None
+        args = (fit.eval_model, config, fit.optimizer, epoch, extra, training)
+        save_checkpoint(self.path / "last.safetensors", *args)
         if best or not (self.path / "best.safetensors").exists():
-            save_checkpoint(self.path / "best.safetensors", model, config, optimizer, epoch, extra)
+            save_checkpoint(self.path / "best.safetensors", *args)
 
     def finish(self, model: torch.nn.Module, val_ds, device: torch.device) -> None:
         """``val_predictions.png``; release the folder."""

@@ -16,8 +16,9 @@ import math
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from ..models import PRESETS, SSD, build_model
 from . import distributed as dist
 from .allocator import freed_memory_kept
 from .checkpoint import resolve_checkpoint, restore
+from .optim import ModelEMA, build_optimizer, lr_at, param_groups, set_lr
 from .run_folder import METRIC_COLUMNS, RunFolder, new_run_dir
 
 log = logging.getLogger("tinyssd")
@@ -203,9 +205,10 @@ def train_step(
     images: Tensor,
     labels: Tensor,
     autocast_dtype: torch.dtype | None = None,
+    grad_clip: float = 0.0,
 ) -> Step:
     """One iteration: forward (channels_last, optional autocast), label anchors, loss,
-    backward, optimiser step."""
+    backward, (gradient clipping,) optimiser step."""
     images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, autocast_dtype):
         anchors, cls_logits, box_deltas = step_model(images)
@@ -213,6 +216,8 @@ def train_step(
     losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(step_model.parameters(), grad_clip)
     optimizer.step()
     return Step(losses, cls_logits, cls_targets, box_deltas, box_targets, box_mask)
 
@@ -292,28 +297,43 @@ def check_finite_weights(model: torch.nn.Module, epoch: int, lr: float) -> None:
             )
 
 
+@dataclass
+class Fit:
+    """What the steps of a run share: the networks, the loss, the optimiser and its plan."""
+
+    model: torch.nn.Module  # the weights the optimiser updates
+    step_model: torch.nn.Module  # the same, maybe wrapped (DDP) or compiled
+    loss_fn: MultiBoxLoss
+    optimizer: torch.optim.Optimizer
+    lr_schedule: Callable[[int], float]  # step -> learning rate
+    steps_per_epoch: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+    grad_clip: float = 0.0
+    ema: ModelEMA | None = None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is evaluated, saved as ``model.`` and predicted with: the EMA if kept."""
+        return self.ema.module if self.ema is not None else self.model
+
+
 def train_one_epoch(
-    model: torch.nn.Module,
-    step_model: torch.nn.Module,
-    loss_fn: MultiBoxLoss,
-    optimizer: torch.optim.Optimizer,
+    fit: Fit,
     batch_iter: Iterator[tuple[Tensor, Tensor]],
-    device: torch.device,
     epoch: int,
-    num_batches: int,
-    cfg: TrainConfig,
+    epochs: int,
     show_progress: bool,
-    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
     """The epoch's steps; returns its training metrics (a metrics.csv row's first half)."""
     from tqdm import tqdm
 
-    model.train()
-    meter = EpochMeter(device)
+    fit.model.train()
+    meter = EpochMeter(fit.device)
     bar = tqdm(
         batch_iter,
-        total=num_batches,
-        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        total=fit.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{epochs}",
         disable=not show_progress,
         leave=False,
         file=sys.stderr,
@@ -321,19 +341,32 @@ def train_one_epoch(
     )
     for index, (images, labels) in enumerate(bar):
         t0 = time.perf_counter()
-        images, labels = images.to(device, non_blocking=True), labels.to(device)
-        step = train_step(step_model, loss_fn, optimizer, images, labels, autocast_dtype)
-        check_finite(step, epoch, index, optimizer.param_groups[0]["lr"])
+        lr = fit.lr_schedule(epoch * fit.steps_per_epoch + index)
+        set_lr(fit.optimizer, lr)
+        images, labels = images.to(fit.device, non_blocking=True), labels.to(fit.device)
+        step = train_step(
+            fit.step_model,
+            fit.loss_fn,
+            fit.optimizer,
+            images,
+            labels,
+            fit.autocast_dtype,
+            fit.grad_clip,
+        )
+        check_finite(step, epoch, index, lr)
+        if fit.ema is not None:
+            fit.ema.update(fit.model)
         meter.add(step)
-        if device.type == "cuda":
+        if fit.device.type == "cuda":
             torch.cuda.synchronize()
         meter.seconds += time.perf_counter() - t0
-        if show_progress and (index % 5 == 0 or index == num_batches - 1):
+        if show_progress and (index % 5 == 0 or index == fit.steps_per_epoch - 1):
             r = meter.result()
             bar.set_postfix(
                 loss=f"{r['loss']:.3g}",
                 cls_err=f"{r['class_err']:.2e}",
                 mae=f"{r['bbox_mae']:.2e}",
+                lr=f"{lr:.3g}",
                 img_s=f"{r['images_per_s']:.1f}",
             )
     bar.close()
@@ -388,71 +421,115 @@ def _fit(
     resume_file = resolve_checkpoint(cfg.resume, prefer="last") if cfg.resume else None
     main = dist_ctx.is_main
     out = Path(cfg.out) if cfg.out else new_run_dir()
-    run = RunFolder(out, own=resume_file is not None or cfg.exist_ok, main=main)
+    run = RunFolder(out, own=resume_file is not None or bool(cfg.exist_ok), main=main)
     cfg.out = str(out)
     seed_everything(cfg.seed)
 
-    model = build_model(cfg.model, 1)  # image size of the preset unless given
-    image_size = cfg.image_size or model.config.image_size
-    train_ds, val_ds = load_datasets(cfg, image_size)
-    model = build_model(cfg.model, len(train_ds.classes), image_size=image_size).to(device)
-    model = model.to(memory_format=torch.channels_last)
-    loss_cfg = LossConfig.parse(cfg.loss or "chapter")
-    loss_fn = MultiBoxLoss(loss_cfg)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    train_ds, val_ds = load_datasets(cfg, image_size_of(cfg))
+    model = build_model(cfg.model, len(train_ds.classes), image_size=image_size_of(cfg))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    steps_per_epoch = math.ceil(len(dist_ctx.shard(range(len(train_ds)))) / cfg.batch_size)
+    epochs = epochs_for(cfg, steps_per_epoch)
+    fit = Fit(
+        model=model,
+        step_model=model,
+        loss_fn=MultiBoxLoss(LossConfig.parse(cfg.loss or "chapter")),
+        optimizer=make_optimizer(model, cfg),
+        lr_schedule=partial(
+            lr_at,
+            total=epochs * steps_per_epoch,
+            base_lr=cfg.lr,
+            warmup=min(cfg.warmup or 0, epochs * steps_per_epoch // 2),
+            schedule=cfg.schedule or "constant",
+        ),
+        steps_per_epoch=steps_per_epoch,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        grad_clip=cfg.grad_clip or 0.0,
+        ema=ModelEMA(model, cfg.ema) if cfg.ema else None,
     )
     state = TrainState()
     if resume_file is not None:
-        meta = restore(resume_file, model, optimizer, rng=True)
-        state = TrainState(
-            meta["epoch"], meta["extra"].get("history", []), meta["extra"].get("best_ap", -1.0)
-        )
-        for group in optimizer.param_groups:  # the run's settings, as changed by the user
-            group.update(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        log.info("resumed %s at epoch %d", resume_file, state.epoch)
-    run.start(run_config(cfg, model, train_ds.classes, loss_cfg))
+        state = resume(resume_file, fit, cfg)
+    run.start(run_config(cfg, model, train_ds.classes, fit.loss_fn.config))
 
-    step_model = dist_ctx.wrap(model)
+    fit.step_model = dist_ctx.wrap(model)
     if cfg.compile:
-        step_model = torch.compile(step_model)
+        fit.step_model = torch.compile(fit.step_model)  # type: ignore[assignment]
     stacked = stack_dataset(train_ds) if train_ds.transform is None else None
     global_batch = cfg.batch_size * dist_ctx.world_size
-    num_batches = math.ceil(len(dist_ctx.shard(range(len(train_ds)))) / cfg.batch_size)
 
-    for epoch in range(state.epoch, cfg.epochs):
+    for epoch in range(state.epoch, epochs):
         global_batches = batches(train_ds, global_batch, cfg.seed, epoch, cfg.workers, stacked)
         row: dict[str, Any] = {"epoch": epoch + 1}
         row |= train_one_epoch(
-            model,
-            step_model,
-            loss_fn,
-            optimizer,
-            dist_ctx.shard_batches(global_batches),
-            device,
-            epoch,
-            num_batches,
-            cfg,
-            cfg.progress and main,
-            autocast_dtype,
+            fit, dist_ctx.shard_batches(global_batches), epoch, epochs, cfg.progress and main
         )
-        check_finite_weights(model, epoch, optimizer.param_groups[0]["lr"])
+        check_finite_weights(fit.eval_model, epoch, fit.optimizer.param_groups[0]["lr"])
         if main:
-            row |= validate(model, val_ds, cfg.batch_size, device)
+            row |= validate(fit.eval_model, val_ds, cfg.batch_size, device)
             state.epoch = epoch + 1
             state.history.append(row)
             improved = row.get("val_AP", -1.0) > state.best_ap or not val_ds
             state.best_ap = max(state.best_ap, row.get("val_AP", -1.0))
-            run.log_epoch(state.history, cfg.epochs)
-            run.save(model, optimizer, state.epoch, state_extra(state), best=improved)
+            run.log_epoch(state.history, epochs)
+            run.save(fit, state.epoch, state_extra(state, fit), best=improved)
         if should_stop(cfg, row):
             break
-    run.finish(model, val_ds, device)
+    run.finish(fit.eval_model, val_ds, device)
     return out
 
 
-def state_extra(state: TrainState) -> dict[str, Any]:
-    return {"history": state.history, "best_ap": state.best_ap}
+def image_size_of(cfg: TrainConfig) -> int:
+    """The input side: ``--image-size``, else the model preset's own."""
+    return cfg.image_size or PRESETS[cfg.model]().image_size
+
+
+def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """``--epochs``, raised so that the run takes at least ``--min-steps`` steps."""
+    epochs = max(cfg.epochs, math.ceil((cfg.min_steps or 0) / max(steps_per_epoch, 1)))
+    if epochs > cfg.epochs:
+        log.info(
+            "%d steps per epoch: training %d epochs (--min-steps %d) instead of %d",
+            steps_per_epoch,
+            epochs,
+            cfg.min_steps,
+            cfg.epochs,
+        )
+    return epochs
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg``: every parameter decayed (the chapter) or not BN/bias."""
+    params = (
+        list(model.parameters()) if cfg.norm_bias_decay else param_groups(model, cfg.weight_decay)
+    )
+    return build_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+
+
+def resume(path: Path, fit: Fit, cfg: TrainConfig) -> TrainState:
+    """Weights, EMA, optimiser and RNG states of a checkpoint put back in place."""
+    ema_module = fit.ema.module if fit.ema is not None else None
+    meta = restore(path, fit.model, fit.optimizer, rng=True, ema_model=ema_module)
+    extra = meta["extra"]
+    if fit.ema is not None:
+        fit.ema.updates = int(extra.get("ema_updates", 0))
+    for group in fit.optimizer.param_groups:  # the run's settings, as changed by the user
+        if "betas" in group:
+            group["betas"] = (cfg.momentum, group["betas"][1])
+        else:
+            group["momentum"] = cfg.momentum
+        if group["weight_decay"]:
+            group["weight_decay"] = cfg.weight_decay
+    log.info("resumed %s at epoch %d", path, meta["epoch"])
+    return TrainState(meta["epoch"], extra.get("history", []), extra.get("best_ap", -1.0))
+
+
+def state_extra(state: TrainState, fit: Fit) -> dict[str, Any]:
+    extra: dict[str, Any] = {"history": state.history, "best_ap": state.best_ap}
+    if fit.ema is not None:
+        extra["ema_updates"] = fit.ema.updates
+    return extra
 
 
 def run_config(cfg: TrainConfig, model: SSD, classes: list[str], loss: LossConfig) -> dict:
