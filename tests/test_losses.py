@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinyssd.losses import (
-    GIOU_LOSS,
+    FOCAL_GIOU,
     LossConfig,
     MultiBoxLoss,
     chapter_loss,
@@ -325,6 +325,9 @@ def test_iou_loss_needs_anchors():
         MultiBoxLoss(LossConfig(box="giou"))(*_iou_case()[0])
 
 
-def test_parse_giou_preset():
-    assert LossConfig.parse("giou") == GIOU_LOSS
-    assert GIOU_LOSS.box == "giou" and GIOU_LOSS.normalize == "positives"
+def test_parse_focal_giou_preset():
+    assert LossConfig.parse("focal_giou") == FOCAL_GIOU
+    assert (
+        LossConfig.parse("cls=focal,gamma=2,alpha=0.25,box=giou,normalize=positives,box_weight=2")
+        == FOCAL_GIOU
+    )

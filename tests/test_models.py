@@ -8,6 +8,7 @@ import torch
 from tinyssd.anchors import multibox_prior
 from tinyssd.models import PRESETS, SSDConfig, TinySSD, build_model, ssd300_vgg16, tiny_ssd
 from tinyssd.models.config import tiny_fpn
+from tinyssd.models.prior import class_prior_bias, init_class_prior
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +153,19 @@ def test_tiny_fpn_is_small_and_follows_the_input_size():
     with torch.no_grad():
         anchors, _, _ = build_model("tiny_fpn", 1).eval()(torch.zeros(1, 3, 384, 384))
     assert anchors.shape == (1, 6 * (48 * 48 + 24 * 24 + 12 * 12 + 6 * 6 + 3 * 3), 4)
+
+
+def test_class_prior_bias_gives_the_prior_probability():
+    bias = class_prior_bias(3, prior=0.01)
+    torch.testing.assert_close(bias.softmax(0), torch.tensor([0.97, 0.01, 0.01, 0.01]))
+    with pytest.raises(ValueError, match="prior"):
+        class_prior_bias(200, prior=0.01)
+
+
+def test_init_class_prior_sets_every_anchor_of_every_head():
+    model = build_model("tiny_fpn", num_classes=2).eval()
+    init_class_prior(model.cls_heads, 2, prior=0.02)
+    for head in model.cls_heads:  # 6 anchors per cell, (background, class 1, class 2) each
+        torch.testing.assert_close(
+            head.bias.view(-1, 3).softmax(1), torch.tensor([[0.96, 0.02, 0.02]]).expand(6, 3)
+        )

@@ -59,14 +59,14 @@ class LossConfig:
 
     @staticmethod
     def parse(spec: str) -> LossConfig:
-        """``"chapter"``, ``"ssd"`` (smooth-L1, 3:1 mining, per positive), ``"giou"``
-        (``GIOU_LOSS``) or ``"k=v,k=v"``."""
+        """``"chapter"``, ``"ssd"`` (smooth-L1, 3:1 mining, per positive),
+        ``"focal_giou"`` (``FOCAL_GIOU``) or ``"k=v,k=v"``."""
         if spec in ("", "chapter"):
             return LossConfig()
         if spec == "ssd":
             return LossConfig(box="smooth_l1", neg_pos=3.0, normalize="positives")
-        if spec == "giou":
-            return GIOU_LOSS
+        if spec == "focal_giou":
+            return FOCAL_GIOU
         types = {f.name: f.type for f in fields(LossConfig)}
         kw: dict = {}
         for item in spec.split(","):
@@ -248,5 +248,9 @@ def chapter_loss(
     return cls.mean(dim=1) + bbox.mean(dim=1)
 
 
-# The IoU-family loss this project trains its default model with (per positive, 3:1 mining).
-GIOU_LOSS = LossConfig(box="giou", neg_pos=3.0, normalize="positives", box_weight=2.0)
+# tinyssd's default: focal loss over every anchor + GIoU on decoded boxes, both per
+# positive (RetinaNet's class loss with an IoU box loss). Pair it with
+# ``models.prior.init_class_prior``: focal sums thousands of background anchors.
+FOCAL_GIOU = LossConfig(
+    cls="focal", gamma=2.0, alpha=0.25, box="giou", normalize="positives", box_weight=2.0
+)
