@@ -5,16 +5,32 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.tinyssd-installed
 
-.PHONY: setup demo test lint bench bench-augment clean
+.PHONY: setup browser demo test lint bench bench-augment clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev,onnx]'
+	$(PIP) install -q -e '.[dev,onnx,serve,video]'
 	$(PIP) install -q --no-deps d2l==1.0.3
+	@$(MAKE) --no-print-directory browser
 	touch $(STAMP)
+
+# Chromium and its driver for the browser test of `tinyssd serve`'s page (tests/test_serve.py).
+# Installed with apt-get when run as root; anywhere else a notice, and that test is skipped.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  { apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }; } || \
+	  echo "notice: apt-get could not install chromium; the page's browser test will be skipped"; \
+	else \
+	  echo "notice: no chromium + chromedriver (apt-get install chromium chromium-driver);" \
+	    "the page's browser test will be skipped"; \
+	fi
 
 demo: $(STAMP)
 	$(VENV)/bin/tinyssd demo --out runs/demo

@@ -63,13 +63,34 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 def _predict(a: argparse.Namespace) -> None:
     from .api import load, predict_files
+    from .video import is_video_source, predict_video
 
     det = load(a.weights, device=a.device, precision=a.precision)
+    images = [s for s in a.inputs if not is_video_source(s)]
     skipped: list[str] = []
-    for line in predict_files(det, a.inputs, threshold=a.threshold, out=a.out, skipped=skipped):
-        print(json.dumps(line), flush=True)
+    if images:
+        for line in predict_files(det, images, threshold=a.threshold, out=a.out, skipped=skipped):
+            print(json.dumps(line), flush=True)
+    for source in (s for s in a.inputs if is_video_source(s)):
+        for line in predict_video(det, source, a.out, a.threshold, max_frames=a.max_frames):
+            print(json.dumps(line), flush=True)
     if skipped:
         raise SkippedInputs(f"{len(skipped)} unreadable image(s) skipped (listed above)")
+
+
+def _serve(a: argparse.Namespace) -> None:
+    from .serve import serve
+
+    serve(
+        a.weights,
+        host=a.host,
+        port=a.port,
+        device=a.device,
+        precision=a.precision,
+        threshold=a.threshold,
+        max_upload_mb=a.max_upload_mb,
+        max_pixels=getattr(a, "max_pixels", None),
+    )
 
 
 class SkippedInputs(Exception):
@@ -141,6 +162,7 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from .inference import DEFAULT_THRESHOLD
+    from .serve import DEFAULT_MAX_UPLOAD_MB
 
     p = argparse.ArgumentParser(prog="tinyssd", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -153,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
 
     pr = sub.add_parser("predict", help="draw and print detections for images")
-    pr.add_argument("inputs", nargs="+", help="image files or folders")
+    pr.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files or folders, videos (.mp4 .avi .mov .mkv .webm), a camera index (0) "
+        "or a stream URL (rtsp:// http://)",
+    )
     pr.add_argument("--weights", required=True, help="run folder or checkpoint file")
     pr.add_argument(
         "--threshold",
@@ -162,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a box needs to be printed and drawn (default: %(default)s)",
     )
     pr.add_argument("--out", default="predictions", help="folder for the drawn pictures")
+    pr.add_argument(
+        "--max-frames", type=int, help="stop a video, camera or stream after this many frames"
+    )
     pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     pr.add_argument(
         "--precision",
@@ -170,6 +200,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="bf16 autocast for the network; auto = bf16 where the hardware has it",
     )
     pr.set_defaults(func=_predict)
+
+    sv = sub.add_parser("serve", help="serve a detector over HTTP: an API and a page")
+    sv.add_argument("--weights", required=True, help="run folder or checkpoint file")
+    sv.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    sv.add_argument(
+        "--port", type=int, default=8000, help="0: any free port (default: %(default)s)"
+    )
+    sv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sv.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    sv.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="default score threshold; a request may pass ?threshold= (default: %(default)s)",
+    )
+    sv.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help="larger uploads are refused with 413 (default: %(default)s)",
+    )
+    sv.add_argument(
+        "--max-pixels",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="larger images are refused with 413 (default: $TINYSSD_MAX_PIXELS or 64000000)",
+    )
+    sv.set_defaults(func=_serve)
 
     e = sub.add_parser("eval", help="VOC and COCO mAP of a trained detector")
     e.add_argument("--weights", required=True)

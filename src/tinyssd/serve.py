@@ -1,0 +1,297 @@
+"""``tinyssd serve``: a trained detector behind HTTP (FastAPI + uvicorn).
+
+    tinyssd serve --weights runs/bananas            # http://127.0.0.1:8000/
+    curl -F file=@photo.jpg http://127.0.0.1:8000/predict
+
+``POST /predict`` takes one image, as multipart/form-data (field ``file``) or
+as the whole request body, and answers the JSON of ``tinyssd predict``
+(``image``, ``width``, ``height``, ``boxes`` xyxy in the image's pixels,
+``scores``, ``labels``, ``names``); ``?threshold=`` overrides the server's.
+``GET /health`` says the server is up and what it serves; ``GET /`` is a page
+that draws the boxes on the chosen image. Every error is JSON ``{"error": "..."}``
+with a 4xx status: 400 a request without an image, 413 an upload over the size
+limit or an image over the pixel budget, 422 a file that is not a readable image.
+Needs ``pip install 'tinyssd[serve]'``.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations
+# (``request: Request``) at run time, and fastapi is imported inside create_app only.
+import ipaddress
+import json
+import logging
+import socket
+import tempfile
+import threading
+from contextlib import nullcontext
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import UsageError
+from .extras import require
+from .inference import DEFAULT_THRESHOLD
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from .api import Detector
+
+log = logging.getLogger("tinyssd")
+
+# Uploads larger than this many megabytes (10**6 bytes) are refused with 413.
+DEFAULT_MAX_UPLOAD_MB = 20.0
+
+
+class UploadTooLarge(Exception):
+    """A request body past the upload limit (answered with 413)."""
+
+
+class UploadLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is refused with 413, from its
+    Content-Length before any of it is read, else as soon as the bytes received pass it."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def message(self) -> str:
+        return f"upload over the limit of {self.max_bytes} bytes (--max-upload-mb)"
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await send_json(send, 413, {"error": self.message()})
+            return
+        received = 0
+
+        async def counted_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise UploadTooLarge(self.message())
+            return message
+
+        await self.app(scope, counted_receive, send)
+
+
+async def send_json(send: Any, status: int, payload: dict) -> None:
+    """Answer an ASGI request with a JSON body."""
+    body = json.dumps(payload).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def decode_upload(data: bytes, name: str, max_pixels: int | None = None) -> Any:
+    """An uploaded file's bytes -> ``Tensor[3, H, W]`` uint8 RGB, decoded as
+    :func:`tinyssd.data.base.read_image` decodes files (EXIF orientation, any mode,
+    the pixel budget checked from the header before decoding).
+
+    Raises:
+        ImageTooLarge: over the pixel budget; DataError: not a readable image.
+            Messages name the upload by ``name``.
+    """
+    from .data.base import ImageTooLarge, read_image
+    from .errors import DataError
+
+    with tempfile.TemporaryDirectory(prefix="tinyssd-upload-") as folder:
+        path = Path(folder) / "upload"
+        path.write_bytes(data)
+        try:
+            return read_image(path, max_pixels=max_pixels)
+        except ImageTooLarge as e:
+            message = str(e).replace(str(path), name)
+            raise ImageTooLarge(message.split(" (raise it")[0] + " (--max-pixels)") from None
+        except DataError as e:
+            raise DataError(str(e).replace(str(path), name)) from None
+
+
+def predict_upload(
+    det: "Detector",
+    data: bytes,
+    name: str,
+    threshold: float,
+    max_pixels: int | None = None,
+    lock: "threading.Lock | None" = None,
+) -> dict:
+    """Decode and predict one uploaded image; the JSON dict ``POST /predict`` answers."""
+    from .video import detection_line
+
+    # One image at a time: a prediction uses every core, and one decoded image (up to the
+    # pixel budget) is in memory at once however many requests wait.
+    with lock if lock is not None else nullcontext():
+        image = decode_upload(data, name, max_pixels)
+        d = det.predict(image, threshold=threshold)[0]
+    width, height = int(image.shape[2]), int(image.shape[1])
+    return {"image": name, **detection_line(d, width=width, height=height)}
+
+
+def create_app(
+    det: "Detector",
+    threshold: float = DEFAULT_THRESHOLD,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int | None = None,
+) -> "FastAPI":
+    """The FastAPI app of ``tinyssd serve``: ``GET /``, ``GET /health``, ``POST /predict``."""
+    fastapi = require("fastapi", "serve")
+    require("python_multipart", "serve")  # Starlette parses uploads with it
+    from fastapi import Query, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse
+
+    from .data.base import pixel_budget
+
+    budget = pixel_budget(max_pixels)  # DataError (one line) for a bad $TINYSSD_MAX_PIXELS
+    max_bytes = int(max_upload_mb * 1_000_000)
+    lock = threading.Lock()
+    app = fastapi.FastAPI(title="tinyssd", docs_url="/docs", redoc_url=None)
+    app.add_middleware(UploadLimit, max_bytes=max_bytes)
+    add_error_handlers(app)
+    health = {
+        "status": "ok",
+        "classes": det.classes,
+        "image_size": det.image_size,
+        "device": str(getattr(det, "device", "cpu (onnxruntime)")),
+        "threshold": threshold,
+        "max_upload_bytes": max_bytes,
+        "max_pixels": budget,
+    }
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return resources.files("tinyssd").joinpath("serve_page.html").read_text("utf-8")
+
+    @app.get("/health")
+    def get_health() -> dict:
+        return health
+
+    @app.post("/predict")
+    async def predict(
+        request: Request,
+        threshold: float = Query(threshold, ge=0.0, le=1.0),
+    ) -> dict:
+        data, name = await read_upload(request)
+        return await run_in_threadpool(predict_upload, det, data, name, threshold, budget, lock)
+
+    return app
+
+
+async def read_upload(request: Any) -> tuple[bytes, str]:
+    """The image bytes of a request and a name for them: the first file of a
+    multipart/form-data request (``curl -F file=@photo.jpg``), else the whole body
+    (``curl --data-binary @photo.jpg``).
+
+    Raises:
+        HTTPException: 400 no file in the request, or an empty one.
+    """
+    from starlette.exceptions import HTTPException
+
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        data, name = await _first_file(request)
+    else:
+        data, name = await request.body(), "upload"
+    if not data:
+        raise HTTPException(400, f"{name}: empty upload")
+    return data, name
+
+
+async def _first_file(request: Any) -> tuple[bytes, str]:
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
+
+    form = await request.form(max_files=1, max_fields=20)
+    try:
+        files = [v for v in form.values() if isinstance(v, UploadFile)]
+        if not files:
+            raise HTTPException(400, "no file in the form: send the image as field 'file'")
+        return await files[0].read(), files[0].filename or "upload"
+    finally:
+        await form.close()
+
+
+def add_error_handlers(app: "FastAPI") -> None:
+    """Every error answered as JSON ``{"error": "one line"}``; tracebacks stay in the log."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    from .data.base import ImageTooLarge
+    from .errors import DataError
+
+    def error(status: int, message: object) -> JSONResponse:
+        return JSONResponse({"error": str(message)}, status_code=status)
+
+    async def on_http(request: Any, e: HTTPException) -> JSONResponse:
+        return error(e.status_code, e.detail)
+
+    async def on_validation(request: Any, e: RequestValidationError) -> JSONResponse:
+        return error(
+            422, "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors())
+        )
+
+    async def on_data(request: Any, e: DataError) -> JSONResponse:
+        return error(413 if isinstance(e, ImageTooLarge) else 422, e)
+
+    async def on_too_large(request: Any, e: UploadTooLarge) -> JSONResponse:
+        return error(413, e)
+
+    async def on_crash(request: Any, e: Exception) -> JSONResponse:  # uvicorn logs the traceback
+        return error(500, "internal error (details in the server's log)")
+
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(DataError, on_data)
+    app.add_exception_handler(UploadTooLarge, on_too_large)
+    app.add_exception_handler(Exception, on_crash)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one); UsageError if it cannot."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise UsageError(f"--host {host}: {e.strerror or e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise UsageError(
+            f"--host {host} --port {port}: cannot listen ({e.strerror or e})"
+        ) from None
+    return sock
+
+
+def serve(
+    weights: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "auto",
+    precision: str = "auto",
+    threshold: float = DEFAULT_THRESHOLD,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int | None = None,
+) -> None:
+    """Serve a run folder or checkpoint until Ctrl-C (``tinyssd serve``)."""
+    from .api import load
+
+    uvicorn = require("uvicorn", "serve")
+    if not 0.0 <= threshold <= 1.0:
+        raise UsageError(f"--threshold {threshold}: must be in [0, 1]")
+    if max_upload_mb <= 0:
+        raise UsageError(f"--max-upload-mb {max_upload_mb}: must be positive")
+    app = create_app(load(weights, device, precision), threshold, max_upload_mb, max_pixels)
+    sock = listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    log.info("tinyssd serve: http://%s:%d/ (Ctrl-C to stop)", url_host, bound_port)
+    if not ipaddress.ip_address(bound_host).is_loopback:
+        log.warning("%s is reachable from other machines; the service has no authentication", host)
+    config = uvicorn.Config(app, log_level="info", timeout_keep_alive=5)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,349 @@
+"""``tinyssd serve`` as a user runs it: a subprocess on a free loopback port, real HTTP
+requests (every one with a timeout), the page in a headless Chromium; the server is
+always stopped."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures import save_untrained_checkpoint
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+requests = pytest.importorskip("requests")
+
+TIMEOUT_S = 30  # per request; the first prediction warms the model up
+THRESHOLD = 0.3  # the server's default; an untrained model scores up to about 0.8
+MAX_UPLOAD_MB = 1
+MAX_PIXELS = 1_000_000
+
+
+class Server:
+    """``tinyssd serve`` in a subprocess; its stderr is drained by a thread."""
+
+    def __init__(self, args: list[str]) -> None:
+        cmd = [sys.executable, "-m", "tinyssd", "serve", "--port", "0", *args]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log: list[str] = []
+        self.url: str | None = None
+        self.started = threading.Event()
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.log.append(line)
+            if line.startswith("tinyssd serve: http://"):
+                self.url = line.split()[2].rstrip("/")
+                self.started.set()
+        self.started.set()  # exited: wait() below sees url is None
+
+    def wait_healthy(self, timeout: float = 60) -> str:
+        if not self.started.wait(timeout) or self.url is None:
+            raise AssertionError("tinyssd serve did not start:\n" + "\n".join(self.log))
+        assert self.url.startswith("http://127.0.0.1:")
+        requests.get(f"{self.url}/health", timeout=TIMEOUT_S).raise_for_status()
+        return self.url
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("weights")
+    return save_untrained_checkpoint(folder / "model.safetensors", ["block", "other"])
+
+
+@pytest.fixture(scope="module")
+def url(checkpoint) -> Iterator[str]:
+    server = Server(
+        [
+            "--weights",
+            str(checkpoint),
+            "--precision",
+            "fp32",
+            "--threshold",
+            str(THRESHOLD),
+            "--max-upload-mb",
+            str(MAX_UPLOAD_MB),
+            "--max-pixels",
+            str(MAX_PIXELS),
+        ]
+    )
+    try:
+        yield server.wait_healthy()
+    finally:
+        server.stop()
+
+
+def png_bytes(width: int = 160, height: int = 120, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 120, (height, width, 3), dtype=np.uint8)
+    pixels[20:80, 30:110] = (230, 200, 40)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def post(url: str, data: bytes, name: str = "photo.png", **params) -> requests.Response:
+    files = {"file": (name, data, "application/octet-stream")}
+    return requests.post(f"{url}/predict", files=files, params=params, timeout=TIMEOUT_S)
+
+
+def test_health_says_what_is_served(url):
+    health = requests.get(f"{url}/health", timeout=TIMEOUT_S).json()
+    assert health["status"] == "ok"
+    assert health["classes"] == ["block", "other"]
+    assert health["threshold"] == THRESHOLD
+    assert health["max_upload_bytes"] == MAX_UPLOAD_MB * 1_000_000
+    assert health["max_pixels"] == MAX_PIXELS
+
+
+def test_an_image_gets_the_boxes_the_python_api_gives(url, checkpoint):
+    import tinyssd
+
+    data = png_bytes()
+    response = post(url, data, name="photo.png")
+    assert response.status_code == 200
+    body = response.json()
+    expected = tinyssd.load(checkpoint, precision="fp32").predict(
+        Image.open(io.BytesIO(data)), threshold=THRESHOLD
+    )[0]
+    assert set(body) == {"image", "width", "height", "boxes", "scores", "labels", "names"}
+    assert (body["image"], body["width"], body["height"]) == ("photo.png", 160, 120)
+    assert len(body["boxes"]) == len(expected["boxes"]) > 0
+    np.testing.assert_allclose(body["boxes"], expected["boxes"].numpy(), atol=0.01)
+    np.testing.assert_allclose(body["scores"], expected["scores"].numpy(), atol=1e-4)
+    assert body["labels"] == expected["labels"].tolist()
+    assert body["names"] == expected["names"]
+
+
+def test_a_threshold_per_request_and_a_raw_body_upload(url):
+    strict = post(url, png_bytes(), threshold=0.99).json()
+    assert strict["boxes"] == []
+    raw = requests.post(f"{url}/predict", data=png_bytes(), timeout=TIMEOUT_S)
+    assert raw.status_code == 200
+    assert raw.json()["boxes"] == post(url, png_bytes()).json()["boxes"]
+
+
+def test_exif_orientation_is_applied_to_uploads(url):
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown turned 90 degrees: portrait
+    Image.new("RGB", (80, 50), "grey").save(buffer, format="JPEG", exif=exif)
+    body = post(url, buffer.getvalue(), name="phone.jpg").json()
+    assert (body["width"], body["height"]) == (50, 80)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (png_bytes()[:200], 422, "photo.png: unreadable image"),
+        (b"just some text, not a picture\n" * 20, 422, "photo.png: unreadable image"),
+        (b"", 400, "empty upload"),
+    ],
+    ids=["truncated-png", "not-an-image", "empty"],
+)
+def test_a_bad_upload_is_a_4xx_json_error(url, data, status, message):
+    response = post(url, data)
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert message in response.json()["error"]
+    assert "Traceback" not in response.text
+
+
+def test_requests_without_an_image_are_400(url):
+    no_file = requests.post(f"{url}/predict", files={"x": (None, "1")}, timeout=TIMEOUT_S)
+    assert no_file.status_code == 400
+    assert "field 'file'" in no_file.json()["error"]
+    empty = requests.post(f"{url}/predict", timeout=TIMEOUT_S)
+    assert empty.status_code == 400
+
+
+def test_an_upload_over_the_size_limit_is_413(url):
+    too_big = os.urandom(MAX_UPLOAD_MB * 1_000_000 + 1)
+    response = post(url, too_big)
+    assert response.status_code == 413
+    assert "over the limit of 1000000 bytes" in response.json()["error"]
+
+
+def test_a_chunked_upload_over_the_size_limit_is_413(url):
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it arrives
+        for _ in range(20):
+            yield b"\0" * 100_000
+
+    response = requests.post(f"{url}/predict", data=chunks(), timeout=TIMEOUT_S)
+    assert response.status_code == 413
+    assert "over the limit" in response.json()["error"]
+
+
+def test_an_image_over_the_pixel_budget_is_413_before_decoding(url):
+    buffer = io.BytesIO()
+    Image.new("RGB", (1250, 1000), "grey").save(buffer, format="PNG")  # 1.25 M pixels, 4 KB
+    response = post(url, buffer.getvalue())
+    assert response.status_code == 413
+    assert "1250x1000" in response.json()["error"]
+
+
+@pytest.mark.parametrize("threshold", ["1.5", "-0.1", "abc"])
+def test_a_bad_threshold_is_422(url, threshold):
+    response = post(url, png_bytes(), threshold=threshold)
+    assert response.status_code == 422
+    assert "threshold" in response.json()["error"]
+
+
+def test_unknown_paths_are_404_json(url):
+    response = requests.get(f"{url}/nothing-here", timeout=TIMEOUT_S)
+    assert response.status_code == 404
+    assert response.json() == {"error": "Not Found"}
+
+
+def test_the_server_still_answers_after_bad_requests(url):
+    post(url, b"garbage")
+    assert post(url, png_bytes()).status_code == 200
+
+
+def test_a_busy_port_is_a_one_line_error(checkpoint):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cmd = [sys.executable, "-m", "tinyssd", "serve", "--weights", str(checkpoint)]
+        done = subprocess.run(
+            [*cmd, "--port", str(port)], capture_output=True, text=True, timeout=120
+        )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"tinyssd: error: --host 127.0.0.1 --port {port}: cannot listen")
+    )
+
+
+def test_importing_tinyssd_loads_neither_fastapi_nor_av():
+    probe = (
+        "import sys, tinyssd, tinyssd.serve, tinyssd.video, tinyssd.cli\n"
+        "tinyssd.cli.build_parser()\n"
+        "loaded = [m for m in ('fastapi', 'starlette', 'uvicorn', 'av') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_without_fastapi_the_error_says_what_to_install(checkpoint, monkeypatch):
+    import tinyssd
+    from tinyssd.errors import UsageError
+    from tinyssd.serve import create_app
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)
+    with pytest.raises(UsageError, match=r"pip install 'tinyssd\[serve\]'"):
+        create_app(tinyssd.load(checkpoint))
+
+
+# --- the page, in a real browser ------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("no chromium + chromedriver (make setup installs them as root: apt-get)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    # the system driver, named: Selenium Manager never downloads one
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.set_page_load_timeout(TIMEOUT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def choose_file(driver, url: str, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(f"{url}/")
+    WebDriverWait(driver, TIMEOUT_S).until(
+        lambda d: "classes:" in d.find_element(By.ID, "model").text
+    )
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(driver, TIMEOUT_S).until(
+        lambda d: (
+            "detecting" not in d.find_element(By.ID, "status").text
+            and d.find_element(By.ID, "status").text
+        )
+    )
+
+
+def test_the_page_draws_the_boxes_of_a_chosen_image(browser, url, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(png_bytes())
+    expected = post(url, picture.read_bytes()).json()
+    choose_file(browser, url, picture)
+
+    items = browser.find_elements(By.CSS_SELECTOR, "#detections li.detection")
+    canvas = browser.find_element(By.ID, "canvas")
+    assert len(items) == len(expected["boxes"]) > 0
+    assert canvas.get_attribute("data-count") == str(len(expected["boxes"]))
+    assert items[0].text.startswith(f"{expected['names'][0]} {expected['scores'][0]:.2f}")
+    assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("160", "120")
+    assert "box" in browser.find_element(By.ID, "status").text
+    # the last box drawn is on top: its left edge has its class's colour (the page's palette)
+    x1, y1, _, y2 = expected["boxes"][-1]
+    edge = browser.execute_script(
+        "const ctx = document.getElementById('canvas').getContext('2d');"
+        "return Array.from(ctx.getImageData(arguments[0], arguments[1], 1, 1).data);",
+        round(x1),
+        round((y1 + y2) / 2),
+    )
+    palette = {1: (0x1F, 0x77, 0xB4), 2: (0xFF, 0x7F, 0x0E)}
+    assert tuple(edge[:3]) == palette[expected["labels"][-1]]
+
+
+def test_the_page_shows_an_upload_error(browser, url, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    choose_file(browser, url, bad)
+    status = browser.find_element(By.ID, "status")
+    assert "error" in status.get_attribute("class")
+    assert "broken.png: unreadable image" in status.text
+    assert browser.find_elements(By.CSS_SELECTOR, "#detections li.detection") == []
+
+
+def test_health_json_is_what_the_page_reads(url):
+    page = requests.get(f"{url}/", timeout=TIMEOUT_S)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'fetch("health")' in page.text and "predict?threshold=" in page.text
+    assert json.loads(requests.get(f"{url}/health", timeout=TIMEOUT_S).text)["classes"]
