@@ -67,3 +67,21 @@ def test_predict_into_a_closed_pipe_ends_quietly(tmp_path):
     assert first.startswith(b"{")
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert proc.returncode == 0
+
+
+def test_max_pixels_skips_larger_images_in_every_reader(tmp_path, capsys, monkeypatch):
+    from fixtures import write_tiny_bananas
+
+    monkeypatch.setenv("TINYSSD_MAX_PIXELS", "64000000")  # restored after the test
+    data = write_tiny_bananas(tmp_path / "data", n_train=3, n_val=1, size=64)
+    assert main(["data", "check", str(data), "--max-pixels", str(64 * 64 - 1)]) == 0
+    out = capsys.readouterr().out
+    assert "train: 0 usable images" in out, out
+    assert main(["data", "check", str(data), "--max-pixels", str(64 * 64)]) == 0
+    assert "no problems found" in capsys.readouterr().out
+
+
+def test_a_zero_limit_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "check", "x", "--max-pixels", "0"])
+    assert e.value.code == 2 and "must be > 0" in capsys.readouterr().err

@@ -94,3 +94,57 @@ def test_float_input_export_predicts_the_same(detectors, image_files, tmp_path):
     for g, w in zip(float_det.predict(image_files, 0.05), onnx_det.predict(image_files, 0.05)):
         for key in ("boxes", "scores", "labels"):
             torch.testing.assert_close(g[key], w[key], rtol=0, atol=0)
+
+
+def test_load_of_an_onnx_file_gives_the_onnxruntime_detector(tmp_path):
+    ckpt = scored_checkpoint(tmp_path / "best.safetensors", 128)
+    onnx_path = export_onnx(ckpt, tmp_path / "m.onnx")
+    det = tinyssd.load(onnx_path)
+    assert isinstance(det, OnnxDetector) and det.classes == CLASSES
+    with pytest.raises(tinyssd.UsageError, match="bf16"):
+        tinyssd.load(onnx_path, precision="bf16")
+
+
+def test_cli_predict_with_the_onnx_backend_prints_the_torch_backends_lines(
+    tmp_path, capsys, image_files
+):
+    import json
+
+    from tinyssd.cli import main
+
+    ckpt = scored_checkpoint(tmp_path / "best.safetensors", 128)
+    lines = {}
+    for backend in ("torch", "onnx"):
+        args = ["predict", *map(str, image_files), "--weights", str(ckpt), "--threshold", "0.3"]
+        args += ["--precision", "fp32", "--backend", backend, "--out", str(tmp_path / backend)]
+        if backend == "onnx":
+            args.remove("--precision"), args.remove("fp32")
+        assert main(args) == 0
+        lines[backend] = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines["onnx"]) == len(image_files)
+    for a, b in zip(lines["torch"], lines["onnx"], strict=True):
+        assert (a["image"], a["width"], a["height"]) == (b["image"], b["width"], b["height"])
+        # the same detections as sets; JSON rounds boxes to 0.01 px and scores to 1e-4
+        assert sorted(a["labels"]) == sorted(b["labels"])
+        assert sorted(a["scores"]) == pytest.approx(sorted(b["scores"]), abs=2e-4)
+        for label, box in zip(a["labels"], a["boxes"], strict=True):
+            nearest = min(
+                max(abs(x - y) for x, y in zip(box, other, strict=True))
+                for other_label, other in zip(b["labels"], b["boxes"], strict=True)
+                if other_label == label
+            )
+            assert nearest <= 0.05
+        assert Image.open(b["picture"]).size == (a["width"], a["height"])
+
+
+def test_export_never_overwrites_a_file_unless_asked(tmp_path, capsys):
+    from tinyssd.cli import main
+
+    ckpt = scored_checkpoint(tmp_path / "best.safetensors", 128)
+    (tmp_path / "m.onnx").write_text("mine")
+    assert main(["export", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "m.onnx").read_text() == "mine"
+    args = ["export", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx"), "--overwrite"]
+    assert main(args) == 0
+    assert OnnxDetector(tmp_path / "m.onnx").classes == CLASSES

@@ -8,9 +8,10 @@ import logging
 import os
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
-from .errors import TinySSDError
+from .errors import TinySSDError, UsageError
 
 
 def _train(a: argparse.Namespace) -> None:
@@ -65,7 +66,10 @@ def _predict(a: argparse.Namespace) -> None:
     from .api import load, predict_files
     from .video import is_video_source, predict_video
 
-    det = load(a.weights, device=a.device, precision=a.precision)
+    weights = a.weights
+    if a.backend == "onnx" and not str(weights).lower().endswith(".onnx"):
+        weights = _exported_copy(weights)
+    det = load(weights, device=a.device, precision=a.precision)
     images = [s for s in a.inputs if not is_video_source(s)]
     skipped: list[str] = []
     if images:
@@ -91,6 +95,19 @@ def _serve(a: argparse.Namespace) -> None:
         max_upload_mb=a.max_upload_mb,
         max_pixels=getattr(a, "max_pixels", None),
     )
+
+
+def _exported_copy(weights: str) -> str:
+    """``--backend onnx`` with a checkpoint: export it to a temporary .onnx first."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from .export.onnx import export_onnx
+
+    folder = tempfile.mkdtemp(prefix="tinyssd-onnx-")
+    atexit.register(shutil.rmtree, folder, True)
+    return str(export_onnx(weights, f"{folder}/model.onnx"))
 
 
 class SkippedInputs(Exception):
@@ -134,7 +151,19 @@ def _data_convert(a: argparse.Namespace) -> None:
 def _export(a: argparse.Namespace) -> None:
     from .export.onnx import export_onnx
 
-    print(export_onnx(a.weights, a.out, opset=a.opset))
+    out = Path(a.out)
+    if out.exists() and not a.overwrite:
+        raise UsageError(f"--out {out}: file exists (pass --overwrite to replace it)")
+    path = export_onnx(
+        a.weights,
+        out,
+        opset=a.opset,
+        nms=a.nms,
+        topk_candidates=a.topk_candidates,
+        max_detections=a.max_detections,
+        input_dtype=a.input_dtype,
+    )
+    print(path)
 
 
 def _bench(a: argparse.Namespace) -> None:
@@ -160,6 +189,46 @@ def _version() -> str:
         return __version__
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be > 0")
+    return value
+
+
+def data_limits_parser() -> argparse.ArgumentParser:
+    """``--max-pixels`` and ``--max-boxes``: the input limits of every command that reads data."""
+    from .data.base import MAX_IMAGE_PIXELS
+    from .data.rules import MAX_BOXES_PER_IMAGE
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help=f"images with more pixels are skipped, checked from the header "
+        f"(default: {MAX_IMAGE_PIXELS}, or $TINYSSD_MAX_PIXELS)",
+    )
+    p.add_argument(
+        "--max-boxes",
+        type=_positive_int,
+        default=argparse.SUPPRESS,
+        help=f"boxes kept per image, the first ones (default: {MAX_BOXES_PER_IMAGE}, "
+        "or $TINYSSD_MAX_BOXES)",
+    )
+    return p
+
+
+def apply_data_limits(a: argparse.Namespace) -> None:
+    """The limits given on the command line, for every reader and loader worker (environment)."""
+    for option, variable in (
+        ("max_pixels", "TINYSSD_MAX_PIXELS"),
+        ("max_boxes", "TINYSSD_MAX_BOXES"),
+    ):
+        if hasattr(a, option):
+            os.environ[variable] = str(getattr(a, option))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .inference import DEFAULT_THRESHOLD
     from .serve import DEFAULT_MAX_UPLOAD_MB
@@ -168,13 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"tinyssd {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    limits = data_limits_parser()
     fmt = dict(default="auto", choices=["auto", "bananas", "voc", "coco", "yolo"])
 
-    t = sub.add_parser("train", help="train a detector", argument_default=argparse.SUPPRESS)
+    t = sub.add_parser(
+        "train", help="train a detector", argument_default=argparse.SUPPRESS, parents=[limits]
+    )
     add_train_options(t)
     t.set_defaults(func=_train)
 
-    pr = sub.add_parser("predict", help="draw and print detections for images")
+    pr = sub.add_parser("predict", help="draw and print detections for images", parents=[limits])
     pr.add_argument(
         "inputs",
         nargs="+",
@@ -189,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="score a box needs to be printed and drawn (default: %(default)s)",
     )
     pr.add_argument("--out", default="predictions", help="folder for the drawn pictures")
+    pr.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="run the network in PyTorch or through onnxruntime (a .onnx --weights is onnx)",
+    )
     pr.add_argument(
         "--max-frames", type=int, help="stop a video, camera or stream after this many frames"
     )
@@ -231,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.set_defaults(func=_serve)
 
-    e = sub.add_parser("eval", help="VOC and COCO mAP of a trained detector")
+    e = sub.add_parser("eval", help="VOC and COCO mAP of a trained detector", parents=[limits])
     e.add_argument("--weights", required=True)
     e.add_argument("--data", required=True)
     e.add_argument("--split", default="val")
@@ -254,12 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--size", type=int, default=256, help="image side in pixels")
     sy.set_defaults(func=_data_synth)
-    ch = dsub.add_parser("check", help="report problems in a data set")
+    ch = dsub.add_parser("check", help="report problems in a data set", parents=[limits])
     ch.add_argument("dir")
     ch.add_argument("--format", **fmt)
     ch.add_argument("--first", type=int, default=3, help="files listed per problem kind")
     ch.set_defaults(func=_data_check)
-    cv = dsub.add_parser("convert", help="convert a data set to another format")
+    cv = dsub.add_parser("convert", help="convert a data set to another format", parents=[limits])
     cv.add_argument("src")
     cv.add_argument("--to", required=True, choices=["voc", "coco", "yolo", "bananas"])
     cv.add_argument("out")
@@ -269,7 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a trained detector to ONNX")
     x.add_argument("--weights", required=True)
     x.add_argument("--out", required=True)
-    x.add_argument("--opset", type=int, default=17)
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: 17)")
+    x.add_argument(
+        "--nms",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="decoding and per-class NMS in the graph; --no-nms: raw boxes and scores",
+    )
+    x.add_argument("--max-detections", type=int, default=200, help="rows per image (200)")
+    x.add_argument(
+        "--topk-candidates", type=int, default=400, help="(anchor, class) pairs into NMS (400)"
+    )
+    x.add_argument(
+        "--input-dtype",
+        default="uint8",
+        choices=["uint8", "float32"],
+        help="the graph's image type: uint8, or float32 0-255 values (default: uint8)",
+    )
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     x.set_defaults(func=_export)
 
     b = sub.add_parser("bench", help="measure training and prediction speed on this machine")
@@ -289,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if a.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
+    apply_data_limits(a)
     try:
         a.func(a)
     except TinySSDError as e:
