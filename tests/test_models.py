@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from tinyssd.anchors import multibox_prior
+from tinyssd.anchors import cell_box_sizes, multibox_prior
+from tinyssd.engine.train import train_step
+from tinyssd.losses import LossConfig, MultiBoxLoss
 from tinyssd.models import PRESETS, SSDConfig, TinySSD, build_model, ssd300_vgg16, tiny_ssd
 from tinyssd.models.config import tiny_fpn
 from tinyssd.models.prior import class_prior_bias, init_class_prior
@@ -169,3 +171,79 @@ def test_init_class_prior_sets_every_anchor_of_every_head():
         torch.testing.assert_close(
             head.bias.view(-1, 3).softmax(1), torch.tensor([[0.96, 0.02, 0.02]]).expand(6, 3)
         )
+
+
+# Backbones from torchvision: (preset, input side, map sides there, anchors per cell, anchors).
+TORCHVISION_BACKBONES = [
+    ("ssdlite320_mobilenet_v3_large", 320, (20, 10, 5, 3, 2, 1), (6,) * 6, 3234),
+    ("ssd_resnet18", 300, (38, 19, 10, 5, 3, 2), (4, 6, 6, 6, 4, 4), 8744),
+    ("ssd_resnet50", 300, (38, 19, 10, 5, 3, 2), (4, 6, 6, 6, 4, 4), 8744),
+]
+
+
+@pytest.mark.parametrize(("name", "size", "sides", "per_cell", "total"), TORCHVISION_BACKBONES)
+def test_torchvision_backbones_have_their_documented_anchors(name, size, sides, per_cell, total):
+    model = build_model(name, 2).eval()
+    assert model.config.image_size == size
+    assert tuple(model.config.anchors_per_cell()) == per_cell
+    assert sum(a * s * s for a, s in zip(per_cell, sides)) == total
+    with torch.no_grad():
+        feats = model.backbone(torch.zeros(1, 3, size, size))
+        anchors, cls_preds, bbox_preds = model(torch.zeros(1, 3, size, size))
+    assert [f.shape[-1] for f in feats] == list(sides)
+    assert [f.shape[1] for f in feats] == list(model.config.channels)
+    assert anchors.shape == (1, total, 4) and cls_preds.shape == (1, total, 3)
+    assert bbox_preds.shape == (1, 4 * total)
+
+
+@pytest.mark.parametrize("name", [b[0] for b in TORCHVISION_BACKBONES])
+def test_torchvision_backbones_train_one_step(name):
+    torch.manual_seed(0)
+    model = build_model(name, 2, image_size=128).train()
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    labels = torch.tensor(
+        [[[0.0, 0.1, 0.1, 0.5, 0.6]], [[1.0, 0.4, 0.3, 0.9, 0.8]]]
+    )  # class 0-based
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    step = train_step(model, MultiBoxLoss(LossConfig.parse("chapter")), optimizer, images, labels)
+    assert torch.isfinite(step.losses["loss"])
+    after = model.state_dict()
+    for part in ("backbone.", "cls_heads.", "bbox_heads."):
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(part))
+
+
+def test_ssdlite_mirrors_torchvisions_ssdlite320(monkeypatch):
+    # torchvision reduces MobileNet's tail when it loads no ImageNet weights; tinyssd never does
+    import torchvision.models.detection.ssdlite as tv_ssdlite
+
+    full_tail = tv_ssdlite.mobilenet_v3_large
+    monkeypatch.setattr(
+        tv_ssdlite, "mobilenet_v3_large", lambda **kw: full_tail(**{**kw, "reduced_tail": False})
+    )
+    reference = tv_ssdlite.ssdlite320_mobilenet_v3_large(weights_backbone=None, num_classes=3)
+    model = build_model("ssdlite320_mobilenet_v3_large", 2)
+
+    def count(*modules):
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    assert count(model.backbone) == count(reference.backbone)
+    assert count(model.cls_heads, model.bbox_heads) == count(reference.head)
+    # the same anchor shapes, in the same order, on every map
+    generator = reference.anchor_generator
+    for k, (sizes, ratios) in enumerate(zip(model.config.sizes, model.config.ratios)):
+        torch.testing.assert_close(
+            cell_box_sizes(sizes, ratios), generator._wh_pairs[k], rtol=1e-4, atol=0
+        )
+
+
+def test_configs_without_a_head_field_read_as_conv_heads():
+    saved = tiny_ssd().to_dict()
+    del saved["head"]
+    assert SSDConfig.from_dict(saved).head == "conv"
+    keys = TinySSD(1).state_dict()
+    assert "cls_heads.0.weight" in keys and "bbox_heads.4.bias" in keys
+    separable = build_model("ssdlite320_mobilenet_v3_large", 1)
+    assert separable.cls_heads[0].out_channels == 6 * 2 and separable.cls_heads[0].bias.shape == (
+        12,
+    )

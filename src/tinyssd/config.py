@@ -102,6 +102,20 @@ class TrainConfig:
         None, "run folder (its last.safetensors) or checkpoint file to continue from"
     )
     force: bool = option(False, "let --resume change the data folder or the model")
+    init: str | None = option(
+        None,
+        "run folder or checkpoint to start from: every tensor whose name and shape match "
+        "is loaded, class heads of another class count are new (no optimiser or epoch state)",
+    )
+    pretrained: bool = option(
+        False, "start the backbone from torchvision's ImageNet weights (downloads once)"
+    )
+    freeze: str = option(
+        "none", "train without updating these weights", choices=("none", "backbone")
+    )
+    freeze_epochs: int = option(
+        0, "with --freeze: unfreeze after this many epochs (0: frozen for the whole run)"
+    )
     device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
     precision: str = option(
         "auto",
@@ -114,7 +128,7 @@ class TrainConfig:
     stop_ap50: float | None = option(None, "stop once val AP50 reaches this value")
 
     def __post_init__(self) -> None:
-        for name in ("data", "out", "resume"):  # Path objects welcome; config.json holds str
+        for name in ("data", "out", "resume", "init"):  # Path objects welcome; JSON holds str
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, str(value))
@@ -145,7 +159,8 @@ def check(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             raise UsageError(f"--{flag(name)} {value}: must be > 0")
-    for name in ("momentum", "weight_decay", "workers", "warmup", "min_steps", "grad_clip"):
+    nonnegative = ("momentum", "weight_decay", "workers", "warmup", "min_steps", "grad_clip")
+    for name in (*nonnegative, "freeze_epochs"):
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise UsageError(f"--{flag(name)} {value}: must be >= 0")

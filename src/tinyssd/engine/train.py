@@ -36,6 +36,7 @@ from ..models import PRESETS, SSD, build_model
 from . import distributed as dist
 from .allocator import freed_memory_kept
 from .checkpoint import resolve_checkpoint, restore
+from .finetune import backbone_freeze, check_finetune, init_model, start_from
 from .optim import ModelEMA, build_optimizer, lr_at, param_groups, set_lr
 from .run_folder import METRIC_COLUMNS, RunFolder, new_run_dir
 
@@ -91,6 +92,7 @@ def check_settings(cfg: TrainConfig) -> None:
     check(cfg)
     if cfg.model not in PRESETS:
         raise UsageError(f"--model {cfg.model!r}: choose from {', '.join(PRESETS)}")
+    check_finetune(cfg)
     try:
         LossConfig.parse(cfg.loss or "chapter")
     except ValueError as e:
@@ -113,6 +115,8 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     force = bool(overrides.pop("force", False))
     resume = overrides.get("resume")
     if not resume:
+        if overrides.get("init") and overrides.get("model") is None:
+            overrides["model"] = init_model(overrides["init"])  # --init's network by default
         return TrainConfig(**overrides).resolved()
     run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     saved = TrainConfig.from_dict(read_run_config(run_dir))
@@ -427,6 +431,8 @@ def _fit(
 
     train_ds, val_ds = load_datasets(cfg, image_size_of(cfg))
     model = build_model(cfg.model, len(train_ds.classes), image_size=image_size_of(cfg))
+    start_from(model, cfg)  # --init / --pretrained weights (not when resuming)
+    freeze = backbone_freeze(model, cfg)
     model = model.to(device).to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(len(dist_ctx.shard(range(len(train_ds)))) / cfg.batch_size)
     epochs = epochs_for(cfg, steps_per_epoch)
@@ -460,6 +466,7 @@ def _fit(
     global_batch = cfg.batch_size * dist_ctx.world_size
 
     for epoch in range(state.epoch, epochs):
+        freeze.set_epoch(epoch)
         global_batches = batches(train_ds, global_batch, cfg.seed, epoch, cfg.workers, stacked)
         row: dict[str, Any] = {"epoch": epoch + 1}
         row |= train_one_epoch(

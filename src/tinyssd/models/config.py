@@ -17,6 +17,7 @@ class SSDConfig:
     image_size: int  # default square input side, pixels
     pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # subtracted from 0-255 pixels
     pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)  # then divided by this
+    head: str = "conv"  # class and box heads: "conv" (3x3) or "separable" (SSDlite's)
 
     def anchors_per_cell(self) -> list[int]:
         return [len(s) + len(r) - 1 for s, r in zip(self.sizes, self.ratios, strict=True)]
@@ -84,4 +85,65 @@ def tiny_fpn() -> SSDConfig:
     )
 
 
-PRESETS = {"tiny_ssd": tiny_ssd, "ssd300_vgg16": ssd300_vgg16, "tiny_fpn": tiny_fpn}
+# What torchvision's ImageNet classifiers were trained on, in 0-255 pixels.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def ssdlite320_mobilenet_v3_large() -> SSDConfig:
+    """torchvision's SSDlite320: MobileNetV3-Large, depthwise extras and heads, 6 maps.
+
+    Maps 20, 10, 5, 3, 2, 1 at 320 px; scales 0.2 to 0.95 in even steps (then
+    1.0), each map taking s_k and sqrt(s_k s_k+1), ratios {1, 2, 1/2, 3, 1/3}:
+    6 anchors per cell, 3234 anchors, the shapes of torchvision's
+    ``DefaultBoxGenerator([[2, 3]] * 6, 0.2, 0.95)`` (which clips them to the
+    image; tinyssd does not). Pixels: ImageNet's mean and std, which the
+    backbone's ImageNet weights expect (torchvision's SSDlite scales to [-1, 1]).
+    """
+    scales = [round(0.2 + 0.15 * k, 4) for k in range(6)] + [1.0]
+    return SSDConfig(
+        name="ssdlite320_mobilenet_v3_large",
+        backbone="mobilenet_v3_large",
+        channels=(672, 960, 512, 256, 256, 128),
+        sizes=tuple((scales[k], round((scales[k] * scales[k + 1]) ** 0.5, 4)) for k in range(6)),
+        ratios=((1, 2, 0.5, 3, 1 / 3),) * 6,
+        image_size=320,
+        pixel_mean=IMAGENET_MEAN,
+        pixel_std=IMAGENET_STD,
+        head="separable",
+    )
+
+
+def _ssd_resnet(name: str, backbone: str, channels: tuple[int, ...]) -> SSDConfig:
+    """SSD300's anchors on a ResNet: 6 maps (38, 19, 10, 5, 3, 2 at 300 px), 8744 anchors."""
+    anchors = ssd300_vgg16()
+    return SSDConfig(
+        name=name,
+        backbone=backbone,
+        channels=channels,
+        sizes=anchors.sizes,
+        ratios=anchors.ratios,
+        image_size=300,
+        pixel_mean=IMAGENET_MEAN,
+        pixel_std=IMAGENET_STD,
+    )
+
+
+def ssd_resnet18() -> SSDConfig:
+    """SSD on torchvision's ResNet-18 (layer2..4 + 3 extras), 3x3 conv heads, 300 px."""
+    return _ssd_resnet("ssd_resnet18", "resnet18", (128, 256, 512, 256, 256, 128))
+
+
+def ssd_resnet50() -> SSDConfig:
+    """SSD on torchvision's ResNet-50 (layer2..4 + 3 extras), 3x3 conv heads, 300 px."""
+    return _ssd_resnet("ssd_resnet50", "resnet50", (512, 1024, 2048, 512, 256, 256))
+
+
+PRESETS = {
+    "tiny_ssd": tiny_ssd,
+    "ssd300_vgg16": ssd300_vgg16,
+    "tiny_fpn": tiny_fpn,
+    "ssdlite320_mobilenet_v3_large": ssdlite320_mobilenet_v3_large,
+    "ssd_resnet18": ssd_resnet18,
+    "ssd_resnet50": ssd_resnet50,
+}

@@ -9,21 +9,39 @@ from torch import Tensor, nn
 
 from ..anchors import AnchorGenerator
 from .config import PRESETS, SSDConfig, tiny_ssd
+from .mobilenet import MobileNetV3Backbone, SeparableConv2d
+from .resnet import ResNet18Backbone, ResNet50Backbone
 from .ssd300 import VGG16Backbone
 from .tiny import TinyBackbone
 from .tiny_fpn import TinyFPNBackbone
 
-BACKBONES = {"tiny": TinyBackbone, "vgg16": VGG16Backbone, "tiny_fpn": TinyFPNBackbone}
+BACKBONES = {
+    "tiny": TinyBackbone,
+    "vgg16": VGG16Backbone,
+    "tiny_fpn": TinyFPNBackbone,
+    "mobilenet_v3_large": MobileNetV3Backbone,
+    "resnet18": ResNet18Backbone,
+    "resnet50": ResNet50Backbone,
+}
 
 
-def cls_predictor(num_inputs: int, num_anchors: int, num_classes: int) -> nn.Conv2d:
-    """3x3 conv: a * (C + 1) class scores per cell."""
-    return nn.Conv2d(num_inputs, num_anchors * (num_classes + 1), kernel_size=3, padding=1)
+def head_layer(num_inputs: int, num_outputs: int, head: str = "conv") -> nn.Module:
+    """A map's predictor: 3x3 conv, or (``"separable"``) SSDlite's depthwise 3x3 + 1x1."""
+    if head == "separable":
+        return SeparableConv2d(num_inputs, num_outputs)
+    return nn.Conv2d(num_inputs, num_outputs, kernel_size=3, padding=1)
 
 
-def bbox_predictor(num_inputs: int, num_anchors: int) -> nn.Conv2d:
-    """3x3 conv: a * 4 offsets per cell."""
-    return nn.Conv2d(num_inputs, num_anchors * 4, kernel_size=3, padding=1)
+def cls_predictor(
+    num_inputs: int, num_anchors: int, num_classes: int, head: str = "conv"
+) -> nn.Module:
+    """3x3 conv (or ``head``): a * (C + 1) class scores per cell."""
+    return head_layer(num_inputs, num_anchors * (num_classes + 1), head)
+
+
+def bbox_predictor(num_inputs: int, num_anchors: int, head: str = "conv") -> nn.Module:
+    """3x3 conv (or ``head``): a * 4 offsets per cell."""
+    return head_layer(num_inputs, num_anchors * 4, head)
 
 
 def flatten_pred(pred: Tensor) -> Tensor:
@@ -48,10 +66,13 @@ class SSD(nn.Module):
         self.backbone = BACKBONES[config.backbone]()
         per_cell = config.anchors_per_cell()
         self.cls_heads = nn.ModuleList(
-            [cls_predictor(c, a, num_classes) for c, a in zip(config.channels, per_cell)]
+            [
+                cls_predictor(c, a, num_classes, config.head)
+                for c, a in zip(config.channels, per_cell)
+            ]
         )
         self.bbox_heads = nn.ModuleList(
-            [bbox_predictor(c, a) for c, a in zip(config.channels, per_cell)]
+            [bbox_predictor(c, a, config.head) for c, a in zip(config.channels, per_cell)]
         )
         self.anchor_generator = AnchorGenerator(config.sizes, config.ratios)
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), False)
