@@ -239,6 +239,21 @@ def test_a_busy_port_is_a_one_line_error(checkpoint):
     )
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--port", "70000"], "--port 70000: must be 0 (any free port) to 65535"),
+        (["--threshold", "1.5"], "--threshold 1.5: must be in [0, 1]"),
+        (["--max-upload-mb", "0"], "--max-upload-mb 0.0: must be positive"),
+    ],
+)
+def test_bad_options_are_one_line_errors(checkpoint, capsys, option, message):
+    from tinyssd.cli import main
+
+    assert main(["serve", "--weights", str(checkpoint), *option]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"tinyssd: error: {message}"
+
+
 def test_importing_tinyssd_loads_neither_fastapi_nor_av():
     probe = (
         "import sys, tinyssd, tinyssd.serve, tinyssd.video, tinyssd.cli\n"

@@ -16,7 +16,7 @@ from fixtures import save_untrained_checkpoint
 import tinyssd
 from tinyssd.cli import main
 from tinyssd.errors import DataError, UsageError
-from tinyssd.video import is_video_source, predict_video, video_stem
+from tinyssd.video import is_video_source, predict_video, shown_source, video_stem
 
 av = pytest.importorskip("av")
 
@@ -229,6 +229,23 @@ def test_a_digit_that_names_a_folder_is_the_folder(tmp_path, monkeypatch):
 )
 def test_video_stem(source, stem):
     assert video_stem(source) == stem
+
+
+def test_a_stream_password_is_never_printed(det, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"rtsp://viewer:s3cret@127.0.0.1:{port}/live"
+    assert shown_source(url) == f"rtsp://viewer:***@127.0.0.1:{port}/live"
+    assert video_stem(url) == "live"
+    assert video_stem("rtsp://viewer:s3cret@cam.local") == "cam.local"
+    with pytest.raises(DataError) as raised:
+        list(predict_video(det, url, out=tmp_path, progress=False))
+    assert str(raised.value).startswith(f"rtsp://viewer:***@127.0.0.1:{port}/live: cannot open")
+    assert "s3cret" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_without_pyav_the_error_says_what_to_install(det, tmp_path, monkeypatch):

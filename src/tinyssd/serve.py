@@ -268,6 +268,14 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8 and ::1 (an IPv6 zone such as ``%eth0`` is ignored)."""
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(
     weights: str | Path,
     host: str = "127.0.0.1",
@@ -286,12 +294,14 @@ def serve(
         raise UsageError(f"--threshold {threshold}: must be in [0, 1]")
     if max_upload_mb <= 0:
         raise UsageError(f"--max-upload-mb {max_upload_mb}: must be positive")
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: must be 0 (any free port) to 65535")
     app = create_app(load(weights, device, precision), threshold, max_upload_mb, max_pixels)
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     log.info("tinyssd serve: http://%s:%d/ (Ctrl-C to stop)", url_host, bound_port)
-    if not ipaddress.ip_address(bound_host).is_loopback:
+    if not is_loopback(bound_host):
         log.warning("%s is reachable from other machines; the service has no authentication", host)
     config = uvicorn.Config(app, log_level="info", timeout_keep_alive=5)
     uvicorn.Server(config).run(sockets=[sock])

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -79,17 +80,19 @@ def _open_source(source: str) -> Any:
     try:
         container = av.open(target, format=fmt, options=options, timeout=timeout)
     except (av.FFmpegError, OSError) as e:
-        raise DataError(f"{source}: cannot open video ({_reason(e)})") from None
+        raise DataError(
+            f"{shown_source(source)}: cannot open video ({_reason(e, source)})"
+        ) from None
     if not container.streams.video:
         container.close()
-        raise DataError(f"{source}: no video stream")
+        raise DataError(f"{shown_source(source)}: no video stream")
     return container
 
 
-def _reason(error: Exception) -> str:
-    """The first line of an FFmpeg error, without the file name it repeats."""
+def _reason(error: Exception, source: str) -> str:
+    """The first line of an FFmpeg error, without the file name or URL it repeats."""
     text = getattr(error, "strerror", None) or str(error) or type(error).__name__
-    return str(text).strip().splitlines()[0]
+    return str(text).strip().splitlines()[0].replace(source, shown_source(source))
 
 
 def _frames(container: Any, source: str) -> Iterator[tuple[np.ndarray, float | None]]:
@@ -106,7 +109,8 @@ def _frames(container: Any, source: str) -> Iterator[tuple[np.ndarray, float | N
             yield np.ascontiguousarray(np.rot90(rgb, turns)), frame.time
             index += 1
     except (av.FFmpegError, OSError) as e:
-        raise DataError(f"{source}: frame {index}: cannot decode ({_reason(e)})") from None
+        shown = shown_source(source)
+        raise DataError(f"{shown}: frame {index}: cannot decode ({_reason(e, source)})") from None
 
 
 def _frame_rate(container: Any) -> Fraction:
@@ -119,13 +123,21 @@ def _frame_rate(container: Any) -> Fraction:
 
 def video_stem(source: str) -> str:
     """The output name of a source: ``clip.mp4`` -> ``clip``, camera 0 -> ``camera0``,
-    ``rtsp://host/live/cam1`` -> ``cam1``."""
+    ``rtsp://host/live/cam1`` -> ``cam1``, ``rtsp://host`` -> ``host``."""
     if source.isdigit():
         return f"camera{source}"
     if source.lower().startswith(STREAM_SCHEMES):
-        tail = source.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-        return Path(tail).stem or "stream"
+        url = urlsplit(source)
+        return Path(url.path.rstrip("/")).stem or url.hostname or "stream"
     return Path(source).stem
+
+
+def shown_source(source: str) -> str:
+    """``source`` as printed and logged: a URL's password replaced by ``***``."""
+    url = urlsplit(source)
+    if url.password is None:
+        return source
+    return source.replace(f":{url.password}@", ":***@", 1)
 
 
 def reserve_video_path(source: str, out: str | Path) -> Path:
@@ -243,7 +255,7 @@ def predict_video(
             writer.write(draw_detections(image, d["boxes"], d["scores"], d["labels"], det.classes))
             bar.update()
             yield {
-                "image": source,
+                "image": shown_source(source),
                 "frame": index,
                 "time": None if seconds is None else round(seconds, 3),
                 **detection_line(d, width=rgb.shape[1], height=rgb.shape[0]),
@@ -254,7 +266,9 @@ def predict_video(
         container.close()
         writer.close()
     if not writer.frames:
-        raise DataError(f"{source}: no video frames decoded")
+        raise DataError(f"{shown_source(source)}: no video frames decoded")
     elapsed = time.perf_counter() - start
     fps = writer.frames / max(elapsed, 1e-9)
-    log.info("%s: %d frames, %.1f frames/s -> %s", source, writer.frames, fps, writer.path)
+    log.info(
+        "%s: %d frames, %.1f frames/s -> %s", shown_source(source), writer.frames, fps, writer.path
+    )
