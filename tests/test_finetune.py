@@ -17,9 +17,15 @@ from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
 from tinyssd.cli import main
 from tinyssd.data.synthetic import make_synthetic
 from tinyssd.engine.checkpoint import read_checkpoint, save_checkpoint, split_state
-from tinyssd.engine.finetune import compact_names, load_imagenet_backbone, load_matching
-from tinyssd.engine.train import train
+from tinyssd.engine.finetune import (
+    BackboneFreeze,
+    compact_names,
+    load_imagenet_backbone,
+    load_matching,
+)
+from tinyssd.engine.train import train, train_step
 from tinyssd.errors import CheckpointError, UsageError
+from tinyssd.losses import LossConfig, MultiBoxLoss
 from tinyssd.models import build_model
 
 WEIGHTS = MobileNet_V3_Large_Weights.IMAGENET1K_V1
@@ -108,6 +114,25 @@ def test_freeze_epochs_unfreezes_the_backbone_at_that_epoch(
     assert "epoch 2: backbone unfrozen" in caplog.messages
     source, tuned = _model_tensors(one_class_run), _model_tensors(run / "last.safetensors")
     assert not torch.equal(tuned["backbone.blk_0.0.0.weight"], source["backbone.blk_0.0.0.weight"])
+
+
+def test_freeze_keeps_an_imagenet_trunk_and_trains_the_new_extra_layers():
+    torch.manual_seed(0)
+    model = build_model("ssd_resnet18", 2, image_size=64).train()
+    freeze = BackboneFreeze(model, epochs=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    labels = torch.tensor([[[0.0, 0.1, 0.1, 0.5, 0.6]], [[1.0, 0.4, 0.3, 0.9, 0.8]]])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, weight_decay=5e-4)
+    train_step(model, MultiBoxLoss(LossConfig.parse("chapter")), optimizer, images, labels)
+    after = model.state_dict()
+    extras = [k for k in after if k.startswith("backbone.extras.")]
+    trunk = [k for k in after if k.startswith("backbone.") and k not in extras]
+    assert trunk and all(torch.equal(before[k], after[k]) for k in trunk)  # BN statistics too
+    assert all(not torch.equal(before[k], after[k]) for k in extras if k.endswith("running_mean"))
+    freeze.set_epoch(5)  # epochs=0: frozen for the whole run
+    assert not model.backbone.conv1.weight.requires_grad
+    assert model.backbone.extras[0][0].weight.requires_grad
 
 
 def test_init_of_another_architecture_is_one_line(one_class_run, three_classes, tmp_path):

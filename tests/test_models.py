@@ -247,3 +247,12 @@ def test_configs_without_a_head_field_read_as_conv_heads():
     assert separable.cls_heads[0].out_channels == 6 * 2 and separable.cls_heads[0].bias.shape == (
         12,
     )
+
+
+def test_init_class_prior_sets_the_separable_heads_of_ssdlite():
+    model = build_model("ssdlite320_mobilenet_v3_large", num_classes=2).eval()
+    init_class_prior(model.cls_heads, 2, prior=0.02)
+    for head in model.cls_heads:  # the bias of each head's 1x1 conv
+        torch.testing.assert_close(
+            head[1].bias.view(-1, 3).softmax(1), torch.tensor([[0.96, 0.02, 0.02]]).expand(6, 3)
+        )

@@ -44,6 +44,7 @@ __all__ = [
     "load_imagenet_backbone",
     "load_matching",
     "start_from",
+    "trunk_modules",
 ]
 
 
@@ -232,19 +233,31 @@ def start_from(model: SSD, cfg: TrainConfig) -> LoadReport | None:
     return report
 
 
-def _batchnorm_eval(module: nn.Module, args: tuple) -> None:
-    for layer in module.modules():
+def trunk_modules(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The backbone's named modules that ``--freeze backbone`` freezes: all but its SSD
+    ``extras`` (new layers on top of an ImageNet trunk), where it has them."""
+    return [
+        (name, m)
+        for name, m in backbone.named_modules()
+        if name != "extras" and not name.startswith("extras.")
+    ]
+
+
+def _trunk_batchnorm_eval(backbone: nn.Module, args: tuple) -> None:
+    for _, layer in trunk_modules(backbone):
         if isinstance(layer, nn.BatchNorm2d):
             layer.eval()
 
 
 class BackboneFreeze:
-    """``--freeze backbone``: the backbone takes no gradient and keeps its BatchNorm statistics.
+    """``--freeze backbone``: the backbone's trunk takes no gradient and keeps its BatchNorm
+    statistics.
 
-    Frozen for the first ``epochs`` epochs, or the whole run when ``epochs``
-    is 0; ``epochs=None`` never freezes. Frozen BatchNorm layers run in eval
-    mode (detectron2 freezes them so): a forward pre-hook sets it, because
-    every epoch starts with ``model.train()``. The optimiser holds the frozen
+    The trunk is the backbone less its ``extras`` (``trunk_modules``). Frozen
+    for the first ``epochs`` epochs, or the whole run when ``epochs`` is 0;
+    ``epochs=None`` never freezes. Frozen BatchNorm layers run in eval mode
+    (detectron2 freezes them so): a forward pre-hook sets it, because every
+    epoch starts with ``model.train()``. The optimiser holds the frozen
     parameters too; without gradients it leaves them (and their decay) alone.
     """
 
@@ -255,6 +268,8 @@ class BackboneFreeze:
                 "parameters when it starts); use --freeze-epochs 0"
             )
         self.backbone = model.backbone
+        trunk = [m for _, m in trunk_modules(model.backbone)]
+        self.parameters = [p for m in trunk for p in m.parameters(recurse=False)]
         self.epochs = epochs
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self.set_epoch(0)
@@ -267,10 +282,10 @@ class BackboneFreeze:
         frozen = self.frozen_at(epoch)
         if frozen == (self._hook is not None):
             return
-        for p in self.backbone.parameters():
+        for p in self.parameters:
             p.requires_grad_(not frozen)
         if frozen:
-            self._hook = self.backbone.register_forward_pre_hook(_batchnorm_eval)
+            self._hook = self.backbone.register_forward_pre_hook(_trunk_batchnorm_eval)
         else:
             assert self._hook is not None
             self._hook.remove()
