@@ -151,6 +151,12 @@ def test_init_without_model_trains_the_checkpoints_model(three_classes, tmp_path
     assert read_checkpoint(run / "last.safetensors")[1]["config"]["model"] == model.config.name
 
 
+def test_init_of_a_missing_run_is_one_line(tmp_path):
+    with pytest.raises(CheckpointError) as e:
+        train(init=tmp_path / "none", data=str(tmp_path), progress=False)
+    assert str(e.value) == f"--init {tmp_path / 'none'}: no such run folder or checkpoint file"
+
+
 def test_init_refuses_a_checkpoint_whose_backbone_tensors_do_not_fit(tmp_path):
     # says tiny_ssd in its config, holds tiny_fpn's tensors
     model = build_model("tiny_fpn", 1)

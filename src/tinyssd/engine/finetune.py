@@ -99,7 +99,10 @@ def _ranges(numbers: set[int]) -> str:
 
 def init_model(path: str | Path) -> str | None:
     """The preset a checkpoint (or run folder) holds: ``--init``'s default ``--model``."""
-    _, meta = read_checkpoint(resolve_checkpoint(path, prefer="best"))
+    try:
+        _, meta = read_checkpoint(resolve_checkpoint(path, prefer="best"))
+    except CheckpointError as e:
+        raise CheckpointError(f"--init {e}") from None
     name = (meta.get("config") or {}).get("model")
     return name if name in PRESETS else None
 
