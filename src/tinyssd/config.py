@@ -43,6 +43,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "warmup": 0,
         "ema": 0.0,
         "grad_clip": 0.0,
+        "anchors": "fixed",
+        "class_prior": 0.0,
         "augment": "none",
         "loss": "chapter",
     },
@@ -85,8 +87,18 @@ class TrainConfig:
     )
     grad_clip: float | None = option(None, "clip the gradient norm to this (0: off)")
     image_size: int | None = option(None, "square input side in pixels; default: the model's")
+    anchors: str | None = option(
+        None,
+        "auto: anchor sizes and ratios fitted to the training boxes; fixed: the model's",
+        choices=("auto", "fixed"),
+    )
+    class_prior: float | None = option(
+        None, "start every object class at this probability (focal loss; 0: zero biases)"
+    )
     augment: str | None = option(
-        None, "none, ssd (all four), or a comma list of photometric,expand,crop,flip"
+        None,
+        "none, flip, ssd (the paper's four parts), a comma list of photometric,expand,crop,"
+        "flip, or bounded / bounded:PARTS (the parts bounded by the anchors)",
     )
     loss: str | None = option(
         None,

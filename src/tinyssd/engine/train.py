@@ -27,16 +27,26 @@ import torch
 from torch import Tensor
 
 from ..config import TrainConfig, check, read_run_config
-from ..data import DetectionDataset, Report, collate, load_split
-from ..errors import DataError, TinySSDError, UsageError
+from ..data import DetectionDataset
+from ..errors import TinySSDError, UsageError
 from ..inference import autocast, evaluate_dataset, resolve_device, resolve_precision
 from ..losses import LossConfig, MultiBoxLoss
 from ..matching import multibox_target
-from ..models import PRESETS, SSD, build_model
+from ..models import PRESETS, SSD
+from ..models.prior import init_class_prior
 from . import distributed as dist
 from .allocator import freed_memory_kept
 from .checkpoint import resolve_checkpoint, restore
 from .finetune import backbone_freeze, check_finetune, init_model, start_from
+from .inputs import (
+    batches,
+    check_augment,
+    flips_whole_batches,
+    make_datasets,
+    model_config,
+    read_splits,
+    stack_dataset,
+)
 from .optim import ModelEMA, build_optimizer, lr_at, param_groups, set_lr
 from .run_folder import METRIC_COLUMNS, RunFolder, new_run_dir
 
@@ -58,35 +68,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_datasets(cfg: TrainConfig, image_size: int) -> tuple[DetectionDataset, DetectionDataset]:
-    """Read, check and decode the train and val splits; log what was skipped."""
-    root = cfg.data
-    if root is None:
-        from ..data.synthetic import ensure_synthetic
-
-        root = str(ensure_synthetic())
-        log.info("no --data given: training on the built-in synthetic data set at %s", root)
-    report = Report()
-    train_split = load_split(root, "train", cfg.format, report)
-    val_split = load_split(root, "val", cfg.format, report).with_classes(train_split.classes)
-    transform = None
-    if cfg.augment != "none":
-        from ..data.transforms import parse_augment, train_transform
-
-        transform = train_transform(image_size, **parse_augment(cfg.augment))
-    train_ds = DetectionDataset(train_split, image_size, transform, report)
-    val_ds = DetectionDataset(val_split, image_size, None, report)
-    if report:
-        log.info("data check for %s:\n%s", root, report.summary())
-    if len(train_ds) == 0:
-        raise DataError(f"{root}: no usable training images")
-    if len(val_ds) == 0:
-        log.warning(
-            "warning: %s has no usable val images: no val AP; best.safetensors = last", root
-        )
-    return train_ds, val_ds
-
-
 def check_settings(cfg: TrainConfig) -> None:
     """Every option that can be checked without data: a UsageError naming it."""
     check(cfg)
@@ -97,13 +78,10 @@ def check_settings(cfg: TrainConfig) -> None:
         LossConfig.parse(cfg.loss or "chapter")
     except ValueError as e:
         raise UsageError(f"--loss {cfg.loss!r}: {e}") from None
-    if cfg.augment not in (None, "none"):
-        from ..data.transforms import parse_augment
-
-        try:
-            parse_augment(cfg.augment)
-        except ValueError as e:
-            raise UsageError(f"--augment {cfg.augment!r}: {e}") from None
+    try:
+        check_augment(cfg.augment or "none")
+    except ValueError as e:
+        raise UsageError(f"--augment {cfg.augment!r}: {e}") from None
 
 
 def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
@@ -145,43 +123,6 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
 # ---------------------------------------------------------------------------- batches
 
 
-def stack_dataset(dataset: DetectionDataset) -> tuple[Tensor, Tensor]:
-    """All of an un-augmented data set at once: (images uint8 [N, 3, S, S], labels [N, M, 5])."""
-    return torch.stack(dataset.images), collate([dataset[i] for i in range(len(dataset))])[1]
-
-
-def batches(
-    dataset: DetectionDataset,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    workers: int = 0,
-    stacked: tuple[Tensor, Tensor] | None = None,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled batches ``(images uint8 [B, 3, S, S], labels [B, M, 5])``.
-
-    The order depends only on (seed, epoch), so a resumed run sees the same
-    batches. With ``stacked`` (``stack_dataset``: no augmentation) batches are
-    gathered from it directly.
-    """
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch))
-    if stacked is not None:
-        images, labels = stacked
-        for idx in order.split(batch_size):
-            lab = labels[idx]
-            m = int((lab[..., 0] >= 0).sum(dim=1).max().clamp(min=1))
-            yield images[idx], lab[:, :m]
-        return
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, order.tolist()),
-        batch_size=batch_size,
-        collate_fn=collate,
-        num_workers=workers,
-        generator=torch.Generator().manual_seed(seed + epoch),
-    )
-    yield from loader
-
-
 # ---------------------------------------------------------------------------- one step
 
 
@@ -217,7 +158,7 @@ def train_step(
     with autocast(images.device, autocast_dtype):
         anchors, cls_logits, box_deltas = step_model(images)
     box_targets, box_mask, cls_targets = make_targets(anchors, labels)
-    losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask)
+    losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask, anchors)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     if grad_clip > 0:
@@ -429,8 +370,12 @@ def _fit(
     cfg.out = str(out)
     seed_everything(cfg.seed)
 
-    train_ds, val_ds = load_datasets(cfg, image_size_of(cfg))
-    model = build_model(cfg.model, len(train_ds.classes), image_size=image_size_of(cfg))
+    splits = read_splits(cfg)
+    config = model_config(cfg, splits.train)  # --anchors auto fits them to the training boxes
+    train_ds, val_ds = make_datasets(cfg, splits, config)
+    model = SSD(len(train_ds.classes), config)
+    if cfg.class_prior:
+        init_class_prior(model.cls_heads, model.num_classes, cfg.class_prior)
     start_from(model, cfg)  # --init / --pretrained weights (not when resuming)
     freeze = backbone_freeze(model, cfg)
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -463,11 +408,14 @@ def _fit(
     if cfg.compile:
         fit.step_model = torch.compile(fit.step_model)  # type: ignore[assignment]
     stacked = stack_dataset(train_ds) if train_ds.transform is None else None
+    flip = flips_whole_batches(cfg.augment)
     global_batch = cfg.batch_size * dist_ctx.world_size
 
     for epoch in range(state.epoch, epochs):
         freeze.set_epoch(epoch)
-        global_batches = batches(train_ds, global_batch, cfg.seed, epoch, cfg.workers, stacked)
+        global_batches = batches(
+            train_ds, global_batch, cfg.seed, epoch, cfg.workers, stacked, flip
+        )
         row: dict[str, Any] = {"epoch": epoch + 1}
         row |= train_one_epoch(
             fit, dist_ctx.shard_batches(global_batches), epoch, epochs, cfg.progress and main
@@ -485,11 +433,6 @@ def _fit(
             break
     run.finish(fit.eval_model, val_ds, device)
     return out
-
-
-def image_size_of(cfg: TrainConfig) -> int:
-    """The input side: ``--image-size``, else the model preset's own."""
-    return cfg.image_size or PRESETS[cfg.model]().image_size
 
 
 def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:

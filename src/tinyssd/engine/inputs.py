@@ -1,0 +1,198 @@
+"""What training reads: the splits, the model's anchors fitted to them, the datasets, batches.
+
+splits = read_splits(cfg)                       # records only, no pixels yet
+config = model_config(cfg, splits.train)        # preset, image size, --anchors auto
+train_ds, val_ds = make_datasets(cfg, splits, config)
+for images, labels in batches(train_ds, 32, seed, epoch, stacked=stack_dataset(train_ds)):
+    ...
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..config import TrainConfig
+from ..data import DetectionDataset, Report, Split, collate, load_split
+from ..data.base import image_size as header_size
+from ..errors import DataError
+from ..models import PRESETS, SSDConfig
+from ..models.anchor_fit import fit_anchors, miss_rate
+
+log = logging.getLogger("tinyssd")
+
+
+class Splits(NamedTuple):
+    root: str
+    train: Split
+    val: Split
+    report: Report
+
+
+def read_splits(cfg: TrainConfig) -> Splits:
+    """The train and val records (val relabelled to train's classes); no image decoded."""
+    root = cfg.data
+    if root is None:
+        from ..data.synthetic import ensure_synthetic
+
+        root = str(ensure_synthetic())
+        log.info("no --data given: training on the built-in synthetic data set at %s", root)
+    report = Report()
+    train = load_split(root, "train", cfg.format, report)
+    val = load_split(root, "val", cfg.format, report).with_classes(train.classes)
+    return Splits(root, train, val, report)
+
+
+def normalised_boxes(split: Split) -> Tensor:
+    """Every box of ``split`` as normalised xyxy ``Tensor[N, 4]`` (sizes from image headers)."""
+    out = []
+    for rec in split.records:
+        if not len(rec.boxes):
+            continue
+        try:
+            h, w = rec.size or header_size(rec.image)
+        except DataError:
+            continue  # unreadable: reported when the dataset decodes it
+        out.append((rec.boxes / rec.boxes.new_tensor([w, h, w, h])).clamp(0, 1))
+    return torch.cat(out) if out else torch.zeros(0, 4)
+
+
+def model_config(cfg: TrainConfig, train: Split) -> SSDConfig:
+    """The network's config: the preset, ``--image-size``, anchors fitted with ``--anchors auto``.
+
+    Logs the share of training boxes no anchor matches at IoU 0.5, before and after fitting.
+    """
+    config = PRESETS[cfg.model]()
+    config = replace(config, image_size=cfg.image_size or config.image_size)
+    if cfg.anchors != "auto":
+        return config
+    boxes = normalised_boxes(train)
+    if len(boxes) < 2:
+        log.info("--anchors auto: fewer than 2 training boxes, keeping the preset's anchors")
+        return config
+    fitted = fit_anchors(config, boxes[:, 2:] - boxes[:, :2])
+    log.info(
+        "anchors fitted to %d training boxes: boxes no anchor matches (IoU < 0.5) %.1f%% -> %.1f%%",
+        len(boxes),
+        100 * miss_rate(config, boxes),
+        100 * miss_rate(fitted, boxes),
+    )
+    return fitted
+
+
+def make_datasets(
+    cfg: TrainConfig, splits: Splits, config: SSDConfig
+) -> tuple[DetectionDataset, DetectionDataset]:
+    """Decode the splits (train with its augmentation); log what was skipped."""
+    size = config.image_size
+    transform = make_transform(cfg.augment or "none", size, min(min(s) for s in config.sizes))
+    train_ds = DetectionDataset(splits.train, size, transform, splits.report)
+    val_ds = DetectionDataset(splits.val, size, None, splits.report)
+    if splits.report:
+        log.info("data check for %s:\n%s", splits.root, splits.report.summary())
+    if len(train_ds) == 0:
+        raise DataError(f"{splits.root}: no usable training images")
+    if len(val_ds) == 0:
+        log.warning(
+            "warning: %s has no usable val images: no val AP; best.safetensors = last",
+            splits.root,
+        )
+    return train_ds, val_ds
+
+
+def make_transform(spec: str, image_size: int, min_anchor: float):
+    """The per-image augmentation of ``--augment``, or None (none, or flip alone: done on
+    whole batches by ``batches``).
+
+    ``ssd`` or a list of photometric,expand,crop,flip: the SSD paper's parts;
+    ``bounded`` or ``bounded:PARTS``: the same parts bounded by the anchors (a
+    zoom-out never shrinks a box below what the smallest anchor matches, a crop
+    keeps box centres).
+    """
+    from ..data.transforms import AnchorBoundedAugment, parse_augment, train_transform
+
+    bounded = spec == "bounded" or spec.startswith("bounded:")
+    parts = parse_augment(spec.partition(":")[2] or "ssd") if bounded else parse_augment(spec)
+    if not any(parts.values()) or (not bounded and flips_whole_batches(spec)):
+        return None
+    if bounded:
+        return AnchorBoundedAugment(image_size, min_anchor, **parts)
+    return train_transform(image_size, **parts)
+
+
+def flips_whole_batches(spec: str | None) -> bool:
+    """``--augment flip``: the one part that works on stacked batches (no per-image work)."""
+    return (spec or "none").strip().lower() == "flip"
+
+
+def check_augment(spec: str) -> None:
+    """ValueError for a spec ``make_transform`` cannot build."""
+    from ..data.transforms import parse_augment
+
+    parse_augment(spec.partition(":")[2] or "ssd" if spec.startswith("bounded") else spec)
+
+
+def stack_dataset(dataset: DetectionDataset) -> tuple[Tensor, Tensor]:
+    """All of an un-augmented data set at once: (images uint8 [N, 3, S, S], labels [N, M, 5])."""
+    return torch.stack(dataset.images), collate([dataset[i] for i in range(len(dataset))])[1]
+
+
+def flip_batch(images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Mirror a random half of a batch left-right, boxes with it.
+
+    Args:
+        images (Tensor[B, 3, S, S]), labels (Tensor[B, M, 5]) chapter rows
+        (class, x1, y1, x2, y2) normalised, class -1 for padding.
+    """
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    if not flip.any():
+        return images, labels
+    images, labels = images.clone(), labels.clone()
+    images[flip] = images[flip].flip(-1)
+    rows = labels[flip]
+    x1, x2 = rows[..., 1].clone(), rows[..., 3].clone()
+    real = rows[..., 0] >= 0
+    rows[..., 1] = torch.where(real, 1 - x2, x1)
+    rows[..., 3] = torch.where(real, 1 - x1, x2)
+    labels[flip] = rows
+    return images, labels
+
+
+def batches(
+    dataset: DetectionDataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    workers: int = 0,
+    stacked: tuple[Tensor, Tensor] | None = None,
+    flip: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shuffled batches ``(images uint8 [B, 3, S, S], labels [B, M, 5])``.
+
+    The order (and ``flip``'s choices) depend only on (seed, epoch), so a
+    resumed run sees the same batches. With ``stacked`` (``stack_dataset``: no
+    per-image augmentation) batches are gathered from it directly.
+    """
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(len(dataset), generator=generator)
+    if stacked is not None:
+        images, labels = stacked
+        for idx in order.split(batch_size):
+            lab = labels[idx]
+            m = int((lab[..., 0] >= 0).sum(dim=1).max().clamp(min=1))
+            batch = images[idx], lab[:, :m]
+            yield flip_batch(*batch, generator) if flip else batch
+        return
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, order.tolist()),
+        batch_size=batch_size,
+        collate_fn=collate,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(seed + epoch),
+    )
+    yield from loader
