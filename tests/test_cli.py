@@ -85,3 +85,14 @@ def test_a_zero_limit_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as e:
         main(["data", "check", "x", "--max-pixels", "0"])
     assert e.value.code == 2 and "must be > 0" in capsys.readouterr().err
+
+
+def test_data_check_with_a_model_reports_the_anchor_fit(tmp_path, capsys):
+    from fixtures import write_tiny_bananas
+
+    data = write_tiny_bananas(tmp_path / "data", n_train=12, n_val=2, size=64)
+    assert main(["data", "check", str(data), "--model", "tiny_fpn", "--image-size", "64"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("anchors of tiny_fpn at 64 px: ") and "(--anchors auto): " in line
+    before, after = (float(x.split("%")[0].split()[-1]) for x in line.split(";"))
+    assert after <= before

@@ -140,6 +140,32 @@ def _data_check(a: argparse.Namespace) -> None:
 
     report = check_dataset(a.dir, format=a.format)
     print(report.summary(first=a.first))
+    if a.model:
+        print(anchor_fit_summary(a.dir, a.format, a.model, a.image_size))
+
+
+def anchor_fit_summary(root: str, format: str, model: str, image_size: int | None) -> str:
+    """How well a model's anchors fit the training boxes, before and after ``--anchors auto``."""
+    from dataclasses import replace
+
+    from .data import load_split
+    from .engine.inputs import normalised_boxes
+    from .models import PRESETS
+    from .models.anchor_fit import fit_anchors, miss_rate
+
+    if model not in PRESETS:
+        raise UsageError(f"--model {model!r}: choose from {', '.join(PRESETS)}")
+    config = PRESETS[model]()
+    config = replace(config, image_size=image_size or config.image_size)
+    boxes = normalised_boxes(load_split(root, "train", format))
+    if len(boxes) < 2:
+        return f"anchors of {model}: fewer than 2 training boxes to fit"
+    fitted = fit_anchors(config, boxes[:, 2:] - boxes[:, :2])
+    return (
+        f"anchors of {model} at {config.image_size} px: {100 * miss_rate(config, boxes):.1f}% of "
+        f"{len(boxes)} training boxes have no anchor with IoU >= 0.5; fitted to the data "
+        f"(--anchors auto): {100 * miss_rate(fitted, boxes):.1f}%"
+    )
 
 
 def _data_convert(a: argparse.Namespace) -> None:
@@ -336,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("dir")
     ch.add_argument("--format", **fmt)
     ch.add_argument("--first", type=int, default=3, help="files listed per problem kind")
+    ch.add_argument("--model", help="also report how well this model's anchors fit the boxes")
+    ch.add_argument(
+        "--image-size", type=int, help="with --model: its input side (default: its own)"
+    )
     ch.set_defaults(func=_data_check)
     cv = dsub.add_parser("convert", help="convert a data set to another format", parents=[limits])
     cv.add_argument("src")
