@@ -186,12 +186,12 @@ def load_imagenet_backbone(model: SSD, progress: bool = True) -> LoadReport:
     Tensors of the file that the backbone lacks (the classifier) are ignored;
     the backbone's own extra layers and the heads stay as built.
     """
-    weights = imagenet_weights(model.config.name)
+    weights = getattr(model.backbone, "imagenet_weights", None)
     if weights is None:
         raise UsageError(f"--pretrained: {model.config.name} has no ImageNet weights")
     state = _read_imagenet(weights, progress)
     own = model.backbone.state_dict()
-    matched = {k: v for k, v in state.items() if k in own}
+    matched = {k: v for k, v in state.items() if k in own} if isinstance(state, dict) else {}
     wrong = [k for k, v in matched.items() if v.shape != own[k].shape]
     if wrong or not matched:
         first = f"{wrong[0]} is {tuple(matched[wrong[0]].shape)}" if wrong else "no tensor fits"
