@@ -1,33 +1,46 @@
-"""Multi-process training on torch.distributed: sharding, and a real two-process torchrun."""
+"""Multi-process training on torch.distributed: each rank's share; real two-process torchruns."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
 from fixtures import write_tiny_bananas
 
-from tinyssd.engine.distributed import DistContext, init_distributed
+from tinyssd.engine.checkpoint import read_checkpoint
+from tinyssd.engine.distributed import DistContext, GlobalBatchSampler, init_distributed
 
 
-def _batches(*sizes):
-    return [(torch.arange(n), torch.arange(n) * 10) for n in sizes]
+def _epoch(n, batch, rank=0, world=1, flip=False, epoch=3):
+    sampler = GlobalBatchSampler(n, batch, seed=5, rank=rank, world_size=world, flip=flip)
+    sampler.set_epoch(epoch)
+    return list(sampler)
 
 
-def test_each_rank_gets_its_share_of_every_global_batch():
-    shares = [list(DistContext(True, r, 2).shard_batches(_batches(4, 3))) for r in (0, 1)]
-    assert [b[0].tolist() for b in shares[0]] == [[0, 2], [0, 2]]
-    assert [b[0].tolist() for b in shares[1]] == [[1, 3], [1]]
-    assert shares[1][0][1].tolist() == [10, 30]
+def test_the_ranks_together_read_each_global_batch_once():
+    single = _epoch(8, 4, flip=True)
+    shares = [_epoch(8, 4, rank, 2, flip=True) for rank in (0, 1)]
+    for step, whole in enumerate(single):
+        assert shares[0][step] == whole[0::2] and shares[1][step] == whole[1::2]
+    reads = [i for share in shares for batch in share for i, _ in batch]
+    assert sorted(reads) == list(range(8))
+
+
+def test_the_order_depends_on_seed_and_epoch_alone():
+    assert _epoch(10, 4, epoch=1) == _epoch(10, 4, epoch=1)
+    assert _epoch(10, 4, epoch=1) != _epoch(10, 4, epoch=2)
 
 
 def test_a_last_batch_smaller_than_the_world_is_dropped_on_every_rank():
     # otherwise rank 1 would skip the step while rank 0 waits in the all-reduce
     for rank in (0, 1):
-        shares = list(DistContext(True, rank, 2).shard_batches(_batches(4, 1)))
-        assert len(shares) == 1
+        sampler = GlobalBatchSampler(9, 4, seed=0, rank=rank, world_size=2)
+        assert len(list(sampler)) == len(sampler) == 2
+    assert len(GlobalBatchSampler(9, 4, seed=0)) == 3  # one process keeps its last image
 
 
 def test_without_torchrun_everything_is_a_single_process(monkeypatch):
@@ -36,6 +49,84 @@ def test_without_torchrun_everything_is_a_single_process(monkeypatch):
     assert not ctx.enabled and ctx.is_main
     model = torch.nn.Linear(2, 2)
     assert ctx.wrap(model) is model
+    assert isinstance(DistContext(), DistContext)
+
+
+# Run by the tests below as `python LAUNCHER` and `torchrun LAUNCHER`: trains with each rank's
+# train-image reads and file writes logged. BatchNorm is replaced by Identity: on CPU (no
+# SyncBatchNorm) each rank normalises over its own share, which one process cannot repeat.
+LAUNCHER = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    import torch
+    import tinyssd.data.dataset as dataset_module
+    import tinyssd.engine.train as train_module
+
+    data, out, batch, logs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+    rank = os.environ.get("RANK", "single")
+    reads, writes = [], []
+
+    def logged_read(path, *args, **kwargs):
+        reads.append(str(path))
+        return original_read(path, *args, **kwargs)
+
+    def audit(event, args):
+        if event in ("open", "os.rename", "os.remove", "os.mkdir") and args[0] is not None:
+            target = str(args[1] if event == "os.rename" else args[0])
+            mode = args[1] if event == "open" else "w"
+            if target.startswith(str(out)) and isinstance(mode, str) and any(
+                    c in mode for c in "wax+"):
+                writes.append(event + " " + target)
+
+    def without_batchnorm(*args, **kwargs):
+        model = original_ssd(*args, **kwargs)
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, torch.nn.BatchNorm2d):
+                    setattr(module, name, torch.nn.Identity())
+        return model
+
+    original_read, dataset_module.read_image = dataset_module.read_image, logged_read
+    original_ssd, train_module.SSD = train_module.SSD, without_batchnorm
+    sys.addaudithook(audit)
+    train_module.train(data=data, out=out, batch_size=batch, epochs=1, image_size=64,
+                       cache="none", workers=0, precision="fp32", progress=False)
+    train_reads = [r for r in reads if "bananas_train" in r]
+    (logs / f"{rank}.json").write_text(json.dumps({"reads": train_reads, "writes": writes}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process_and_read_only_their_share(tmp_path):
+    data = write_tiny_bananas(tmp_path / "data", n_train=16, n_val=2, size=64)
+    (tmp_path / "launch.py").write_text(LAUNCHER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    runs = {
+        "single": [sys.executable, str(tmp_path / "launch.py"), str(data),
+                   str(tmp_path / "single"), "8", str(tmp_path)],
+        "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--standalone", str(tmp_path / "launch.py"), str(data), str(tmp_path / "ddp"),
+                "4", str(tmp_path)],
+    }  # fmt: skip
+    for cmd in runs.values():
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    single, _ = read_checkpoint(tmp_path / "single" / "last.safetensors")
+    ddp, _ = read_checkpoint(tmp_path / "ddp" / "last.safetensors")
+    params = [k for k in single if k.startswith("model.") and single[k].is_floating_point()]
+    assert params
+    for name in params:  # two steps of the global batch 8: the same weights
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-5)
+
+    logs = {r: json.loads((tmp_path / f"{r}.json").read_text()) for r in ("single", "0", "1")}
+    r0, r1 = set(logs["0"]["reads"]), set(logs["1"]["reads"])
+    assert len(logs["0"]["reads"]) == len(r0) == 8 and len(r1) == 8 and not r0 & r1
+    assert r0 | r1 == set(logs["single"]["reads"])
+    assert logs["0"]["writes"] and not logs["1"]["writes"]  # only rank 0 writes the run
 
 
 @pytest.mark.slow
@@ -54,3 +145,45 @@ def test_torchrun_two_processes_train_and_rank_zero_writes_the_run(tmp_path):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert (out / "last.safetensors").is_file() and (out / "best.safetensors").is_file()
     assert not list(out.glob("*.tmp*"))
+
+
+# On CUDA the loop adds pinned memory, non-blocking copies and --precision fp16 with a gradient
+# scaler; without a GPU here, what can run on CPU is checked.
+
+
+def test_fp16_is_a_usage_error_off_cuda():
+    from tinyssd.errors import UsageError
+    from tinyssd.inference import resolve_precision
+
+    with pytest.raises(UsageError, match="fp16: CUDA only"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_a_disabled_grad_scaler_takes_the_plain_optimiser_step():
+    from tinyssd.engine.train import train_step
+    from tinyssd.losses import LossConfig, MultiBoxLoss
+    from tinyssd.matching import multibox_target
+    from tinyssd.models import PRESETS, SSD
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    labels = torch.tensor([[[0, 0.1, 0.1, 0.6, 0.7]], [[0, 0.3, 0.2, 0.9, 0.8]]])
+    config = PRESETS["tiny_ssd"]()
+    weights = SSD(1, config).state_dict()
+    out = []
+    for scaler in (torch.amp.GradScaler("cpu", enabled=False), "manual"):
+        model = SSD(1, config)
+        model.load_state_dict(weights)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss_fn = MultiBoxLoss(LossConfig.parse("chapter"))
+        if scaler == "manual":
+            anchors, cls_logits, box_deltas = model(images)
+            box_targets, box_mask, cls_targets = multibox_target(anchors, labels)
+            losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask, anchors)
+            losses["loss"].backward()
+            optimizer.step()
+        else:
+            train_step(model, loss_fn, optimizer, images, labels, scaler=scaler)
+        out.append(model.state_dict())
+    for name, value in out[0].items():  # channels_last in train_step: float tolerance
+        torch.testing.assert_close(value, out[1][name], rtol=1e-5, atol=1e-5)

@@ -131,11 +131,21 @@ class TrainConfig:
     device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
     precision: str = option(
         "auto",
-        "bf16 autocast for the forward pass; auto = bf16 where the hardware has it",
-        choices=("auto", "fp32", "bf16"),
+        "autocast for the forward pass: bf16, or fp16 with a gradient scaler (CUDA only); "
+        "auto = bf16 where the hardware has it",
+        choices=("auto", "fp32", "bf16", "fp16"),
     )
     compile: bool = option(False, "torch.compile the model")
-    workers: int = option(0, "data loader worker processes")
+    workers: int | None = option(
+        None, "data loader worker processes; default: min(4, cores - 1) per process"
+    )
+    cache: str = option(
+        "auto",
+        "where decoded images are kept: ram (fastest; must fit), disk (.npy files in "
+        "$TINYSSD_CACHE or ~/.cache/tinyssd), none (decoded each time); auto = ram when "
+        "they fit min(25%% of available memory, 4 GiB), else none",
+        choices=("auto", "ram", "disk", "none"),
+    )
     progress: bool = option(True, "show a progress bar")
     stop_ap50: float | None = option(None, "stop once val AP50 reaches this value")
 

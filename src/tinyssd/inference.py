@@ -25,7 +25,7 @@ from .postprocess import postprocess_detections
 if TYPE_CHECKING:
     from .data.dataset import DetectionDataset
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Score a box needs to be reported, drawn or printed: the API, the CLI and the pictures.
 DEFAULT_THRESHOLD = 0.5
 DEVICES = ("auto", "cpu", "cuda")
@@ -54,12 +54,17 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for the forward pass, or None for plain fp32.
 
     ``auto`` takes bf16 where the device supports it; ``bf16`` where it does
-    not is a UsageError.
+    not is a UsageError. ``fp16`` (CUDA only; training adds a gradient scaler)
+    on any other device is a UsageError.
     """
     if name not in PRECISIONS:
         raise UsageError(f"--precision {name!r}: choose from {', '.join(PRECISIONS)}")
     if name == "fp32":
         return None
+    if name == "fp16":
+        if device.type != "cuda":
+            raise UsageError(f"--precision fp16: CUDA only, not {device.type}; use bf16 or fp32")
+        return torch.float16
     supported = bf16_supported(device)
     if name == "bf16" and not supported:
         raise UsageError(f"--precision bf16: not supported on this {device.type} device")

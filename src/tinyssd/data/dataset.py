@@ -1,21 +1,45 @@
-"""A torch Dataset over records: decoded once, held as uint8, batched as chapter rows."""
+"""A torch Dataset over records, batched as chapter rows; images held in RAM, on disk, or decoded
+when read.
+
+Where the decoded pixels live is the ``cache``:
+
+- ``ram``: every image decoded once at construction and held as uint8 (fast; the
+  set must fit in memory);
+- ``disk``: decoded once into ``.npy`` files of a cache folder (``$TINYSSD_CACHE``,
+  else ``~/.cache/tinyssd``, one sub-folder per data root and image size; never the
+  data folder), read back on every later access; a file whose image changed
+  (modification time or size) is rebuilt;
+- ``none``: decoded from the image file on every access (least memory).
+
+``auto`` (:func:`resolve_cache`) takes ``ram`` when the decoded set fits
+:func:`ram_budget`, else ``none``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .base import DataError, Record, Report, Split, clip_to_image, read_image
+from .base import DataError, Record, Report, Split, clip_to_image, image_size, read_image
 
 log = logging.getLogger(__name__)
 
 # (image uint8 [3, H, W], boxes [M, 4] xyxy pixels, labels [M]) ->
 # (image uint8 [3, S, S], boxes [M', 4] xyxy normalised to [0, 1], labels [M'])
 Transform = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+CACHES = ("auto", "ram", "disk", "none")
+RAM_SHARE = 0.25  # ``auto`` holds the set in RAM up to this share of the available memory ...
+RAM_CAP = 4 << 30  # ... and never more than this many bytes
 
 
 def resize_image(image: Tensor, size: int) -> Tensor:
@@ -33,15 +57,129 @@ def normalise_boxes(boxes: Tensor, height: int, width: int) -> Tensor:
     return boxes / boxes.new_tensor([width, height, width, height])
 
 
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (``MemAvailable`` of /proc/meminfo)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def ram_budget() -> int:
+    """Bytes of decoded images ``cache="auto"`` keeps in RAM: min(25% of available, 4 GiB)."""
+    return min(int(RAM_SHARE * available_memory()), RAM_CAP)
+
+
+def resolve_cache(cache: str, decoded_bytes: int, what: str = "the data set") -> str:
+    """``ram``, ``disk`` or ``none``: ``cache`` itself, or for ``auto`` ``ram`` when
+    ``decoded_bytes`` fits :func:`ram_budget`, else ``none`` (logged, with the reason)."""
+    if cache not in CACHES:
+        raise ValueError(f"cache {cache!r}: choose from {', '.join(CACHES)}")
+    if cache != "auto":
+        return cache
+    budget = ram_budget()
+    chosen = "ram" if decoded_bytes <= budget else "none"
+    log.info(
+        "--cache auto: %s decodes to %.1f MiB, %s the RAM budget of %.1f MiB "
+        "(min(25%% of available memory, 4 GiB)): --cache %s",
+        what,
+        decoded_bytes / 2**20,
+        "within" if chosen == "ram" else "over",
+        budget / 2**20,
+        chosen,
+    )
+    return chosen
+
+
+def cache_root() -> Path:
+    """``$TINYSSD_CACHE``, else ``$XDG_CACHE_HOME/tinyssd``, else ``~/.cache/tinyssd``."""
+    if os.environ.get("TINYSSD_CACHE"):
+        return Path(os.environ["TINYSSD_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "tinyssd"
+
+
+def disk_cache_dir(data_root: str | Path, stored_size: int | None) -> Path:
+    """The ``.npy`` folder of one data root at one stored size (None: full resolution)."""
+    key = f"{Path(data_root).resolve()}|{stored_size or 'full'}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return cache_root() / "images" / f"{Path(data_root).name}-{digest}"
+
+
+class DiskCache:
+    """Decoded images as ``.npy`` files, one per image, keyed by path, mtime and size.
+
+    ``load(path, decode)`` returns the cached ``Tensor[3, H, W]`` uint8, or
+    calls ``decode(path)`` and stores its result (atomically: a temporary file
+    renamed). A changed image gets a new key: its old file is removed.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def file_for(self, path: Path) -> Path:
+        st = os.stat(path)
+        stem = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:20]
+        stamp = hashlib.sha1(f"{st.st_mtime_ns}|{st.st_size}".encode()).hexdigest()[:12]
+        return self.folder / f"{stem}-{stamp}.npy"
+
+    def load(self, path: Path, decode: Callable[[Path], Tensor]) -> Tensor:
+        try:
+            cached = self.file_for(path)
+        except OSError as e:
+            raise DataError(f"{path}: image file not readable ({e.strerror})") from None
+        try:
+            return torch.from_numpy(np.load(cached))
+        except (OSError, ValueError, EOFError):
+            pass  # not cached yet (or a damaged file): decode and store
+        image = decode(path)
+        self._store(cached, image)
+        return image
+
+    def _store(self, cached: Path, image: Tensor) -> None:
+        stem = cached.name.split("-")[0]
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{stem}-", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, image.numpy())
+            os.replace(tmp, cached)
+            for stale in self.folder.glob(f"{stem}-*.npy"):
+                if stale != cached:
+                    stale.unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("%s: image cache not written (%s); decoding each time", cached, e)
+
+
+class LazyImages(Sequence):
+    """The images of a data set, decoded (or read from the disk cache) when indexed."""
+
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset.records)
+
+    def __getitem__(self, i: int) -> Tensor:  # type: ignore[override]
+        return self.dataset.load_image(i)
+
+
 class DetectionDataset(torch.utils.data.Dataset):
-    """Images with their targets, decoded once and cached as uint8.
+    """Images with their targets; decoded pixels held as ``cache`` says (module docstring).
 
     ``dataset[i]`` is ``(image, target)``: image ``Tensor[3, S, S]`` uint8 and
     target ``{"boxes": Tensor[M, 4] normalised xyxy, "labels": Tensor[M] 1..C}``.
-    Unreadable images are reported and left out; boxes are clipped to the
-    image (reported). ``targets_in_pixels(i)`` gives what evaluation needs.
+    Unreadable images are reported and left out (with ``disk``/``none`` from
+    their headers: an image that fails to decode later raises DataError, which
+    ``engine.inputs.batches`` counts and skips); boxes are clipped to the image
+    (reported). ``targets_in_pixels(i)`` gives what evaluation needs.
 
-    Without a ``transform`` the images are resized to S once, at load time.
+    Without a ``transform`` images are resized to S once, when decoded. ``images``
+    is a list (``ram``) or a sequence that decodes when indexed.
     """
 
     def __init__(
@@ -50,13 +188,35 @@ class DetectionDataset(torch.utils.data.Dataset):
         image_size: int = 256,
         transform: Transform | None = None,
         report: Report | None = None,
+        *,
+        cache: str = "ram",
     ) -> None:
         self.classes = split.classes
         self.image_size = image_size
         self.transform = transform
         self.report = report if report is not None else Report()
         self.records: list[Record] = []
-        self.images: list[Tensor] = []
+        self.images: Sequence[Tensor] = []
+        self.disk: DiskCache | None = None
+        self.failed_reads: list[str] = []  # images that failed to decode in a loader
+        if cache == "ram":
+            self._read_all(split)
+        else:
+            self._read_headers(split)
+        self.cache = resolve_cache(cache, self.decoded_bytes(), str(split.root))
+        if self.cache == "ram" and cache != "ram":
+            self._decode_kept()
+        if self.cache == "disk":
+            self.disk = DiskCache(disk_cache_dir(split.root, None if transform else image_size))
+        if self.cache != "ram":
+            self.images = LazyImages(self)
+        skipped = len(split.records) - len(self.records)
+        if skipped:
+            log.warning("%s: skipped %d unreadable image(s)", split.root, skipped)
+
+    def _read_all(self, split: Split) -> None:
+        """Records and their images, every image decoded now."""
+        images = []
         for rec in split.records:
             try:
                 image = read_image(rec.image)
@@ -64,16 +224,63 @@ class DetectionDataset(torch.utils.data.Dataset):
                 self.report.add_unreadable(rec.image, e)
                 continue
             self.records.append(clip_to_image(rec, tuple(image.shape[-2:]), self.report))
-            self.images.append(image if transform is not None else resize_image(image, image_size))
-        skipped = len(split.records) - len(self.records)
-        if skipped:
-            log.warning("%s: skipped %d unreadable image(s)", split.root, skipped)
+            images.append(self._stored(image))
+        self.images = images
+
+    def _decode_kept(self) -> None:
+        """The images of the records read from headers, decoded now (those that fail dropped)."""
+        records, images = [], []
+        for rec in self.records:
+            try:
+                images.append(self._decode(rec.image))
+            except DataError as e:
+                self.report.add_unreadable(rec.image, e)
+                continue
+            records.append(rec)
+        self.records, self.images = records, images
+
+    def _read_headers(self, split: Split) -> None:
+        """Records whose image header reads (size after EXIF); nothing decoded."""
+        for rec in split.records:
+            try:
+                size = image_size(rec.image)
+            except DataError as e:
+                self.report.add_unreadable(rec.image, e)
+                continue
+            self.records.append(clip_to_image(rec, size, self.report))
+
+    def _stored(self, image: Tensor) -> Tensor:
+        """What is held for a decoded image: resized to S, or as is for the transform."""
+        return image if self.transform is not None else resize_image(image, self.image_size)
+
+    def _decode(self, path: Path) -> Tensor:
+        return self._stored(read_image(path))
+
+    def decoded_bytes(self) -> int:
+        """Bytes the held images take (uint8): 3*S*S each, or 3*H*W with a transform."""
+        if self.transform is None:
+            return len(self.records) * 3 * self.image_size**2
+        return sum(3 * rec.size[0] * rec.size[1] for rec in self.records)
+
+    def load_image(self, i: int) -> Tensor:
+        """Image i as held: ``Tensor[3, S, S]`` uint8 (or ``[3, H, W]`` with a transform).
+
+        Raises:
+            DataError: the file no longer decodes (or changed size since the header was read).
+        """
+        if self.cache == "ram":
+            return self.images[i]
+        rec = self.records[i]
+        image = self.disk.load(rec.image, self._decode) if self.disk else self._decode(rec.image)
+        if self.transform is not None and tuple(image.shape[-2:]) != rec.size:
+            raise DataError(f"{rec.image}: image is now {tuple(image.shape[-2:])}, was {rec.size}")
+        return image
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
-        rec, image = self.records[i], self.images[i]
+        rec, image = self.records[i], self.load_image(i)
         h, w = rec.size
         if self.transform is None:
             return image, {"boxes": normalise_boxes(rec.boxes, h, w), "labels": rec.labels}

@@ -2,6 +2,12 @@
 
 Without ``torchrun`` (no ``WORLD_SIZE`` > 1 in the environment) everything here
 is a no-op and the training loop runs as a single process.
+
+Each rank reads only its share of every global batch (``GlobalBatchSampler``,
+DistributedSampler-style): the order is drawn from (seed, epoch) alone, the
+same on every rank, so the ranks together take the steps one process takes
+with the same global batch. BatchNorm sees the global batch only on CUDA
+(SyncBatchNorm); on CPU (gloo) each rank normalises over its own share.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
-from torch import Tensor
 
 
 @dataclass
@@ -30,31 +35,14 @@ class DistContext:
         """DistributedDataParallel around ``model`` when distributed, else ``model``."""
         if not self.enabled:
             return model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.device.type != "cuda":
+            return torch.nn.parallel.DistributedDataParallel(model)
+        # BatchNorm over the global batch, as one process would compute it (CUDA only)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index])
 
     def shard(self, seq: Sequence) -> Sequence:
         return seq[self.rank :: self.world_size]
-
-    def shard_batches(
-        self, global_batches: Iterator[tuple[Tensor, Tensor]]
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        """From each global batch (same on every rank), this rank's share.
-
-        A last global batch smaller than the world is dropped on every rank: a
-        rank without images would skip the step and leave the others waiting
-        in the gradient all-reduce.
-        """
-        for images, labels in global_batches:
-            if self.enabled:
-                if len(images) < self.world_size:
-                    continue
-                images, labels = (
-                    images[self.rank :: self.world_size],
-                    labels[self.rank :: self.world_size],
-                )
-            if len(images):
-                yield images, labels
 
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():
@@ -79,3 +67,51 @@ def init_distributed() -> DistContext:
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend)
     return DistContext(True, rank, world, device)
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler):
+    """This rank's share of every global batch of a seeded epoch order.
+
+    Yields lists of ``(index, flip)``: the data set indices of positions
+    ``rank, rank + world_size, ...`` of each global batch, and whether to mirror
+    each image (``flip``: one coin per image of the global batch). Call
+    ``set_epoch(epoch)`` before each epoch, as with ``DistributedSampler``.
+
+    The order and the coins come from one generator seeded ``seed + epoch``:
+    ``randperm(n)``, then ``rand(len(batch))`` per global batch. A last global
+    batch smaller than the world is dropped on every rank: a rank without
+    images would skip the step and leave the others waiting in the all-reduce.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        flip: bool = False,
+    ) -> None:
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+        self.rank, self.world_size, self.flip = rank, world_size, flip
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=generator)
+        for idx in order.split(self.global_batch):
+            if self.flip:
+                coins = (torch.rand(len(idx), generator=generator) < 0.5).tolist()
+            else:
+                coins = [False] * len(idx)
+            if len(idx) < self.world_size:
+                continue
+            share = slice(self.rank, None, self.world_size)
+            yield list(zip(idx[share].tolist(), coins[share], strict=True))
+
+    def __len__(self) -> int:
+        full, last = divmod(self.n, self.global_batch)
+        return full + int(last >= self.world_size)

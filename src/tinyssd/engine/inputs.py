@@ -2,14 +2,17 @@
 
 splits = read_splits(cfg)                       # records only, no pixels yet
 config = model_config(cfg, splits.train)        # preset, image size, --anchors auto
-train_ds, val_ds = make_datasets(cfg, splits, config)
-for images, labels in batches(train_ds, 32, seed, epoch, stacked=stack_dataset(train_ds)):
+train_ds, val_ds = make_datasets(cfg, splits, config)    # --cache ram / disk / none / auto
+sampler = GlobalBatchSampler(len(train_ds), 32, seed, rank, world_size)
+sampler.set_epoch(epoch)
+for images, labels in read_batches(train_ds, sampler, workers, stacked=stack_dataset(train_ds)):
     ...
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import NamedTuple
@@ -19,10 +22,12 @@ from torch import Tensor
 
 from ..config import TrainConfig
 from ..data import DetectionDataset, Report, Split, collate, load_split
+from ..data.base import UNREADABLE_IMAGE
 from ..data.base import image_size as header_size
 from ..errors import DataError
 from ..models import PRESETS, SSDConfig
 from ..models.anchor_fit import fit_anchors, miss_rate
+from .distributed import GlobalBatchSampler
 
 log = logging.getLogger("tinyssd")
 
@@ -88,11 +93,13 @@ def model_config(cfg: TrainConfig, train: Split) -> SSDConfig:
 def make_datasets(
     cfg: TrainConfig, splits: Splits, config: SSDConfig
 ) -> tuple[DetectionDataset, DetectionDataset]:
-    """Decode the splits (train with its augmentation); log what was skipped."""
+    """The datasets of the splits (train with its augmentation), their images held as
+    ``--cache`` says; log what was skipped."""
     size = config.image_size
     transform = make_transform(cfg.augment or "none", size, min(min(s) for s in config.sizes))
-    train_ds = DetectionDataset(splits.train, size, transform, splits.report)
-    val_ds = DetectionDataset(splits.val, size, None, splits.report)
+    cache = cfg.cache or "auto"
+    train_ds = DetectionDataset(splits.train, size, transform, splits.report, cache=cache)
+    val_ds = DetectionDataset(splits.val, size, None, splits.report, cache=cache)
     if splits.report:
         log.info("data check for %s:\n%s", splits.root, splits.report.summary())
     if len(train_ds) == 0:
@@ -137,19 +144,30 @@ def check_augment(spec: str) -> None:
     parse_augment(spec.partition(":")[2] or "ssd" if spec.startswith("bounded") else spec)
 
 
+def default_workers() -> int:
+    """Loader processes when ``--workers`` is not given: min(4, this process's cores - 1).
+
+    The cores are those this process may run on (``sched_getaffinity``) shared
+    by the ranks ``torchrun`` started on this machine; one core stays with the
+    training step. On a 2-core machine: 1 worker (0 for each of 2 ranks).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_rank = (cores or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(4, per_rank - 1))
+
+
 def stack_dataset(dataset: DetectionDataset) -> tuple[Tensor, Tensor]:
     """All of an un-augmented data set at once: (images uint8 [N, 3, S, S], labels [N, M, 5])."""
-    return torch.stack(dataset.images), collate([dataset[i] for i in range(len(dataset))])[1]
+    return torch.stack(list(dataset.images)), collate([dataset[i] for i in range(len(dataset))])[1]
 
 
-def flip_batch(images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Mirror a random half of a batch left-right, boxes with it.
+def flip_rows(images: Tensor, labels: Tensor, flip: Tensor) -> tuple[Tensor, Tensor]:
+    """Mirror the images where ``flip`` (Tensor[B] bool) left-right, boxes with them.
 
     Args:
         images (Tensor[B, 3, S, S]), labels (Tensor[B, M, 5]) chapter rows
         (class, x1, y1, x2, y2) normalised, class -1 for padding.
     """
-    flip = torch.rand(len(images), generator=generator) < 0.5
     if not flip.any():
         return images, labels
     images, labels = images.clone(), labels.clone()
@@ -163,6 +181,92 @@ def flip_batch(images: Tensor, labels: Tensor, generator: torch.Generator) -> tu
     return images, labels
 
 
+def flip_batch(images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Mirror a random half of a batch left-right, boxes with it (``flip_rows``, coins from
+    ``generator``)."""
+    return flip_rows(images, labels, torch.rand(len(images), generator=generator) < 0.5)
+
+
+class _Reads(torch.utils.data.Dataset):
+    """What a loader worker reads: ``(index, flip)`` -> ``(image, target)``, or the error's
+    message when the image no longer decodes (the batch goes on without it)."""
+
+    def __init__(self, dataset: DetectionDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, bool]) -> tuple[Tensor, dict[str, Tensor]] | str:
+        i, flip = key
+        try:
+            image, target = self.dataset[i]
+        except DataError as e:
+            return str(e)
+        if flip:
+            boxes = target["boxes"].clone()
+            boxes[:, 0], boxes[:, 2] = 1 - target["boxes"][:, 2], 1 - target["boxes"][:, 0]
+            image, target = image.flip(-1), {**target, "boxes": boxes}
+        return image, target
+
+
+def _collate_reads(batch: list) -> tuple[Tensor, Tensor, list[str]]:
+    """``collate`` of the samples read, and the messages of those that failed."""
+    samples = [s for s in batch if not isinstance(s, str)]
+    failed = [s for s in batch if isinstance(s, str)]
+    if not samples:
+        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, 1, 5), failed
+    return (*collate(samples), failed)
+
+
+def read_batches(
+    dataset: DetectionDataset,
+    sampler: GlobalBatchSampler,
+    workers: int = 0,
+    stacked: tuple[Tensor, Tensor] | None = None,
+    pin_memory: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's batches ``(images uint8 [B, 3, S, S], labels [B, M, 5])`` of the sampler's
+    epoch.
+
+    With ``stacked`` (``stack_dataset``: ``--cache ram``, no per-image
+    augmentation) they are gathered from it; else ``workers`` DataLoader
+    processes read (decode, augment) only this rank's images. An image that
+    fails to decode is left out of its batch, logged and added to
+    ``dataset.failed_reads`` and to its report.
+    """
+    if stacked is not None:
+        yield from _stacked_batches(stacked, sampler)
+        return
+    loader = torch.utils.data.DataLoader(
+        _Reads(dataset),
+        batch_sampler=sampler,
+        collate_fn=_collate_reads,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch + 7919 * sampler.rank),
+    )
+    for images, labels, failed in loader:
+        for message in failed:
+            log.warning("skipped an image that did not decode: %s", message)
+            dataset.failed_reads.append(message)
+            dataset.report.add(UNREADABLE_IMAGE, message)
+        if len(images):
+            yield images, labels
+
+
+def _stacked_batches(
+    stacked: tuple[Tensor, Tensor], sampler: GlobalBatchSampler
+) -> Iterator[tuple[Tensor, Tensor]]:
+    images, labels = stacked
+    for share in sampler:
+        idx = torch.tensor([i for i, _ in share])
+        flip = torch.tensor([f for _, f in share])
+        lab = labels[idx]
+        m = int((lab[..., 0] >= 0).sum(dim=1).max().clamp(min=1))
+        yield flip_rows(images[idx], lab[:, :m], flip)
+
+
 def batches(
     dataset: DetectionDataset,
     batch_size: int,
@@ -172,27 +276,11 @@ def batches(
     stacked: tuple[Tensor, Tensor] | None = None,
     flip: bool = False,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled batches ``(images uint8 [B, 3, S, S], labels [B, M, 5])``.
+    """Shuffled batches of one process (``read_batches`` of a ``GlobalBatchSampler``).
 
     The order (and ``flip``'s choices) depend only on (seed, epoch), so a
-    resumed run sees the same batches. With ``stacked`` (``stack_dataset``: no
-    per-image augmentation) batches are gathered from it directly.
+    resumed run sees the same batches, whatever the cache.
     """
-    generator = torch.Generator().manual_seed(seed + epoch)
-    order = torch.randperm(len(dataset), generator=generator)
-    if stacked is not None:
-        images, labels = stacked
-        for idx in order.split(batch_size):
-            lab = labels[idx]
-            m = int((lab[..., 0] >= 0).sum(dim=1).max().clamp(min=1))
-            batch = images[idx], lab[:, :m]
-            yield flip_batch(*batch, generator) if flip else batch
-        return
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, order.tolist()),
-        batch_size=batch_size,
-        collate_fn=collate,
-        num_workers=workers,
-        generator=torch.Generator().manual_seed(seed + epoch),
-    )
-    yield from loader
+    sampler = GlobalBatchSampler(len(dataset), batch_size, seed, flip=flip)
+    sampler.set_epoch(epoch)
+    return read_batches(dataset, sampler, workers, stacked)

@@ -39,11 +39,12 @@ from .allocator import freed_memory_kept
 from .checkpoint import resolve_checkpoint, restore
 from .finetune import backbone_freeze, check_finetune, init_model, start_from
 from .inputs import (
-    batches,
     check_augment,
+    default_workers,
     flips_whole_batches,
     make_datasets,
     model_config,
+    read_batches,
     read_splits,
     stack_dataset,
 )
@@ -151,19 +152,23 @@ def train_step(
     labels: Tensor,
     autocast_dtype: torch.dtype | None = None,
     grad_clip: float = 0.0,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Step:
     """One iteration: forward (channels_last, optional autocast), label anchors, loss,
-    backward, (gradient clipping,) optimiser step."""
+    backward, (gradient clipping,) optimiser step; through ``scaler`` (fp16) if given."""
     images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, autocast_dtype):
         anchors, cls_logits, box_deltas = step_model(images)
     box_targets, box_mask, cls_targets = make_targets(anchors, labels)
     losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask, anchors)
+    scaler = scaler or torch.amp.GradScaler(images.device.type, enabled=False)
     optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
+    scaler.scale(losses["loss"]).backward()
     if grad_clip > 0:
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(step_model.parameters(), grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return Step(losses, cls_logits, cls_targets, box_deltas, box_targets, box_mask)
 
 
@@ -256,6 +261,7 @@ class Fit:
     autocast_dtype: torch.dtype | None = None
     grad_clip: float = 0.0
     ema: ModelEMA | None = None
+    scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -288,7 +294,8 @@ def train_one_epoch(
         t0 = time.perf_counter()
         lr = fit.lr_schedule(epoch * fit.steps_per_epoch + index)
         set_lr(fit.optimizer, lr)
-        images, labels = images.to(fit.device, non_blocking=True), labels.to(fit.device)
+        images = images.to(fit.device, non_blocking=True)
+        labels = labels.to(fit.device, non_blocking=True)
         step = train_step(
             fit.step_model,
             fit.loss_fn,
@@ -297,6 +304,7 @@ def train_one_epoch(
             labels,
             fit.autocast_dtype,
             fit.grad_clip,
+            fit.scaler,
         )
         check_finite(step, epoch, index, lr)
         if fit.ema is not None:
@@ -379,7 +387,12 @@ def _fit(
     start_from(model, cfg)  # --init / --pretrained weights (not when resuming)
     freeze = backbone_freeze(model, cfg)
     model = model.to(device).to(memory_format=torch.channels_last)
-    steps_per_epoch = math.ceil(len(dist_ctx.shard(range(len(train_ds)))) / cfg.batch_size)
+    global_batch = cfg.batch_size * dist_ctx.world_size
+    flip = flips_whole_batches(cfg.augment)
+    sampler = dist.GlobalBatchSampler(
+        len(train_ds), global_batch, cfg.seed, dist_ctx.rank, dist_ctx.world_size, flip
+    )
+    steps_per_epoch = len(sampler)
     epochs = epochs_for(cfg, steps_per_epoch)
     fit = Fit(
         model=model,
@@ -398,6 +411,7 @@ def _fit(
         autocast_dtype=autocast_dtype,
         grad_clip=cfg.grad_clip or 0.0,
         ema=ModelEMA(model, cfg.ema) if cfg.ema else None,
+        scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16),
     )
     state = TrainState()
     if resume_file is not None:
@@ -407,19 +421,20 @@ def _fit(
     fit.step_model = dist_ctx.wrap(model)
     if cfg.compile:
         fit.step_model = torch.compile(fit.step_model)  # type: ignore[assignment]
-    stacked = stack_dataset(train_ds) if train_ds.transform is None else None
-    flip = flips_whole_batches(cfg.augment)
-    global_batch = cfg.batch_size * dist_ctx.world_size
+    stackable = train_ds.transform is None and train_ds.cache == "ram"  # the fast path
+    stacked = stack_dataset(train_ds) if stackable else None
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    if stacked is None:
+        log.info("reading images with %d loader worker process(es) (--workers)", workers)
 
     for epoch in range(state.epoch, epochs):
         freeze.set_epoch(epoch)
-        global_batches = batches(
-            train_ds, global_batch, cfg.seed, epoch, cfg.workers, stacked, flip
+        sampler.set_epoch(epoch)  # this rank's share of each global batch, seeded per epoch
+        local_batches = read_batches(
+            train_ds, sampler, workers, stacked, pin_memory=device.type == "cuda"
         )
         row: dict[str, Any] = {"epoch": epoch + 1}
-        row |= train_one_epoch(
-            fit, dist_ctx.shard_batches(global_batches), epoch, epochs, cfg.progress and main
-        )
+        row |= train_one_epoch(fit, local_batches, epoch, epochs, cfg.progress and main)
         check_finite_weights(fit.eval_model, epoch, fit.optimizer.param_groups[0]["lr"])
         if main:
             row |= validate(fit.eval_model, val_ds, cfg.batch_size, device)
