@@ -79,3 +79,20 @@ def test_a_broken_config_json_is_one_usage_error(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(UsageError, match="config.json: not a tinyssd config.json"):
         read_run_config(tmp_path / "config.json")
+
+
+def test_the_default_recipe_is_the_modern_one():
+    cfg = TrainConfig().resolved()
+    assert (cfg.model, cfg.optimizer, cfg.schedule, cfg.anchors) == (
+        "tiny_fpn",
+        "adamw",
+        "cosine",
+        "auto",
+    )
+    assert cfg.loss == "focal_giou" and cfg.ema > 0 and cfg.norm_bias_decay is False
+
+
+def test_min_steps_floor_applies_unless_epochs_are_given():
+    assert TrainConfig().resolved().min_steps == RECIPES["default"]["min_steps"] > 0
+    assert TrainConfig(epochs=5).resolved().min_steps == 0
+    assert TrainConfig(epochs=5, min_steps=50).resolved().min_steps == 50

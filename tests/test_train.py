@@ -18,7 +18,10 @@ def tiny_data(tmp_path_factory):
 
 
 def _train(data, out, **kw):
-    args = dict(data=str(data), epochs=2, batch_size=8, image_size=64, progress=False)
+    # the chapter's recipe: these tests are about the run's mechanics, not the recipe
+    args = dict(
+        data=str(data), epochs=2, batch_size=8, image_size=64, progress=False, recipe="chapter"
+    )
     args["out"] = str(out) if out else None
     args.update(kw)
     return train(**args)

@@ -49,7 +49,28 @@ RECIPES: dict[str, dict[str, Any]] = {
         "loss": "chapter",
     },
 }
-RECIPES["default"] = dict(RECIPES["chapter"])
+# tinyssd's recipe (docs/ABLATION.md measures each part): the strided-conv FPN
+# network with anchors fitted to the data, AdamW with warm-up and cosine decay,
+# no decay on BatchNorm/bias, an EMA of the weights, focal + GIoU loss, flips.
+RECIPES["default"] = {
+    "model": "tiny_fpn",
+    "epochs": 24,
+    "min_steps": 600,
+    "batch_size": 32,
+    "optimizer": "adamw",
+    "lr": 3e-3,
+    "momentum": 0.9,
+    "weight_decay": 0.05,
+    "norm_bias_decay": False,
+    "schedule": "cosine",
+    "warmup": 30,
+    "ema": 0.99,
+    "grad_clip": 0.0,
+    "anchors": "auto",
+    "class_prior": 0.01,
+    "augment": "flip",
+    "loss": "focal_giou",
+}
 
 
 @dataclass
@@ -66,7 +87,9 @@ class TrainConfig:
     model: str | None = option(None, "network preset (tiny_ssd, ssd300_vgg16, ...)")
     epochs: int | None = option(None, "passes over the training set")
     min_steps: int | None = option(
-        None, "at least this many steps: small data sets get more epochs (0: epochs decide)"
+        None,
+        "at least this many steps: small data sets get more epochs (0: epochs decide; "
+        "an explicit --epochs alone means exactly that many)",
     )
     batch_size: int | None = option(None, "images per step")
     optimizer: str | None = option(
@@ -160,6 +183,8 @@ class TrainConfig:
         if self.recipe not in RECIPES:
             raise UsageError(f"--recipe {self.recipe!r}: choose from {', '.join(RECIPES)}")
         filled = {k: v for k, v in RECIPES[self.recipe].items() if getattr(self, k) is None}
+        if self.epochs is not None and self.min_steps is None:
+            filled["min_steps"] = 0  # epochs given: exactly that many, not the recipe's floor
         cfg = replace(self, **filled)
         check(cfg)
         return cfg

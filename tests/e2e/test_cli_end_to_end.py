@@ -36,10 +36,6 @@ def run(synth, tmp_path_factory):
             "16",
             "--image-size",
             "128",
-            "--lr",
-            "0.2",
-            "--momentum",
-            "0.9",
             "--out",
             str(out),
         ]

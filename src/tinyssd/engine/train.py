@@ -410,7 +410,7 @@ def _fit(
         device=device,
         autocast_dtype=autocast_dtype,
         grad_clip=cfg.grad_clip or 0.0,
-        ema=ModelEMA(model, cfg.ema) if cfg.ema else None,
+        ema=ModelEMA(model, cfg.ema, ema_ramp(epochs * steps_per_epoch)) if cfg.ema else None,
         scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16),
     )
     state = TrainState()
@@ -448,6 +448,12 @@ def _fit(
             break
     run.finish(fit.eval_model, val_ds, device)
     return out
+
+
+def ema_ramp(total_steps: int) -> float:
+    """The EMA's warm-up time constant in steps: a tenth of the run (10..2000), so that a
+    300-step run and a 30,000-step one both average over their late weights."""
+    return float(min(max(total_steps / 10, 10), 2000))
 
 
 def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
