@@ -54,7 +54,8 @@ def test_without_torchrun_everything_is_a_single_process(monkeypatch):
 
 # Run by the tests below as `python LAUNCHER` and `torchrun LAUNCHER`: trains with each rank's
 # train-image reads and file writes logged. BatchNorm is replaced by Identity: on CPU (no
-# SyncBatchNorm) each rank normalises over its own share, which one process cannot repeat.
+# SyncBatchNorm) each rank normalises over its own share, which one process cannot repeat; the
+# chapter's loss is a mean over images (a loss normalised by the positives of the batch is not).
 LAUNCHER = textwrap.dedent(
     """
     import json, os, sys
@@ -90,8 +91,9 @@ LAUNCHER = textwrap.dedent(
     original_read, dataset_module.read_image = dataset_module.read_image, logged_read
     original_ssd, train_module.SSD = train_module.SSD, without_batchnorm
     sys.addaudithook(audit)
-    train_module.train(data=data, out=out, batch_size=batch, epochs=1, image_size=64,
-                       cache="none", workers=0, precision="fp32", progress=False)
+    train_module.train(data=data, out=out, recipe="chapter", augment="flip", batch_size=batch,
+                       epochs=1, image_size=64, cache="none", workers=0, precision="fp32",
+                       progress=False)
     train_reads = [r for r in reads if "bananas_train" in r]
     (logs / f"{rank}.json").write_text(json.dumps({"reads": train_reads, "writes": writes}))
     """
