@@ -89,10 +89,20 @@ def test_the_default_recipe_is_the_modern_one():
         "cosine",
         "auto",
     )
-    assert cfg.loss == "focal_giou" and cfg.ema > 0 and cfg.norm_bias_decay is False
+    assert cfg.loss == "focal_giou" and cfg.norm_bias_decay is False and cfg.max_steps > 0
 
 
 def test_min_steps_floor_applies_unless_epochs_are_given():
     assert TrainConfig().resolved().min_steps == RECIPES["default"]["min_steps"] > 0
     assert TrainConfig(epochs=5).resolved().min_steps == 0
     assert TrainConfig(epochs=5, min_steps=50).resolved().min_steps == 50
+
+
+def test_the_step_budget_raises_small_sets_and_caps_large_ones():
+    from tinyssd.engine.train import epochs_for
+
+    cfg = TrainConfig().resolved()  # 40 epochs, 600..4000 steps
+    assert epochs_for(cfg, 5) == 120  # a 130-image set at batch 32
+    assert epochs_for(cfg, 32) == 40  # the bananas
+    assert epochs_for(cfg, 313) == 12  # 10,000 images
+    assert epochs_for(TrainConfig(epochs=3).resolved(), 5) == 3

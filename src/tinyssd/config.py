@@ -34,6 +34,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 20,
         "batch_size": 32,
         "min_steps": 0,
+        "max_steps": 0,
         "optimizer": "sgd",
         "lr": 0.2,
         "momentum": 0.0,
@@ -54,8 +55,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 # no decay on BatchNorm/bias, an EMA of the weights, focal + GIoU loss, flips.
 RECIPES["default"] = {
     "model": "tiny_fpn",
-    "epochs": 24,
+    "epochs": 40,
     "min_steps": 600,
+    "max_steps": 4000,
     "batch_size": 32,
     "optimizer": "adamw",
     "lr": 3e-3,
@@ -64,7 +66,7 @@ RECIPES["default"] = {
     "norm_bias_decay": False,
     "schedule": "cosine",
     "warmup": 30,
-    "ema": 0.99,
+    "ema": 0.0,
     "grad_clip": 0.0,
     "anchors": "auto",
     "class_prior": 0.01,
@@ -90,6 +92,9 @@ class TrainConfig:
         None,
         "at least this many steps: small data sets get more epochs (0: epochs decide; "
         "an explicit --epochs alone means exactly that many)",
+    )
+    max_steps: int | None = option(
+        None, "at most this many steps: large data sets get fewer epochs (0: no limit)"
     )
     batch_size: int | None = option(None, "images per step")
     optimizer: str | None = option(
@@ -185,6 +190,8 @@ class TrainConfig:
         filled = {k: v for k, v in RECIPES[self.recipe].items() if getattr(self, k) is None}
         if self.epochs is not None and self.min_steps is None:
             filled["min_steps"] = 0  # epochs given: exactly that many, not the recipe's floor
+        if self.epochs is not None and self.max_steps is None:
+            filled["max_steps"] = 0  # nor its ceiling
         cfg = replace(self, **filled)
         check(cfg)
         return cfg
@@ -206,7 +213,15 @@ def check(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             raise UsageError(f"--{flag(name)} {value}: must be > 0")
-    nonnegative = ("momentum", "weight_decay", "workers", "warmup", "min_steps", "grad_clip")
+    nonnegative = (
+        "momentum",
+        "weight_decay",
+        "workers",
+        "warmup",
+        "min_steps",
+        "max_steps",
+        "grad_clip",
+    )
     for name in (*nonnegative, "freeze_epochs"):
         value = getattr(cfg, name)
         if value is not None and value < 0:

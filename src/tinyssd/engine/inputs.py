@@ -70,7 +70,9 @@ def normalised_boxes(split: Split) -> Tensor:
 def model_config(cfg: TrainConfig, train: Split) -> SSDConfig:
     """The network's config: the preset, ``--image-size``, anchors fitted with ``--anchors auto``.
 
-    Logs the share of training boxes no anchor matches at IoU 0.5, before and after fitting.
+    Logs the share of training boxes no anchor matches at IoU 0.5, before and after
+    fitting, and keeps the preset's anchors where they match more boxes (as YOLO's
+    AutoAnchor keeps its defaults when they fit well enough).
     """
     config = PRESETS[cfg.model]()
     config = replace(config, image_size=cfg.image_size or config.image_size)
@@ -81,13 +83,16 @@ def model_config(cfg: TrainConfig, train: Split) -> SSDConfig:
         log.info("--anchors auto: fewer than 2 training boxes, keeping the preset's anchors")
         return config
     fitted = fit_anchors(config, boxes[:, 2:] - boxes[:, :2])
+    before, after = miss_rate(config, boxes), miss_rate(fitted, boxes)
     log.info(
-        "anchors fitted to %d training boxes: boxes no anchor matches (IoU < 0.5) %.1f%% -> %.1f%%",
+        "anchors fitted to %d training boxes: boxes no anchor matches (IoU < 0.5) "
+        "%.1f%% -> %.1f%%%s",
         len(boxes),
-        100 * miss_rate(config, boxes),
-        100 * miss_rate(fitted, boxes),
+        100 * before,
+        100 * after,
+        "" if after <= before else "; keeping the preset's, which match more",
     )
-    return fitted
+    return fitted if after <= before else config
 
 
 def make_datasets(

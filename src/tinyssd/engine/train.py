@@ -457,15 +457,20 @@ def ema_ramp(total_steps: int) -> float:
 
 
 def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """``--epochs``, raised so that the run takes at least ``--min-steps`` steps."""
-    epochs = max(cfg.epochs, math.ceil((cfg.min_steps or 0) / max(steps_per_epoch, 1)))
-    if epochs > cfg.epochs:
+    """``--epochs``, raised so that the run takes at least ``--min-steps`` steps and
+    lowered so that it takes at most ``--max-steps`` (at least one epoch)."""
+    per_epoch = max(steps_per_epoch, 1)
+    epochs = max(cfg.epochs or 1, math.ceil((cfg.min_steps or 0) / per_epoch))
+    if cfg.max_steps:
+        epochs = max(1, min(epochs, cfg.max_steps // per_epoch))
+    if epochs != cfg.epochs:
         log.info(
-            "%d steps per epoch: training %d epochs (--min-steps %d) instead of %d",
+            "%d steps per epoch: training %d epochs instead of %d (--min-steps %d, --max-steps %d)",
             steps_per_epoch,
             epochs,
-            cfg.min_steps,
             cfg.epochs,
+            cfg.min_steps,
+            cfg.max_steps,
         )
     return epochs
 
