@@ -151,19 +151,19 @@ class MultiBoxLoss(nn.Module):
 
     def forward(
         self,
-        cls_preds: Tensor,
-        cls_labels: Tensor,
-        bbox_preds: Tensor,
-        bbox_labels: Tensor,
-        bbox_masks: Tensor,
+        cls_logits: Tensor,
+        cls_targets: Tensor,
+        box_deltas: Tensor,
+        box_targets: Tensor,
+        box_mask: Tensor,
         anchors: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Loss and its two parts.
 
         Args:
-            cls_preds (Tensor[B, A, K]): logits.
-            cls_labels (Tensor[B, A] int64): 0 = background.
-            bbox_preds, bbox_labels, bbox_masks (Tensor[B, 4A]).
+            cls_logits (Tensor[B, A, K]): logits.
+            cls_targets (Tensor[B, A] int64): 0 = background.
+            box_deltas, box_targets, box_mask (Tensor[B, 4A]).
             anchors (Tensor[1, A, 4] or Tensor[A, 4]): normalised xyxy; needed
                 by the IoU-family box losses, which decode both the predicted
                 and the target offsets on them.
@@ -172,20 +172,20 @@ class MultiBoxLoss(nn.Module):
             back-propagate.
         """
         c = self.config
-        batch, num_anchors, num_classes = cls_preds.shape
-        logits, target = cls_preds.reshape(-1, num_classes).float(), cls_labels.reshape(-1)
+        batch, num_anchors, num_classes = cls_logits.shape
+        logits, target = cls_logits.reshape(-1, num_classes).float(), cls_targets.reshape(-1)
         if c.cls == "focal":
             cls = focal_loss(logits, target, c.gamma, c.alpha)
         else:
             cls = F.cross_entropy(logits, target, reduction="none")
         cls = cls.reshape(batch, num_anchors)
-        diff = (bbox_preds.float() - bbox_labels) * bbox_masks
+        diff = (box_deltas.float() - box_targets) * box_mask
         box = smooth_l1(diff, c.sigma) if c.box == "smooth_l1" else diff.abs()  # (B, 4A)
 
-        positive = cls_labels > 0
+        positive = cls_targets > 0
         if c.box in IOU_LOSSES:
             box = c.l1_weight * box + _iou_loss_per_value(
-                c.box, bbox_preds.float(), bbox_labels, positive, anchors
+                c.box, box_deltas.float(), box_targets, positive, anchors
             )
         counted = (
             hard_negative_mask(cls, positive, c.neg_pos)
@@ -205,13 +205,13 @@ class MultiBoxLoss(nn.Module):
 
 
 def _iou_loss_per_value(
-    kind: str, bbox_preds: Tensor, bbox_labels: Tensor, positive: Tensor, anchors: Tensor | None
+    kind: str, box_deltas: Tensor, box_targets: Tensor, positive: Tensor, anchors: Tensor | None
 ) -> Tensor:
     """The IoU-family loss of each positive anchor, spread over its 4 box values
     so that it reduces like the offset losses.
 
     Args:
-        bbox_preds, bbox_labels (Tensor[B, 4A]), positive (Tensor[B, A] bool),
+        box_deltas, box_targets (Tensor[B, 4A]), positive (Tensor[B, A] bool),
         anchors (Tensor[A, 4] or Tensor[1, A, 4]).
     Returns:
         Tensor[B, 4A]: ``loss / 4`` on each of a positive anchor's 4 values, else 0.
@@ -221,9 +221,9 @@ def _iou_loss_per_value(
     batch, num_anchors = positive.shape
     img, idx = positive.nonzero(as_tuple=True)  # (P,) each
     anchors = anchors.reshape(-1, 4).float()[idx]
-    pred = decode_offsets(anchors, bbox_preds.reshape(batch, num_anchors, 4)[img, idx])
-    gt = decode_offsets(anchors, bbox_labels.reshape(batch, num_anchors, 4)[img, idx])
-    out = bbox_preds.new_zeros(batch, num_anchors)
+    pred = decode_offsets(anchors, box_deltas.reshape(batch, num_anchors, 4)[img, idx])
+    gt = decode_offsets(anchors, box_targets.reshape(batch, num_anchors, 4)[img, idx])
+    out = box_deltas.new_zeros(batch, num_anchors)
     out[img, idx] = iou_box_loss(kind, pred, gt)
     return (out / 4).repeat_interleave(4, dim=1)
 

@@ -95,9 +95,9 @@ def train_step_gflop_per_image(model_name: str = "tiny_ssd", image_size: int = 2
     model = build_model(model_name, 1, image_size=image_size)
     images, labels = synthetic_batch(2, image_size)
     with FlopCounterMode(display=False) as counter:
-        anchors, cls_preds, bbox_preds = model(images.float())
-        bbox_labels, bbox_masks, cls_labels = multibox_target(anchors, labels)
-        MultiBoxLoss()(cls_preds, cls_labels, bbox_preds, bbox_labels, bbox_masks)[
+        anchors, cls_logits, box_deltas = model(images.float())
+        box_targets, box_mask, cls_targets = multibox_target(anchors, labels)
+        MultiBoxLoss()(cls_logits, cls_targets, box_deltas, box_targets, box_mask)[
             "loss"
         ].backward()
     return counter.get_total_flops() / 2 / 1e9

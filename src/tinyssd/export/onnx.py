@@ -60,9 +60,9 @@ class ExportWrapper(nn.Module):
         self.model = model
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        anchors, cls_preds, bbox_preds = self.model(images)
-        boxes = decode_offsets(anchors, bbox_preds.reshape(bbox_preds.shape[0], -1, 4))
-        return boxes, torch.softmax(cls_preds, dim=-1)
+        anchors, cls_logits, box_deltas = self.model(images)
+        boxes = decode_offsets(anchors, box_deltas.reshape(box_deltas.shape[0], -1, 4))
+        return boxes, torch.softmax(cls_logits, dim=-1)
 
 
 def _pairwise_iou(boxes: Tensor) -> Tensor:

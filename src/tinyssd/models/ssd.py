@@ -54,8 +54,8 @@ class SSD(nn.Module):
 
     ``forward`` takes images ``Tensor[B, 3, S, S]``, uint8 or float, in 0-255
     pixel values (the model normalises them) and returns the raw head outputs:
-    ``anchors`` Tensor[1, A, 4] (normalised xyxy), ``cls_preds``
-    Tensor[B, A, C+1] (logits, background at 0) and ``bbox_preds``
+    ``anchors`` Tensor[1, A, 4] (normalised xyxy), ``cls_logits``
+    Tensor[B, A, C+1] (logits, background at 0) and ``box_deltas``
     Tensor[B, 4A] (offsets). Losses and decoding live elsewhere.
     """
 
@@ -88,10 +88,10 @@ class SSD(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         feats = self.backbone(self.normalise(images))
         anchors = self.anchor_generator([f.shape[-2:] for f in feats], images.device)
-        cls_preds = torch.cat([flatten_pred(h(f)) for h, f in zip(self.cls_heads, feats)], dim=1)
-        bbox_preds = torch.cat([flatten_pred(h(f)) for h, f in zip(self.bbox_heads, feats)], dim=1)
-        cls_preds = cls_preds.reshape(cls_preds.shape[0], -1, self.num_classes + 1)  # (B, A, K)
-        return anchors[None], cls_preds, bbox_preds
+        cls_logits = torch.cat([flatten_pred(h(f)) for h, f in zip(self.cls_heads, feats)], dim=1)
+        box_deltas = torch.cat([flatten_pred(h(f)) for h, f in zip(self.bbox_heads, feats)], dim=1)
+        cls_logits = cls_logits.reshape(cls_logits.shape[0], -1, self.num_classes + 1)  # (B, A, K)
+        return anchors[None], cls_logits, box_deltas
 
 
 def build_model(name: str, num_classes: int, **overrides) -> SSD:
