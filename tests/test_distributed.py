@@ -189,3 +189,14 @@ def test_a_disabled_grad_scaler_takes_the_plain_optimiser_step():
         out.append(model.state_dict())
     for name, value in out[0].items():  # channels_last in train_step: float tolerance
         torch.testing.assert_close(value, out[1][name], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cores", "ranks", "workers"), [(2, 1, 1), (2, 2, 0), (16, 1, 4), (16, 4, 3), (1, 1, 0)]
+)
+def test_default_workers_leave_each_rank_a_core_for_its_step(monkeypatch, cores, ranks, workers):
+    from tinyssd.engine.inputs import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+    assert default_workers() == workers
