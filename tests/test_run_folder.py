@@ -39,3 +39,17 @@ def test_a_folder_that_cannot_be_made_is_one_usage_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="cannot write there"):
         RunFolder(tmp_path / "file" / "run", own=False)
+
+
+def test_a_failed_write_leaves_neither_a_half_file_nor_a_temporary_one(tmp_path):
+    from tinyssd.engine.run_folder import replaced_atomically
+
+    (tmp_path / "curves.png").write_bytes(b"old")
+    with pytest.raises(OSError), replaced_atomically(tmp_path / "curves.png") as tmp:
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+    assert (tmp_path / "curves.png").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
+    with replaced_atomically(tmp_path / "curves.png") as tmp:
+        tmp.write_bytes(b"new")
+    assert (tmp_path / "curves.png").read_bytes() == b"new"

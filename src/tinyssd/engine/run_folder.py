@@ -8,11 +8,13 @@ stops two trainings from writing into one folder at once.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -102,7 +104,8 @@ class RunFolder:
             row["images_per_s"],
         )
         write_metrics(self.path / "metrics.csv", history)
-        plot_curves(history, self.path / "curves.png")
+        with replaced_atomically(self.path / "curves.png") as tmp:
+            plot_curves(history, tmp)
 
     def save(self, fit: Fit, epoch: int, extra: dict[str, Any], best: bool) -> None:
         """``last.safetensors``, and ``best.safetensors`` when ``best`` (or none exists yet).
@@ -130,6 +133,18 @@ class RunFolder:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+
+
+@contextlib.contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (same suffix) to write to; renamed over ``path``
+    when the block succeeds, removed when it fails (a full disk leaves no half file)."""
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -171,7 +186,8 @@ def save_val_predictions(
         image = read_image(dataset.records[i].image)
         boxes, scores, labels = d["boxes"][keep], d["scores"][keep], d["labels"][keep]
         pictures.append(draw_detections(image, boxes, scores, labels, dataset.classes))
-    save_grid(pictures, path)
+    with replaced_atomically(path) as tmp:
+        save_grid(pictures, tmp)
 
 
 def _fmt(v: float | None) -> str:
