@@ -109,6 +109,16 @@ def peer_row(data: Path, epochs: int, image_size: int) -> dict | None:
         return None
 
 
+def epochs_for(spec: str | None, data_name: str) -> int | None:
+    """``--epochs``: "12" for every data set, or "bananas=12,bccd=40"."""
+    if not spec:
+        return None
+    if "=" not in spec:
+        return int(spec)
+    per = dict(item.split("=") for item in spec.split(","))
+    return int(per[data_name]) if data_name in per else None
+
+
 def markdown(results: list[dict], command: str) -> str:
     lines = [
         "# Ablation: what each part of the default recipe is worth",
@@ -138,7 +148,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="bananas,bccd", help="comma list of: bananas, bccd")
     p.add_argument("--rows", default="all", help="comma list of row names, or all")
-    p.add_argument("--epochs", type=int, help="train every row this many epochs")
+    p.add_argument(
+        "--epochs",
+        help="train every row this many epochs: N, or per data set (bananas=12,bccd=40); "
+        "default: each recipe's own budget",
+    )
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", default=str(ROOT / "docs" / "ABLATION.md"))
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "ablation.json"))
@@ -150,6 +164,7 @@ def main() -> None:
         p.error(f"unknown rows {sorted(unknown)}")
     results = []
     for data_name in a.data.split(","):
+        epochs = epochs_for(a.epochs, data_name)
         data = DATASETS[data_name]
         if not data.is_dir():
             print(f"{data}: absent, skipped", file=sys.stderr)
@@ -157,13 +172,13 @@ def main() -> None:
         for name, what, overrides in ROWS:
             if wanted is not None and name not in wanted:
                 continue
-            row = train_row(data, overrides, a.epochs)
+            row = train_row(data, overrides, epochs)
             results.append({"data": data_name, "row": name, "what": what, **row})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
         if a.peer:
             default = next((r for r in results if r["data"] == data_name), None)
-            epochs = a.epochs or (default["epochs"] if default else 24)
-            peer = peer_row(data, epochs, 256)
+            peer_epochs = epochs or (default["epochs"] if default else 40)
+            peer = peer_row(data, peer_epochs, 256)
             if peer is not None:
                 what = "Ultralytics YOLOv8n from scratch (yolov8n.yaml), same data and epochs"
                 results.append({"data": data_name, "row": "yolov8n", "what": what, **peer})
