@@ -144,9 +144,9 @@ def fit_anchor_sizes(
         log_ladder = ladder.log()
         mid = log_ladder.mean()
         ladder = (mid + (log_ladder - mid) * spread).exp()
-    ladder = ladder.clamp(1e-3, 1.0).tolist()
+    clamped = ladder.clamp(1e-3, 1.0).tolist()
     return tuple(
-        tuple(round(s, 4) for s in ladder[k * sizes_per_map : (k + 1) * sizes_per_map])
+        tuple(round(s, 4) for s in clamped[k * sizes_per_map : (k + 1) * sizes_per_map])
         for k in range(num_maps)
     )
 

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ class Detector:
             ``scores`` Tensor[N], ``labels`` Tensor[N] (1..C), ``names`` list[str].
         """
         tensors = [_to_tensor(im) for im in as_image_list(images)]
-        sizes = [tuple(t.shape[-2:]) for t in tensors]
+        sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
         batch = torch.stack([resize_image(t, self.image_size) for t in tensors]).to(self.device)
         batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.autocast_dtype):
@@ -125,9 +125,9 @@ class Detector:
             )
         out = []
         for d in dets:
-            d = {k: v.cpu() for k, v in d.items()}
-            d["names"] = [self.classes[int(i) - 1] for i in d["labels"]]
-            out.append(d)
+            record: dict[str, Any] = {k: v.cpu() for k, v in d.items()}
+            record["names"] = [self.classes[int(i) - 1] for i in record["labels"]]
+            out.append(record)
         return out
 
 
@@ -275,6 +275,8 @@ def evaluate_run(
     from .evaluation.plot import format_table, plot_pr_curves
 
     det = load(weights)
+    if not isinstance(det, Detector):
+        raise UsageError(f"{weights}: eval needs a checkpoint or run folder, not an exported graph")
     report = Report()
     dataset = DetectionDataset(
         load_split(data, split, format, report).with_classes(det.classes),

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tinyssd {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     limits = data_limits_parser()
-    fmt = dict(default="auto", choices=["auto", "bananas", "voc", "coco", "yolo"])
+    fmt: dict[str, Any] = dict(default="auto", choices=["auto", "bananas", "voc", "coco", "yolo"])
 
     t = sub.add_parser(
         "train", help="train a detector", argument_default=argparse.SUPPRESS, parents=[limits]

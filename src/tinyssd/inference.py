@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -126,7 +126,8 @@ def predict_dataset(
     indices = list(range(len(dataset))) if indices is None else indices
     out: list[dict[str, Tensor]] = []
     for idx, images in _dataset_batches(dataset, indices, batch_size, device):
-        sizes = [dataset.records[i].size for i in idx]
+        # DetectionDataset reads every record's size from its image header
+        sizes = [cast(tuple[int, int], dataset.records[i].size) for i in idx]
         with autocast(device, autocast_dtype):
             dets = predict_batch(model, images, sizes, **postprocess_kw)
         out += [

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from .api import Detector
+    from .export.runtime import OnnxDetector
 
 log = logging.getLogger("tinyssd")
 
@@ -111,7 +112,7 @@ def decode_upload(data: bytes, name: str, max_pixels: int | None = None) -> Any:
 
 
 def predict_upload(
-    det: "Detector",
+    det: "Detector | OnnxDetector",
     data: bytes,
     name: str,
     threshold: float,
@@ -131,7 +132,7 @@ def predict_upload(
 
 
 def create_app(
-    det: "Detector",
+    det: "Detector | OnnxDetector",
     threshold: float = DEFAULT_THRESHOLD,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_pixels: int | None = None,
@@ -225,28 +226,27 @@ def add_error_handlers(app: "FastAPI") -> None:
     def error(status: int, message: object) -> JSONResponse:
         return JSONResponse({"error": str(message)}, status_code=status)
 
+    @app.exception_handler(HTTPException)
     async def on_http(request: Any, e: HTTPException) -> JSONResponse:
         return error(e.status_code, e.detail)
 
+    @app.exception_handler(RequestValidationError)
     async def on_validation(request: Any, e: RequestValidationError) -> JSONResponse:
         return error(
             422, "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in e.errors())
         )
 
+    @app.exception_handler(DataError)
     async def on_data(request: Any, e: DataError) -> JSONResponse:
         return error(413 if isinstance(e, ImageTooLarge) else 422, e)
 
+    @app.exception_handler(UploadTooLarge)
     async def on_too_large(request: Any, e: UploadTooLarge) -> JSONResponse:
         return error(413, e)
 
+    @app.exception_handler(Exception)
     async def on_crash(request: Any, e: Exception) -> JSONResponse:  # uvicorn logs the traceback
         return error(500, "internal error (details in the server's log)")
-
-    app.add_exception_handler(HTTPException, on_http)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(DataError, on_data)
-    app.add_exception_handler(UploadTooLarge, on_too_large)
-    app.add_exception_handler(Exception, on_crash)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .api import Detector
+    from .export.runtime import OnnxDetector
 
 log = logging.getLogger("tinyssd")
 
@@ -211,7 +212,7 @@ def detection_line(d: dict, width: int, height: int) -> dict:
 
 
 def predict_video(
-    det: Detector,
+    det: Detector | OnnxDetector,
     source: str | Path,
     out: str | Path = "predictions",
     threshold: float = DEFAULT_THRESHOLD,

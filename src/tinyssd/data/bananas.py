@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from .base import (
@@ -136,7 +137,7 @@ def read_bananas(root: str | Path, split: str = "train", report: Report | None =
 
 
 def write_bananas(
-    root: str | Path, split: str, rows: list[tuple[str, int, float, float, float, float]]
+    root: str | Path, split: str, rows: Sequence[tuple[str, int, float, float, float, float]]
 ) -> Path:
     """Write ``bananas_{split}/label.csv`` (images are written by the caller)."""
     folder = split_dir(Path(root), split)

@@ -94,6 +94,7 @@ def check_images(data: Split, report: Report) -> SplitCheck:
 def _decoded_size(path: Path) -> tuple[int, int] | DataError:
     """(height, width) of the fully decoded image, or the error that decoding raised."""
     try:
-        return tuple(read_image(path).shape[-2:])
+        h, w = read_image(path).shape[-2:]
+        return int(h), int(w)
     except DataError as e:
         return e

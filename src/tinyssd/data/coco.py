@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 from .base import (
     BAD_LABEL_FILE,
@@ -50,7 +50,8 @@ class CocoImage(NamedTuple):
 
 
 class CocoBox(NamedTuple):
-    index: int  # position in "annotations", for messages
+    # The public field shadows the tuple's index() method, which mypy rejects in a NamedTuple.
+    index: int  # type: ignore[assignment]  # position in "annotations", for messages
     image_id: int | str
     category_id: int
     box: tuple[float, float, float, float]  # xyxy pixels
@@ -130,7 +131,7 @@ def _parse_int(literal: str) -> int | float:
 def _categories(path: Path, entries: object) -> list[tuple[int, str]]:
     if not isinstance(entries, list):
         raise DataError(f"{path}: no 'categories' list")
-    found = {}
+    found: dict[int, str] = {}
     for i, entry in enumerate(entries):
         cid = entry.get("id") if isinstance(entry, dict) else None
         name = entry.get("name") if isinstance(entry, dict) else None
@@ -175,7 +176,7 @@ def _box(index: int, entry: object) -> CocoBox:
     return CocoBox(index, image_id, category_id, (x, y, x + w, y + h), iscrowd, difficult)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -241,8 +242,8 @@ def read_coco(root: str | Path, split: str = "train", report: Report | None = No
     report = report if report is not None else Report()
     json_path = annotation_file(root, split)
     coco = parse_coco_json(json_path)
-    for problem in coco.problems:
-        report.add(BAD_LABEL_FILE, json_path, problem)
+    for entry_problem in coco.problems:
+        report.add(BAD_LABEL_FILE, json_path, entry_problem)
     labels = {cid: i + 1 for i, (cid, _) in enumerate(coco.categories)}
     folder = image_folder(root, split, json_path, [im.file_name for im in coco.images])
     by_image = defaultdict(list)
@@ -300,7 +301,8 @@ def write_coco(root: str | Path, split: str, records: list[Record], classes: lis
     images_dir.mkdir(parents=True, exist_ok=True)
     json_dir.mkdir(parents=True, exist_ok=True)
     taken = {p.stem for p in images_dir.iterdir()}
-    images, annotations = [], []
+    images: list[dict[str, object]] = []
+    annotations: list[dict[str, object]] = []
     for image_id, rec in enumerate(records, start=1):
         name = free_stem(rec.image.stem, split, taken) + rec.image.suffix
         link_or_copy(rec.image, images_dir / name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import cast
 
 from . import FORMATS, resolve_format
 from .base import DataError, Record, Report, clip_to_image, image_size
@@ -60,7 +61,10 @@ def convert(src: str | Path, to: str, out: str | Path, format: str = "auto") -> 
     for split, data in splits.items():
         records = with_image_sizes(data.records, report)
         if to == "yolo":
-            records = [clip_to_image(rec, rec.size, report) for rec in records]
+            # with_image_sizes gave every record its size
+            records = [
+                clip_to_image(rec, cast(tuple[int, int], rec.size), report) for rec in records
+            ]
         flags = sum(int((rec.difficult | rec.iscrowd).sum()) for rec in records)
         if flags and to in ("yolo", "bananas"):
             log.warning(

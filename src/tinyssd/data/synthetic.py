@@ -32,7 +32,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -60,7 +60,7 @@ HUE_JITTER = 0.03  # std of the per-object hue shift
 OFF_PALETTE = 0.15  # share of objects with a random hue
 # PNG writing dominates the time: zlib level 1 with Huffman-only coding is faster than
 # the default and, on these noisy images, smaller too (measured: ~95 kB per 256px image).
-PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_HUFFMAN_ONLY}
+PNG_OPTIONS: dict[str, Any] = {"compress_level": 1, "compress_type": zlib.Z_HUFFMAN_ONLY}
 WORKERS = min(4, os.cpu_count() or 1)  # threads: PNG encoding and numpy release the GIL
 CACHE_VERSION = "v1"  # bump when the images change, so old caches are not reused
 
@@ -179,14 +179,14 @@ def render_image(
         if _visible(owner, obj, k).sum() >= MIN_VISIBLE * obj.mask.sum()
     ]
     owner = _owner_map(layout, size)
-    objects = []
+    objects: list[tuple[int, int, int, int, int]] = []
     for k, obj in enumerate(layout):
         h, w = obj.mask.shape
         image[obj.y : obj.y + h, obj.x : obj.x + w][obj.mask] = obj.colour[obj.mask]
         rows, cols = np.nonzero(_visible(owner, obj, k))
         rows, cols = rows + obj.y, cols + obj.x
-        box = (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1)
-        objects.append((obj.label, *(int(v) for v in box)))
+        x1, y1, x2, y2 = int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+        objects.append((obj.label, x1, y1, x2, y2))
     amplitude = int(rng.integers(2, 7))
     noise = rng.integers(-amplitude, amplitude + 1, (size, size, 3), dtype=np.int16)
     pixels = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
@@ -219,7 +219,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     for _ in range(int(rng.integers(0, 5))):
         cx, cy, rx, ry = rng.uniform(0, low, 2).tolist() + rng.uniform(1, low / 5, 2).tolist()
         draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=_rgb_int(rng.random(3) * 255))
-    soft = np.asarray(grid.resize((size, size), Image.BICUBIC), dtype=np.float32)
+    soft = np.asarray(grid.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
     image += (soft - np.float32(128)) * np.float32(rng.uniform(0.1, 0.35))
 
     # Faint lines and arcs: drawn in colour and, with the same geometry, into a coverage mask.
@@ -312,7 +312,7 @@ def _visible(owner: np.ndarray, obj: _Object, k: int) -> np.ndarray:
 
 
 def _rgb_int(rgb: np.ndarray) -> tuple[int, int, int]:
-    return tuple(int(c) for c in rgb)
+    return int(rgb[0]), int(rgb[1]), int(rgb[2])
 
 
 def _is_complete(root: Path) -> bool:

@@ -265,7 +265,7 @@ def _by_stem(folder: Path) -> dict[str, Path]:
     """
     if not folder.is_dir():
         return {}
-    images = {}
+    images: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or is_special(p)):
             images.setdefault(p.stem, p)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -59,7 +60,8 @@ def make_train_step(
     and the allocator setting ``tinyssd.train`` makes on the CPU."""
     keep_freed_memory()
     model = model.to(memory_format=torch.channels_last).train()
-    step_model = torch.compile(model) if compile else model
+    # torch.compile gives a module an OptimizedModule (its stubs say only a callable)
+    step_model = cast(torch.nn.Module, torch.compile(model)) if compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=5e-4)
     loss_fn = MultiBoxLoss()
     dtype = torch.bfloat16 if precision == "bf16" else None

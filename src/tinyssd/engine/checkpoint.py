@@ -14,7 +14,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     py = random.getstate()
-    np_state = np.random.get_state()
+    # The legacy tuple: the global RandomState is always MT19937 (others give a dict).
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
     meta = {
         "python": [py[0], list(py[1]), py[2]],
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
@@ -52,7 +53,8 @@ def set_rng_state(tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, Tensor], dict]:
-    tensors, per_param = {}, {}
+    tensors: dict[str, Tensor] = {}
+    per_param: dict[str, dict[str, Any]] = {}
     for idx, param_state in state["state"].items():
         per_param[str(idx)] = {}
         for key, value in param_state.items():

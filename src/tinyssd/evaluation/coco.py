@@ -374,7 +374,7 @@ def accumulate(
         matched, ignored, rank = dt_matched[dets], dt_ignored[dets], dt_rank[dets]
         of_class = gt_label == label
         for a in range(num_areas):
-            num_pos = np.count_nonzero(of_class & ~gt_ignore[a])
+            num_pos = int(np.count_nonzero(of_class & ~gt_ignore[a]))
             if num_pos == 0:
                 continue
             # A detection ignored at every threshold repeats the point before it

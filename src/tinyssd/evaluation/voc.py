@@ -18,6 +18,8 @@ py-faster-rcnn's ``voc_eval``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .coco import EvalInputs, pair_iou, same_group_pairs
@@ -76,7 +78,7 @@ def voc_outcomes(inputs: EvalInputs) -> tuple[np.ndarray, np.ndarray]:
     return true_pos, ignored
 
 
-def voc_metrics(inputs: EvalInputs) -> dict[int, dict[str, object]]:
+def voc_metrics(inputs: EvalInputs) -> dict[int, dict[str, Any]]:
     """Per class: ``VOC07_AP``, ``VOC_AP`` (-1 without non-difficult boxes), and the curve.
 
     Returns:
@@ -85,7 +87,7 @@ def voc_metrics(inputs: EvalInputs) -> dict[int, dict[str, object]]:
     """
     true_pos, ignored = voc_outcomes(inputs)
     counted_gt = ~(inputs.gt_difficult | inputs.gt_crowd)
-    out: dict[int, dict[str, object]] = {}
+    out: dict[int, dict[str, Any]] = {}
     for label in inputs.labels:
         dets = np.flatnonzero((inputs.dt_label == label) & ~ignored)
         dets = dets[np.argsort(-inputs.dt_score[dets], kind="stable")]

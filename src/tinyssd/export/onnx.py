@@ -38,11 +38,16 @@ import copy
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
 
 from ..boxes import decode_offsets
+from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..models import SSDConfig
 
 MIN_OPSET = 17  # the oldest tested; NonMaxSuppression and TopK as used here need 11
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
@@ -150,7 +155,8 @@ def fixed_size_copy(model: nn.Module, image_size: int) -> nn.Module:
     model = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
     with torch.no_grad():
         anchors = model(torch.zeros(1, 3, image_size, image_size))[0]  # (1, A, 4)
-    model.anchor_generator = _ConstantAnchors(anchors[0])
+    # torch types module attributes as Tensor | Module, but any object may be set
+    model.anchor_generator = _ConstantAnchors(anchors[0])  # type: ignore[assignment]
     return model
 
 
@@ -227,10 +233,11 @@ def export_model(
         raise ValueError(f"input_dtype {input_dtype!r}: choose from {', '.join(INPUT_DTYPES)}")
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset}: tinyssd exports opset {MIN_OPSET} or newer")
-    config = model.config
+    config = cast("SSDConfig", model.config)  # an SSD's (torch types it Tensor | Module)
     size = config.image_size
     model = fixed_size_copy(model, size)
     example = torch.zeros(1, 3, size, size, dtype=INPUT_DTYPES[input_dtype])
+    args: tuple[Tensor, ...]
     if nms:
         wrapper: nn.Module = DetectionWrapper(model, size, topk_candidates, max_detections)
         args = (example, torch.tensor(0.01), torch.tensor(0.45))  # thresholds: any example
@@ -286,7 +293,9 @@ def _add_metadata(path: Path, meta: dict[str, str]) -> Path:
 
 def export_onnx(weights: str | Path, out: str | Path, opset: int = 17, **options) -> Path:
     """Write ``out`` (.onnx) for a checkpoint or run folder (``export_model``'s ``options``)."""
-    from ..api import load
+    from ..api import Detector, load
 
     det = load(weights, device="cpu", precision="fp32")
+    if not isinstance(det, Detector):
+        raise UsageError(f"{weights}: already an exported graph; export a checkpoint or run folder")
     return export_model(det.model, det.classes, out, opset=opset, **options)

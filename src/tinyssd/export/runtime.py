@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -78,8 +79,8 @@ class OnnxDetector:
                 f"max_detections {max_detections}: {self.path} was exported with "
                 f"max_detections {self.max_detections}; export again with a larger one"
             )
-        many = isinstance(images, (list, tuple))
-        tensors = [_to_tensor(im) for im in (images if many else [images])]
+        image_list = images if isinstance(images, (list, tuple)) else [cast(ImageLike, images)]
+        tensors = [_to_tensor(im) for im in image_list]
         batch = torch.stack([resize_image(t, self.image_size) for t in tensors])
         boxes, scores, labels, counts = self.session.run(
             None,
