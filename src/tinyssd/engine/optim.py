@@ -51,7 +51,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(
-    params: list[dict] | nn.Module,
+    params: list[dict] | list[nn.Parameter] | nn.Module,
     name: str = "sgd",
     lr: float = 0.02,
     momentum: float = 0.9,
@@ -59,8 +59,9 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """``sgd`` (heavy-ball momentum), ``nesterov`` or ``adamw`` (betas (momentum, 0.999)).
 
-    ``params`` is a module (grouped by ``param_groups`` with ``weight_decay``)
-    or ready groups (their own ``weight_decay`` values win).
+    ``params`` is a module (grouped by ``param_groups`` with ``weight_decay``),
+    ready groups (their own ``weight_decay`` values win) or parameters (all
+    decayed with ``weight_decay``).
     """
     if isinstance(params, nn.Module):
         params = param_groups(params, weight_decay)
