@@ -175,6 +175,7 @@ def main() -> None:
             row = train_row(data, overrides, epochs)
             results.append({"data": data_name, "row": name, "what": what, **row})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+            Path(a.out).write_text(markdown(results, command))  # what is done so far
         if a.peer:
             default = next((r for r in results if r["data"] == data_name), None)
             peer_epochs = epochs or (default["epochs"] if default else 40)
