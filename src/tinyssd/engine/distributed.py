@@ -79,8 +79,9 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
     The order and the coins come from one generator seeded ``seed + epoch``:
     ``randperm(n)``, then ``rand(len(batch))`` per global batch. A last global
-    batch smaller than the world is dropped on every rank: a rank without
-    images would skip the step and leave the others waiting in the all-reduce.
+    batch that would leave a rank fewer than ``min_share`` images is dropped on
+    every rank: a rank without images would skip the step and leave the others
+    waiting in the all-reduce, and one image alone fails BatchNorm on a 1x1 map.
     """
 
     def __init__(
@@ -107,11 +108,17 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
                 coins = (torch.rand(len(idx), generator=generator) < 0.5).tolist()
             else:
                 coins = [False] * len(idx)
-            if len(idx) < self.world_size:
+            if len(idx) < self.min_share * self.world_size:
                 continue
             share = slice(self.rank, None, self.world_size)
             yield list(zip(idx[share].tolist(), coins[share], strict=True))
 
+    @property
+    def min_share(self) -> int:
+        """Images a rank needs in a step: 2, so that BatchNorm sees more than one value per
+        channel on a 1x1 map (a set too small for that keeps its single images)."""
+        return 2 if self.n >= 2 * self.world_size else 1
+
     def __len__(self) -> int:
         full, last = divmod(self.n, self.global_batch)
-        return full + int(last >= self.world_size)
+        return full + int(last >= self.min_share * self.world_size)
