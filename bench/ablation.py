@@ -169,6 +169,12 @@ def main() -> None:
         if not data.is_dir():
             print(f"{data}: absent, skipped", file=sys.stderr)
             continue
+        if a.peer:  # first: the row every other row is compared with
+            peer = peer_row(data, epochs or 40, 256)
+            if peer is not None:
+                what = "Ultralytics YOLOv8n from scratch (yolov8n.yaml), same data and epochs"
+                results.append({"data": data_name, "row": "yolov8n", "what": what, **peer})
+                Path(a.out).write_text(markdown(results, command))
         for name, what, overrides in ROWS:
             if wanted is not None and name not in wanted:
                 continue
@@ -176,14 +182,6 @@ def main() -> None:
             results.append({"data": data_name, "row": name, "what": what, **row})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
             Path(a.out).write_text(markdown(results, command))  # what is done so far
-        if a.peer:
-            default = next((r for r in results if r["data"] == data_name), None)
-            peer_epochs = epochs or (default["epochs"] if default else 40)
-            peer = peer_row(data, peer_epochs, 256)
-            if peer is not None:
-                what = "Ultralytics YOLOv8n from scratch (yolov8n.yaml), same data and epochs"
-                results.append({"data": data_name, "row": "yolov8n", "what": what, **peer})
-        Path(a.out).write_text(markdown(results, command))
     emit({"command": command, "rows": results}, a.json)
 
 
