@@ -40,8 +40,12 @@ def make_set(data_dir: Path, size: int) -> tuple[Path, float | None]:
     return root, time.perf_counter() - t0
 
 
-def child(data: str, cache: str, batch_size: int, workers: int | None) -> None:
-    """One epoch of ``tinyssd.train``, timed; prints one JSON line (runs in a fresh process)."""
+def child(
+    data: str, cache: str, batch_size: int, workers: int | None, max_images: int | None
+) -> None:
+    """One epoch of ``tinyssd.train`` (or its first ``max_images``), timed; prints one JSON
+    line (runs in a fresh process)."""
+    import itertools
     import logging
     import tempfile
 
@@ -50,12 +54,16 @@ def child(data: str, cache: str, batch_size: int, workers: int | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # the choices made
 
     epoch_times: list[float] = []
+    trained: list[int] = []  # images the epoch trained on
     timed_epoch = train_module.train_one_epoch
 
-    def timed(*args, **kwargs):
+    def timed(fit, batch_iter, *args, **kwargs):
+        if max_images is not None:
+            batch_iter = itertools.islice(batch_iter, -(-max_images // batch_size))
         t0 = time.perf_counter()
-        row = timed_epoch(*args, **kwargs)
+        row = timed_epoch(fit, batch_iter, *args, **kwargs)
         epoch_times.append(time.perf_counter() - t0)
+        trained.append(round(row["images_per_s"] * row["seconds"]))
         return row
 
     train_module.train_one_epoch = timed
@@ -66,17 +74,17 @@ def child(data: str, cache: str, batch_size: int, workers: int | None) -> None:
             workers=workers, progress=False,
         )  # fmt: skip
         wall = time.perf_counter() - t0
-        lines = (Path(data) / "bananas_train" / "label.csv").read_text().splitlines()[1:]
-        images = len({line.split(",")[0] for line in lines})
+        set_images = sum(1 for _ in (Path(data) / "bananas_train" / "images").iterdir())
         rows = (run / "metrics.csv").read_text().splitlines()
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(
         json.dumps(
             {
-                "images": images,
+                "set_images": set_images,
+                "trained_images": trained[0],
                 "epoch_s": round(epoch_times[0], 2),
-                "images_per_s": round(images / epoch_times[0], 2),
+                "images_per_s": round(trained[0] / epoch_times[0], 2),
                 "wall_s": round(wall, 2),
                 "peak_rss_mb": round(self_kb / 1024, 1),
                 "peak_rss_children_mb": round(workers_kb / 1024, 1),  # loader workers
@@ -88,8 +96,11 @@ def child(data: str, cache: str, batch_size: int, workers: int | None) -> None:
 
 def measure(data: Path, cache: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--child", str(data), cache, "--batch-size",
-           str(args.batch_size)] + (["--workers", str(args.workers)] if args.workers is not None
-                                    else [])  # fmt: skip
+           str(args.batch_size)]  # fmt: skip
+    if args.workers is not None:
+        cmd += ["--workers", str(args.workers)]
+    if args.max_images is not None:
+        cmd += ["--max-images", str(args.max_images)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -109,11 +120,14 @@ def main() -> None:
     p.add_argument("--data-dir", default="/tmp/tinyssd-scale")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None, help="default: tinyssd's own")
+    p.add_argument(
+        "--max-images", type=int, default=None, help="train only the first N images of each epoch"
+    )
     p.add_argument("--out", default=None)
     p.add_argument("--child", nargs=2, metavar=("DATA", "CACHE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        child(*args.child, args.batch_size, args.workers)
+        child(*args.child, args.batch_size, args.workers, args.max_images)
         return
     sizes = sorted(args.sizes)
     runs, generated = [], {}
@@ -129,6 +143,7 @@ def main() -> None:
     emit(
         {
             "sizes": sizes,
+            "max_images": args.max_images,  # None: whole epochs
             "generate_s": generated,  # None: the set was already there
             "runs": runs,
             "rss_largest_over_smallest_none": round(rss_ratio, 3),
