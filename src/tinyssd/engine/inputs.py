@@ -31,6 +31,9 @@ from .distributed import GlobalBatchSampler
 
 log = logging.getLogger("tinyssd")
 
+# Training boxes the anchor fit looks at, at most: a seeded sample of a larger set.
+FIT_BOXES = 4000
+
 
 class Splits(NamedTuple):
     root: str
@@ -79,6 +82,9 @@ def model_config(cfg: TrainConfig, train: Split) -> SSDConfig:
     if cfg.anchors != "auto":
         return config
     boxes = normalised_boxes(train)
+    if len(boxes) > FIT_BOXES:  # a seeded sample: quantiles need no more, memory stays flat
+        pick = torch.randperm(len(boxes), generator=torch.Generator().manual_seed(0))
+        boxes = boxes[pick[:FIT_BOXES]]
     if len(boxes) < 2:
         log.info("--anchors auto: fewer than 2 training boxes, keeping the preset's anchors")
         return config
