@@ -40,7 +40,11 @@ def test_a_last_batch_smaller_than_the_world_is_dropped_on_every_rank():
     for rank in (0, 1):
         sampler = GlobalBatchSampler(9, 4, seed=0, rank=rank, world_size=2)
         assert len(list(sampler)) == len(sampler) == 2
-    assert len(GlobalBatchSampler(9, 4, seed=0)) == 3  # one process keeps its last image
+    # one image alone fails BatchNorm on a 1x1 map: a last batch of one is dropped too,
+    # a last batch of two kept, and a set of one image still trains
+    assert len(GlobalBatchSampler(9, 4, seed=0)) == len(list(GlobalBatchSampler(9, 4, seed=0))) == 2
+    assert len(GlobalBatchSampler(10, 4, seed=0)) == 3
+    assert len(GlobalBatchSampler(1, 4, seed=0)) == 1
 
 
 def test_without_torchrun_everything_is_a_single_process(monkeypatch):
