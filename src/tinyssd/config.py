@@ -14,7 +14,7 @@ import json
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import UsageError
 
@@ -204,6 +204,16 @@ class TrainConfig:
         """From ``config.json``'s ``"train"``; keys this version does not know are ignored."""
         known = {f.name for f in fields(TrainConfig)}
         return TrainConfig(**{k: v for k, v in d.items() if k in known})
+
+
+T = TypeVar("T")
+
+
+def resolved_value(value: T | None) -> T:
+    """A field that every recipe sets, read from a :meth:`TrainConfig.resolved` config."""
+    if value is None:
+        raise ValueError("a field every recipe sets is None: use TrainConfig.resolved()")
+    return value
 
 
 def check(cfg: TrainConfig) -> None:

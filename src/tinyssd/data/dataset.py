@@ -57,6 +57,12 @@ def normalise_boxes(boxes: Tensor, height: int, width: int) -> Tensor:
     return boxes / boxes.new_tensor([width, height, width, height])
 
 
+def _held_size(rec: Record) -> tuple[int, int]:
+    """(height, width) of a record the dataset holds: ``clip_to_image`` set it."""
+    assert rec.size is not None
+    return rec.size
+
+
 def available_memory() -> int:
     """Bytes of memory available to new allocations (``MemAvailable`` of /proc/meminfo)."""
     try:
@@ -223,7 +229,8 @@ class DetectionDataset(torch.utils.data.Dataset):
             except DataError as e:
                 self.report.add_unreadable(rec.image, e)
                 continue
-            self.records.append(clip_to_image(rec, tuple(image.shape[-2:]), self.report))
+            h, w = image.shape[-2:]
+            self.records.append(clip_to_image(rec, (int(h), int(w)), self.report))
             images.append(self._stored(image))
         self.images = images
 
@@ -260,7 +267,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         """Bytes the held images take (uint8): 3*S*S each, or 3*H*W with a transform."""
         if self.transform is None:
             return len(self.records) * 3 * self.image_size**2
-        return sum(3 * rec.size[0] * rec.size[1] for rec in self.records)
+        return sum(3 * h * w for h, w in map(_held_size, self.records))
 
     def load_image(self, i: int) -> Tensor:
         """Image i as held: ``Tensor[3, S, S]`` uint8 (or ``[3, H, W]`` with a transform).
@@ -281,7 +288,7 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
         rec, image = self.records[i], self.load_image(i)
-        h, w = rec.size
+        h, w = _held_size(rec)
         if self.transform is None:
             return image, {"boxes": normalise_boxes(rec.boxes, h, w), "labels": rec.labels}
         image, boxes, labels = self.transform(image, rec.boxes, rec.labels)

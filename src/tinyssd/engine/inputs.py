@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..config import TrainConfig
+from ..config import TrainConfig, resolved_value
 from ..data import DetectionDataset, Report, Split, collate, load_split
 from ..data.base import UNREADABLE_IMAGE
 from ..data.base import image_size as header_size
@@ -77,7 +77,7 @@ def model_config(cfg: TrainConfig, train: Split) -> SSDConfig:
     fitting, and keeps the preset's anchors where they match more boxes (as YOLO's
     AutoAnchor keeps its defaults when they fit well enough).
     """
-    config = PRESETS[cfg.model]()
+    config = PRESETS[resolved_value(cfg.model)]()
     config = replace(config, image_size=cfg.image_size or config.image_size)
     if cfg.anchors != "auto":
         return config

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import TrainConfig, check, read_run_config
+from ..config import TrainConfig, check, read_run_config, resolved_value
 from ..data import DetectionDataset
 from ..errors import TinySSDError, UsageError
 from ..inference import autocast, evaluate_dataset, resolve_device, resolve_precision
@@ -387,7 +387,8 @@ def _fit(
     start_from(model, cfg)  # --init / --pretrained weights (not when resuming)
     freeze = backbone_freeze(model, cfg)
     model = model.to(device).to(memory_format=torch.channels_last)
-    global_batch = cfg.batch_size * dist_ctx.world_size
+    batch_size = resolved_value(cfg.batch_size)
+    global_batch = batch_size * dist_ctx.world_size
     flip = flips_whole_batches(cfg.augment)
     sampler = dist.GlobalBatchSampler(
         len(train_ds), global_batch, cfg.seed, dist_ctx.rank, dist_ctx.world_size, flip
@@ -402,7 +403,7 @@ def _fit(
         lr_schedule=partial(
             lr_at,
             total=epochs * steps_per_epoch,
-            base_lr=cfg.lr,
+            base_lr=resolved_value(cfg.lr),
             warmup=min(cfg.warmup or 0, epochs * steps_per_epoch // 2),
             schedule=cfg.schedule or "constant",
         ),
@@ -437,7 +438,7 @@ def _fit(
         row |= train_one_epoch(fit, local_batches, epoch, epochs, cfg.progress and main)
         check_finite_weights(fit.eval_model, epoch, fit.optimizer.param_groups[0]["lr"])
         if main:
-            row |= validate(fit.eval_model, val_ds, cfg.batch_size, device)
+            row |= validate(fit.eval_model, val_ds, batch_size, device)
             state.epoch = epoch + 1
             state.history.append(row)
             improved = row.get("val_AP", -1.0) > state.best_ap or not val_ds
@@ -477,10 +478,10 @@ def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser of ``cfg``: every parameter decayed (the chapter) or not BN/bias."""
-    params = (
-        list(model.parameters()) if cfg.norm_bias_decay else param_groups(model, cfg.weight_decay)
-    )
-    return build_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    lr, weight_decay = resolved_value(cfg.lr), resolved_value(cfg.weight_decay)
+    params = list(model.parameters()) if cfg.norm_bias_decay else param_groups(model, weight_decay)
+    optimizer, momentum = resolved_value(cfg.optimizer), resolved_value(cfg.momentum)
+    return build_optimizer(params, optimizer, lr, momentum, weight_decay)
 
 
 def resume(path: Path, fit: Fit, cfg: TrainConfig) -> TrainState:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,9 @@ class SSDConfig:
 
     @staticmethod
     def from_dict(d: dict) -> SSDConfig:
-        fields = {k: tuple(map(tuple, v)) if k in ("sizes", "ratios") else v for k, v in d.items()}
+        fields: dict[str, Any] = {
+            k: tuple(map(tuple, v)) if k in ("sizes", "ratios") else v for k, v in d.items()
+        }
         for k in ("channels", "pixel_mean", "pixel_std"):
             fields[k] = tuple(fields[k])
         return SSDConfig(**fields)

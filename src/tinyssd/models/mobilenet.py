@@ -15,7 +15,7 @@ under ``features.`` are named exactly as in ``torchvision.models.mobilenet_v3_la
 from __future__ import annotations
 
 from functools import partial
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from torch import Tensor, nn
 from torchvision.models import MobileNet_V3_Large_Weights, WeightsEnum, mobilenet_v3_large
@@ -73,15 +73,19 @@ class SeparableConv2d(nn.Sequential):
 
     @property
     def out_channels(self) -> int:
-        return self[1].out_channels
+        return self._pointwise.out_channels
 
     @property
     def weight(self) -> nn.Parameter:
-        return self[1].weight
+        return cast(nn.Parameter, self._pointwise.weight)
 
     @property
     def bias(self) -> nn.Parameter:
-        return self[1].bias
+        return cast(nn.Parameter, self._pointwise.bias)
+
+    @property
+    def _pointwise(self) -> nn.Conv2d:
+        return cast(nn.Conv2d, self[1])
 
 
 def _c4_position(features: nn.Sequential) -> int:

@@ -9,6 +9,7 @@ probability makes the first steps learn objects rather than suppress noise.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -39,4 +40,6 @@ def init_class_prior(cls_heads: nn.ModuleList, num_classes: int, prior: float = 
     """
     bias = class_prior_bias(num_classes, prior)
     for head in cls_heads:
-        head.bias.copy_(bias.repeat(head.out_channels // (num_classes + 1)))
+        # a Conv2d, or a SeparableHead giving its 1x1 conv's out_channels and bias
+        out_channels, head_bias = cast(int, head.out_channels), cast(Tensor, head.bias)
+        head_bias.copy_(bias.repeat(out_channels // (num_classes + 1)))

@@ -59,6 +59,9 @@ class SSD(nn.Module):
     Tensor[B, 4A] (offsets). Losses and decoding live elsewhere.
     """
 
+    pixel_mean: Tensor  # (1, 3, 1, 1) buffers, registered in __init__
+    pixel_std: Tensor
+
     def __init__(self, num_classes: int, config: SSDConfig) -> None:
         super().__init__()
         self.num_classes = num_classes
