@@ -142,7 +142,8 @@ def test_torchrun_two_processes_train_and_rank_zero_writes_the_run(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "--standalone", "-m", "tinyssd", "train", "--data", str(data), "--epochs", "2",
-           "--batch-size", "8", "--image-size", "64", "--out", str(out)]  # fmt: skip
+           "--batch-size", "8", "--image-size", "64", "--out", str(out),
+           "--recipe", "chapter"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
