@@ -7,8 +7,8 @@ import textwrap
 import pytest
 import torch
 
-from tinyssd.errors import CheckpointError
 from tinyssd.engine.checkpoint import read_checkpoint, resolve_weights, restore, save_checkpoint
+from tinyssd.errors import CheckpointError
 from tinyssd.models import TinySSD
 
 

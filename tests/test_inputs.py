@@ -14,8 +14,8 @@ from tinyssd.engine.inputs import (
     read_splits,
     stack_dataset,
 )
-from tinyssd.models.config import tiny_fpn
 from tinyssd.models.anchor_fit import miss_rate
+from tinyssd.models.config import tiny_fpn
 
 
 def test_flip_batch_mirrors_images_and_boxes_and_keeps_padding():
