@@ -129,7 +129,7 @@ def markdown(results: list[dict], command: str) -> str:
         f"```bash\n{command}\n```",
         "",
         "`-X`: the default recipe without X (as the chapter has it); `+X`: the chapter's",
-        "recipe with X. AP, AP50, AP75: val COCO metrics of the last (EMA) weights, by",
+        "recipe with X. AP, AP50, AP75: val COCO metrics of the last weights (the EMA when on), by",
         "tinyssd's evaluator (equal to pycocotools). Train min: time in training steps;",
         "the machine is shared, so compare minutes within one table only.",
         "",

@@ -17,7 +17,8 @@ pytestmark = [
 
 def test_four_epochs_of_the_chapters_recipe_learn_to_find_bananas(tmp_path):
     out = tmp_path / "bananas"
-    assert main(["train", "--data", str(BANANAS), "--epochs", "4", "--out", str(out)]) == 0
+    args = ["train", "--data", str(BANANAS), "--epochs", "4", "--recipe", "chapter"]
+    assert main([*args, "--out", str(out)]) == 0
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     err = [float(r["class_err"]) for r in rows]
