@@ -109,3 +109,16 @@ def corrupted(valid: bytes):
         st.builds(splice, st.integers(0, n), st.integers(0, 8), st.binary(max_size=8)),
         st.builds(splice, st.integers(0, n), st.integers(0, 8), st.sampled_from(tokens)),
     )
+
+
+# Appended to a probe script run in a fresh process: prints "heap" when a 256 MB tensor is
+# served from the [heap] mapping (glibc keeping freed memory) rather than a fresh mmap.
+HEAP_PROBE = """
+import torch
+t = torch.empty(256 * 2**20, dtype=torch.uint8)
+for line in open("/proc/self/maps"):
+    if line.rstrip().endswith("[heap]"):
+        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+        if start <= t.data_ptr() < end:
+            print("heap")
+"""

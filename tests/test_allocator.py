@@ -4,22 +4,20 @@ import subprocess
 import sys
 
 import pytest
+from fixtures import HEAP_PROBE
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc setting")
 
 # In a fresh process: is a 256 MB tensor inside the [heap] mapping?
-PROBE = """
+PROBE = (
+    """
 import sys, torch
 from tinyssd.engine.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
-t = torch.empty(256 * 2**20, dtype=torch.uint8)
-for line in open("/proc/self/maps"):
-    if line.rstrip().endswith("[heap]"):
-        start, end = (int(x, 16) for x in line.split()[0].split("-"))
-        if start <= t.data_ptr() < end:
-            print("heap")
 """
+    + HEAP_PROBE
+)
 
 
 def _where(setting: str) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures import write_tiny_bananas
+from fixtures import HEAP_PROBE, write_tiny_bananas
 
 from tinyssd.engine.checkpoint import read_checkpoint
 from tinyssd.engine.train import METRIC_COLUMNS, train
@@ -162,19 +162,16 @@ def test_an_empty_val_split_warns_and_best_is_last(tmp_path, caplog):
     assert _weights(run / "best.safetensors")[1]["epoch"] == 2
 
 
-ALLOCATOR_PROBE = """
+ALLOCATOR_PROBE = (
+    """
 import sys, torch, tinyssd
 from fixtures import write_tiny_bananas
 data = write_tiny_bananas(__import__("pathlib").Path(sys.argv[1]), n_train=8, n_val=2, size=64)
 tinyssd.train(data=data, out=sys.argv[1] + "/run", epochs=1, batch_size=8, image_size=64,
-              progress=False)
-t = torch.empty(256 * 2**20, dtype=torch.uint8)
-for line in open("/proc/self/maps"):
-    if line.rstrip().endswith("[heap]"):
-        start, end = (int(x, 16) for x in line.split()[0].split("-"))
-        if start <= t.data_ptr() < end:
-            print("heap")
+              progress=False, recipe="chapter")
 """
+    + HEAP_PROBE
+)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc setting")
