@@ -22,6 +22,8 @@ from torchvision.models import (
     resnet50,
 )
 
+from .conv import Conv2d
+
 # Channels of the six maps the heads read: layer2, layer3, layer4, three extras.
 RESNET18_CHANNELS = (128, 256, 512, 256, 256, 128)
 RESNET50_CHANNELS = (512, 1024, 2048, 512, 256, 256)
@@ -34,7 +36,7 @@ def extra_block(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.Conv2d(in_channels, mid, 1, bias=False),
         nn.BatchNorm2d(mid),
         nn.ReLU(inplace=True),
-        nn.Conv2d(mid, out_channels, 3, stride=2, padding=1, bias=False),
+        Conv2d(mid, out_channels, 3, stride=2, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .conv import Conv2d
+
 # Feature channels of every map the heads read.
 FPN_CHANNELS = 96
 
@@ -19,7 +21,7 @@ FPN_CHANNELS = 96
 def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
     """3x3 conv (no bias), BatchNorm, ReLU; ``stride`` 2 halves h and w."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
