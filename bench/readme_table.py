@@ -89,7 +89,7 @@ def table() -> str:
         )
     for name, r in (tt.get("recipes") or {}).items():
         rows.append(
-            f"| minutes to val AP50 ≥ {tt.get('target_AP50')} on the bananas ({name}) | | "
+            f"| minutes to val COCO AP ≥ {tt.get('target_AP')} on the bananas ({name}) | | "
             f"{_f(r.get('train_minutes'), '.1f')} train / {_f(r.get('wall_minutes'), '.1f')} wall "
             f"({r.get('epochs')} epochs, reached: {r.get('reached')}) | "
             "| `python bench/time_to_ap.py` |"

@@ -18,6 +18,7 @@ import torch
 from _common import BANANAS, chapter_module, emit
 
 from tinyssd.engine import benchmark as B
+from tinyssd.matching import chapter_rows
 from tinyssd.models import build_model
 
 
@@ -36,8 +37,8 @@ def chapter_train_step(chapter):
     net = chapter.TinySSD(num_classes=1).train()
     trainer = torch.optim.SGD(net.parameters(), lr=0.2, weight_decay=5e-4)
 
-    def step(images, labels):
-        chapter.train_step(net, trainer, images.float(), labels)
+    def step(images, targets):
+        chapter.train_step(net, trainer, images.float(), chapter_rows(targets))
 
     return step
 

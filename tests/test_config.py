@@ -106,3 +106,18 @@ def test_the_step_budget_raises_small_sets_and_caps_large_ones():
     assert epochs_for(cfg, 32) == 40  # the bananas
     assert epochs_for(cfg, 313) == 12  # 10,000 images
     assert epochs_for(TrainConfig(epochs=3).resolved(), 5) == 3
+
+
+def test_the_readme_recipe_table_states_the_recipes_budget_and_ema():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `--")
+    }
+    d, c = RECIPES["default"], RECIPES["chapter"]
+    budget = rows["`--batch-size`, `--epochs`, `--min-steps`, `--max-steps`"]
+    assert f"| {d['batch_size']}, {d['epochs']}, at least {d['min_steps']} and at most " in budget
+    assert f"{d['max_steps']} steps | {c['batch_size']}, {c['epochs']}, 0, 0 |" in budget
+    ema = rows["`--ema`"].split("|")[2].strip()
+    assert ema.startswith(f"{d['ema']:g} (off" if d["ema"] == 0 else f"{d['ema']:g} (")

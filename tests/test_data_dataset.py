@@ -7,7 +7,7 @@ from fixtures import write_tiny_bananas
 from PIL import Image
 
 import tinyssd.data.dataset as dataset_module
-from tinyssd.data import DetectionDataset, Report, load_split
+from tinyssd.data import DetectionDataset, Report, collate, load_split
 from tinyssd.data.base import UNREADABLE_IMAGE
 from tinyssd.engine.inputs import batches
 
@@ -71,3 +71,24 @@ def test_a_transform_gets_the_full_resolution_image_when_decoded_lazily(data):
     assert seen == [(3, 40, 40)] and image.shape == (3, 32, 32)
     assert dataset.decoded_bytes() == 6 * 3 * 40 * 40
     assert torch.all(target["boxes"] <= 1)
+
+
+def test_collate_pads_rows_with_classes_1_to_c_and_zero_rows():
+    box = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    batch = [
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), {"boxes": box, "labels": torch.tensor([2])}),
+        (
+            torch.ones(3, 8, 8, dtype=torch.uint8),
+            {"boxes": box.repeat(2, 1), "labels": torch.tensor([1, 3])},
+        ),
+        (
+            torch.ones(3, 8, 8, dtype=torch.uint8),
+            {"boxes": box[:0], "labels": torch.tensor([], dtype=torch.long)},
+        ),
+    ]
+    images, targets = collate(batch)
+    assert images.shape == (3, 3, 8, 8) and targets.shape == (3, 2, 5)
+    assert targets[:, :, 0].tolist() == [[2, 0], [1, 3], [0, 0]]
+    assert (
+        torch.equal(targets[0, 0, 1:], box[0]) and not targets[0, 1].any() and not targets[2].any()
+    )

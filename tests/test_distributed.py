@@ -169,12 +169,12 @@ def test_fp16_is_a_usage_error_off_cuda():
 def test_a_disabled_grad_scaler_takes_the_plain_optimiser_step():
     from tinyssd.engine.train import train_step
     from tinyssd.losses import LossConfig, MultiBoxLoss
-    from tinyssd.matching import multibox_target
+    from tinyssd.matching import anchor_targets
     from tinyssd.models import PRESETS, SSD
 
     torch.manual_seed(0)
     images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
-    labels = torch.tensor([[[0, 0.1, 0.1, 0.6, 0.7]], [[0, 0.3, 0.2, 0.9, 0.8]]])
+    labels = torch.tensor([[[1, 0.1, 0.1, 0.6, 0.7]], [[1, 0.3, 0.2, 0.9, 0.8]]])
     config = PRESETS["tiny_ssd"]()
     weights = SSD(1, config).state_dict()
     out = []
@@ -185,7 +185,7 @@ def test_a_disabled_grad_scaler_takes_the_plain_optimiser_step():
         loss_fn = MultiBoxLoss(LossConfig.parse("chapter"))
         if scaler == "manual":
             anchors, cls_logits, box_deltas = model(images)
-            box_targets, box_mask, cls_targets = multibox_target(anchors, labels)
+            box_targets, box_mask, cls_targets = anchor_targets(anchors, labels)
             losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask, anchors)
             losses["loss"].backward()
             optimizer.step()

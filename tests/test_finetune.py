@@ -125,7 +125,7 @@ def test_freeze_keeps_an_imagenet_trunk_and_trains_the_new_extra_layers():
     freeze = BackboneFreeze(model, epochs=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    labels = torch.tensor([[[0.0, 0.1, 0.1, 0.5, 0.6]], [[1.0, 0.4, 0.3, 0.9, 0.8]]])
+    labels = torch.tensor([[[1.0, 0.1, 0.1, 0.5, 0.6]], [[2.0, 0.4, 0.3, 0.9, 0.8]]])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, weight_decay=5e-4)
     train_step(model, MultiBoxLoss(LossConfig.parse("chapter")), optimizer, images, labels)
     after = model.state_dict()

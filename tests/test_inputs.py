@@ -20,14 +20,14 @@ from tinyssd.models.config import tiny_fpn
 
 def test_flip_batch_mirrors_images_and_boxes_and_keeps_padding():
     images = torch.arange(2 * 3 * 2 * 4, dtype=torch.uint8).reshape(2, 3, 2, 4)
-    labels = torch.tensor([[[0, 0.1, 0.2, 0.4, 0.6], [-1, 0, 0, 0, 0]]] * 2)
+    labels = torch.tensor([[[1, 0.1, 0.2, 0.4, 0.6], [0, 0, 0, 0, 0]]] * 2)  # class 0 pads
     g = torch.Generator().manual_seed(0)
     flip = torch.rand(2, generator=torch.Generator().manual_seed(0)) < 0.5
     out_images, out_labels = flip_batch(images, labels, g)
     for b in range(2):
         if flip[b]:
             assert torch.equal(out_images[b], images[b].flip(-1))
-            torch.testing.assert_close(out_labels[b, 0], torch.tensor([0, 0.6, 0.2, 0.9, 0.6]))
+            torch.testing.assert_close(out_labels[b, 0], torch.tensor([1, 0.6, 0.2, 0.9, 0.6]))
         else:
             assert torch.equal(out_images[b], images[b])
         torch.testing.assert_close(out_labels[b, 1], labels[b, 1])  # padding row untouched
@@ -53,7 +53,7 @@ def test_auto_anchors_fit_the_training_boxes_and_say_so(tmp_path, caplog):
     assert fitted.anchors_per_cell() == preset.anchors_per_cell()  # same tensors
     train_ds, _ = make_datasets(cfg, splits, fitted)
     images, labels = stack_dataset(train_ds)
-    boxes = labels[labels[..., 0] >= 0][:, 1:]
+    boxes = labels[labels[..., 0] > 0][:, 1:]
     assert miss_rate(fitted, boxes, 64) < miss_rate(preset, boxes, 64)
 
 

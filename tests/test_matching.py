@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import tinyssd.matching as matching
 from tinyssd.anchors import AnchorGenerator
 from tinyssd.boxes import box_iou, encode_offsets
-from tinyssd.matching import match_anchors, multibox_target
+from tinyssd.matching import anchor_targets, chapter_rows, match_anchors, multibox_target
 from tinyssd.models.config import tiny_ssd
 
 d2l = pytest.importorskip("d2l.torch")
@@ -238,3 +238,16 @@ def test_target_invariants(batch):
         torch.testing.assert_close(
             offset[i].reshape(-1, 4)[fg], encode_offsets(anchors[fg], lab[m[fg], 1:])
         )
+
+
+def test_anchor_targets_keep_classes_1_to_c_and_agree_with_the_chapters_api():
+    g = torch.Generator().manual_seed(3)
+    padded = _pad([_random_labels(g, 1, m)[0] for m in (1, 4, 2, 3)])  # class 0..2, -1 pads
+    targets = padded.clone()
+    targets[..., 0] += 1  # collate's rows: class 1..3, 0 pads
+    ours = anchor_targets(TINY_ANCHORS, targets)
+    _assert_same_targets(ours, multibox_target(TINY_ANCHORS, padded))
+    assert torch.equal(chapter_rows(targets), padded)
+    cls = ours[2]
+    assert set(cls[cls > 0].unique().tolist()) <= set(targets[..., 0][targets[..., 0] > 0].tolist())
+    assert cls.max() <= 3 and (cls > 0).any()

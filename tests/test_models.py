@@ -202,8 +202,8 @@ def test_torchvision_backbones_train_one_step(name):
     model = build_model(name, 2, image_size=128).train()
     images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
     labels = torch.tensor(
-        [[[0.0, 0.1, 0.1, 0.5, 0.6]], [[1.0, 0.4, 0.3, 0.9, 0.8]]]
-    )  # class 0-based
+        [[[1.0, 0.1, 0.1, 0.5, 0.6]], [[2.0, 0.4, 0.3, 0.9, 0.8]]]
+    )  # collate's rows: class 1..C
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     step = train_step(model, MultiBoxLoss(LossConfig.parse("chapter")), optimizer, images, labels)

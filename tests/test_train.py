@@ -73,10 +73,17 @@ def test_resume_continues_bit_exact(tiny_data, tmp_path, augment):
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
 
-def test_stop_ap50_ends_training_once_reached(tiny_data, tmp_path):
-    run = _train(tiny_data, tmp_path / "stop", epochs=5, stop_ap50=0.0)
+@pytest.mark.parametrize("stop", ["stop_ap50", "stop_ap"])
+def test_stop_ap50_ends_training_once_reached(tiny_data, tmp_path, stop):
+    run = _train(tiny_data, tmp_path / "stop", epochs=5, **{stop: 0.0})
     with (run / "metrics.csv").open() as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
+
+
+def test_an_unreached_stop_ap_trains_every_epoch(tiny_data, tmp_path):
+    run = _train(tiny_data, tmp_path / "go", epochs=2, stop_ap=1.01)
+    with (run / "metrics.csv").open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
 
 
 def test_paths_may_be_given_as_path_objects(tiny_data, tmp_path):

@@ -176,6 +176,7 @@ class TrainConfig:
     )
     progress: bool = option(True, "show a progress bar")
     stop_ap50: float | None = option(None, "stop once val AP50 reaches this value")
+    stop_ap: float | None = option(None, "stop once val COCO AP reaches this value")
 
     def __post_init__(self) -> None:
         for name in ("data", "out", "resume", "init"):  # Path objects welcome; JSON holds str

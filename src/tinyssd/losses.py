@@ -143,7 +143,8 @@ def hard_negative_mask(cls_loss: Tensor, positive: Tensor, neg_pos: float) -> Te
 
 
 class MultiBoxLoss(nn.Module):
-    """The SSD loss over a batch. Call with the model outputs and ``multibox_target``'s."""
+    """The SSD loss over a batch. Call with the model outputs and ``anchor_targets``' (the
+    chapter's ``multibox_target``'s)."""
 
     def __init__(self, config: LossConfig | None = None) -> None:
         super().__init__()

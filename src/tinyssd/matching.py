@@ -1,4 +1,5 @@
-"""Anchor labelling: which ground-truth box each anchor learns (``multibox_target``)."""
+"""Anchor labelling: which ground-truth box each anchor learns (``anchor_targets``;
+the chapter's ``multibox_target``)."""
 
 from __future__ import annotations
 
@@ -110,10 +111,52 @@ def _best_anchors(iou: Tensor, gt_valid: Tensor, k: int) -> tuple[Tensor, Tensor
     return values, index
 
 
+def anchor_targets(
+    anchors: Tensor, targets: Tensor, iou_threshold: float = 0.5
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What each anchor learns: box offsets, their mask and class.
+
+    Args:
+        anchors (Tensor[1, A, 4] or Tensor[A, 4]): normalised xyxy.
+        targets (Tensor[B, M, 5]): rows (class 1..C, x1, y1, x2, y2), coordinates
+            normalised; class 0 marks a padding row (``tinyssd.data.collate``'s rows).
+    Returns:
+        box_targets (Tensor[B, 4A]): encoded offsets, 0 for background anchors.
+        box_mask (Tensor[B, 4A]): 1.0 for the 4 values of a matched anchor, else 0.
+        cls_targets (Tensor[B, A] int64): the matched box's class 1..C, 0 for background.
+    """
+    anchors = anchors.reshape(-1, 4)
+    if targets.shape[1] == 0:  # no boxes in the batch: one padding row keeps the shapes simple
+        targets = targets.new_zeros((targets.shape[0], 1, 5))
+    gt_class, gt_boxes = targets[..., 0], targets[..., 1:]
+    matched = match_anchors(anchors, gt_boxes, gt_class > 0, iou_threshold)  # (B, A)
+    foreground = matched >= 0
+    # encode only the few matched anchors (tens per image, of thousands) and scatter
+    img, anchor = foreground.nonzero(as_tuple=True)  # (F,) each
+    gt = matched[img, anchor]
+    batch, num_anchors = matched.shape
+    offsets = anchors.new_zeros(batch, num_anchors, 4)
+    offsets[img, anchor] = encode_offsets(anchors[anchor], gt_boxes[img, gt])
+    cls_targets = torch.zeros_like(matched)
+    cls_targets[img, anchor] = gt_class[img, gt].long()
+    mask = foreground[..., None].to(anchors.dtype).expand(-1, -1, 4)
+    return offsets.reshape(batch, -1), mask.reshape(batch, -1), cls_targets
+
+
+def chapter_rows(targets: Tensor) -> Tensor:
+    """``anchor_targets``' rows (class 1..C, 0 = padding) as the chapter's label rows
+    (class 0..C-1, -1 = padding): ``Tensor[B, M, 5]`` -> ``Tensor[B, M, 5]``."""
+    rows = targets.clone()
+    rows[..., 0] -= 1
+    return rows
+
+
 def multibox_target(
     anchors: Tensor, labels: Tensor, iou_threshold: float = 0.5
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The chapter's targets: box offsets, their mask and class labels.
+
+    The chapter's API over ``anchor_targets``, which takes classes 1..C.
 
     Args:
         anchors (Tensor[1, A, 4] or Tensor[A, 4]): normalised xyxy.
@@ -124,19 +167,6 @@ def multibox_target(
         bbox_mask (Tensor[B, 4A]): 1.0 for the 4 values of a matched anchor, else 0.
         class_labels (Tensor[B, A] int64): matched class + 1, 0 for background.
     """
-    anchors = anchors.reshape(-1, 4)
-    if labels.shape[1] == 0:  # no boxes in the batch: one padding row keeps the shapes simple
-        labels = labels.new_full((labels.shape[0], 1, 5), -1.0)
-    gt_class, gt_boxes = labels[..., 0], labels[..., 1:]
-    matched = match_anchors(anchors, gt_boxes, gt_class >= 0, iou_threshold)  # (B, A)
-    foreground = matched >= 0
-    # encode only the few matched anchors (tens per image, of thousands) and scatter
-    img, anchor = foreground.nonzero(as_tuple=True)  # (F,) each
-    gt = matched[img, anchor]
-    batch, num_anchors = matched.shape
-    offsets = anchors.new_zeros(batch, num_anchors, 4)
-    offsets[img, anchor] = encode_offsets(anchors[anchor], gt_boxes[img, gt])
-    class_labels = torch.zeros_like(matched)
-    class_labels[img, anchor] = gt_class[img, gt].long() + 1
-    mask = foreground[..., None].to(anchors.dtype).expand(-1, -1, 4)
-    return offsets.reshape(batch, -1), mask.reshape(batch, -1), class_labels
+    targets = labels.clone()
+    targets[..., 0] = (labels[..., 0] + 1).clamp(min=0)  # 1..C; every padding class -> 0
+    return anchor_targets(anchors, targets, iou_threshold)

@@ -1,5 +1,5 @@
-"""A torch Dataset over records, batched as chapter rows; images held in RAM, on disk, or decoded
-when read.
+"""A torch Dataset over records, batched as target rows (class 1..C); images held
+in RAM, on disk, or decoded when read.
 
 Where the decoded pixels live is the ``cache``:
 
@@ -306,18 +306,18 @@ class DetectionDataset(torch.utils.data.Dataset):
 
 
 def collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, Tensor]:
-    """Stack images and pad targets into the chapter's label rows.
+    """Stack images and pad targets into rows (``matching.anchor_targets``' input).
 
     Returns:
         images (Tensor[B, 3, S, S] uint8),
-        labels (Tensor[B, M, 5] float32): rows (class 0..C-1, x1, y1, x2, y2)
-        normalised, class -1 for padding, M = max(1, most boxes in an image).
+        targets (Tensor[B, M, 5] float32): rows (class 1..C, x1, y1, x2, y2)
+        normalised, all 0 for padding, M = max(1, most boxes in an image).
     """
     images = torch.stack([img for img, _ in batch])
     m = max(1, max(len(t["labels"]) for _, t in batch))
-    labels = torch.full((len(batch), m, 5), -1.0)
+    targets = torch.zeros((len(batch), m, 5))
     for b, (_, t) in enumerate(batch):
         n = len(t["labels"])
-        labels[b, :n, 0] = t["labels"].float() - 1
-        labels[b, :n, 1:] = t["boxes"]
-    return images, labels
+        targets[b, :n, 0] = t["labels"].float()
+        targets[b, :n, 1:] = t["boxes"]
+    return images, targets

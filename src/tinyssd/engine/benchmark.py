@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..losses import MultiBoxLoss
-from ..matching import multibox_target
+from ..matching import anchor_targets
 from ..models import build_model
 from .allocator import keep_freed_memory
 from .train import train_step
@@ -42,15 +42,15 @@ def matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
 def synthetic_batch(
     batch_size: int = 32, image_size: int = 256, seed: int = 0
 ) -> tuple[Tensor, Tensor]:
-    """Random uint8 images with one random box each, as chapter label rows."""
+    """Random uint8 images with one random box each of class 1, as ``collate``'s rows."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(
         0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8, generator=g
     )
     xy = torch.rand(batch_size, 1, 2, generator=g) * 0.6
     wh = torch.rand(batch_size, 1, 2, generator=g) * 0.3 + 0.1
-    labels = torch.cat([torch.zeros(batch_size, 1, 1), xy, xy + wh], dim=-1)
-    return images, labels
+    targets = torch.cat([torch.ones(batch_size, 1, 1), xy, xy + wh], dim=-1)
+    return images, targets
 
 
 def make_train_step(
@@ -66,8 +66,8 @@ def make_train_step(
     loss_fn = MultiBoxLoss()
     dtype = torch.bfloat16 if precision == "bf16" else None
 
-    def step(images: Tensor, labels: Tensor) -> None:
-        train_step(step_model, loss_fn, optimizer, images, labels, dtype)
+    def step(images: Tensor, targets: Tensor) -> None:
+        train_step(step_model, loss_fn, optimizer, images, targets, dtype)
 
     return step
 
@@ -95,10 +95,10 @@ def images_per_second(
 def train_step_gflop_per_image(model_name: str = "tiny_ssd", image_size: int = 256) -> float:
     """FLOPs of one image's forward + backward pass (torch's flop counter), in GFLOP."""
     model = build_model(model_name, 1, image_size=image_size)
-    images, labels = synthetic_batch(2, image_size)
+    images, targets = synthetic_batch(2, image_size)
     with FlopCounterMode(display=False) as counter:
         anchors, cls_logits, box_deltas = model(images.float())
-        box_targets, box_mask, cls_targets = multibox_target(anchors, labels)
+        box_targets, box_mask, cls_targets = anchor_targets(anchors, targets)
         MultiBoxLoss()(cls_logits, cls_targets, box_deltas, box_targets, box_mask)[
             "loss"
         ].backward()

@@ -168,7 +168,7 @@ def default_workers() -> int:
 
 
 def stack_dataset(dataset: DetectionDataset) -> tuple[Tensor, Tensor]:
-    """All of an un-augmented data set at once: (images uint8 [N, 3, S, S], labels [N, M, 5])."""
+    """All of an un-augmented data set at once: (images uint8 [N, 3, S, S], targets [N, M, 5])."""
     return torch.stack(list(dataset.images)), collate([dataset[i] for i in range(len(dataset))])[1]
 
 
@@ -176,8 +176,8 @@ def flip_rows(images: Tensor, labels: Tensor, flip: Tensor) -> tuple[Tensor, Ten
     """Mirror the images where ``flip`` (Tensor[B] bool) left-right, boxes with them.
 
     Args:
-        images (Tensor[B, 3, S, S]), labels (Tensor[B, M, 5]) chapter rows
-        (class, x1, y1, x2, y2) normalised, class -1 for padding.
+        images (Tensor[B, 3, S, S]), labels (Tensor[B, M, 5]) ``collate``'s rows
+        (class 1..C, x1, y1, x2, y2) normalised, class 0 for padding.
     """
     if not flip.any():
         return images, labels
@@ -185,7 +185,7 @@ def flip_rows(images: Tensor, labels: Tensor, flip: Tensor) -> tuple[Tensor, Ten
     images[flip] = images[flip].flip(-1)
     rows = labels[flip]
     x1, x2 = rows[..., 1].clone(), rows[..., 3].clone()
-    real = rows[..., 0] >= 0
+    real = rows[..., 0] > 0
     rows[..., 1] = torch.where(real, 1 - x2, x1)
     rows[..., 3] = torch.where(real, 1 - x1, x2)
     labels[flip] = rows
@@ -274,7 +274,7 @@ def _stacked_batches(
         idx = torch.tensor([i for i, _ in share])
         flip = torch.tensor([f for _, f in share])
         lab = labels[idx]
-        m = int((lab[..., 0] >= 0).sum(dim=1).max().clamp(min=1))
+        m = int((lab[..., 0] > 0).sum(dim=1).max().clamp(min=1))
         yield flip_rows(images[idx], lab[:, :m], flip)
 
 

@@ -31,7 +31,7 @@ from ..data import DetectionDataset
 from ..errors import TinySSDError, UsageError
 from ..inference import autocast, evaluate_dataset, resolve_device, resolve_precision
 from ..losses import LossConfig, MultiBoxLoss
-from ..matching import multibox_target
+from ..matching import anchor_targets
 from ..models import PRESETS, SSD
 from ..models.prior import init_class_prior
 from . import distributed as dist
@@ -139,27 +139,25 @@ class Step:
     box_mask: Tensor  # (B, 4A)
 
 
-def make_targets(anchors: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Anchor targets (``multibox_target``): box offsets, their mask, classes 0..C."""
-    return multibox_target(anchors, labels)
-
-
 def train_step(
     step_model: torch.nn.Module,
     loss_fn: MultiBoxLoss,
     optimizer: torch.optim.Optimizer,
     images: Tensor,
-    labels: Tensor,
+    targets: Tensor,
     autocast_dtype: torch.dtype | None = None,
     grad_clip: float = 0.0,
     scaler: torch.amp.GradScaler | None = None,
 ) -> Step:
     """One iteration: forward (channels_last, optional autocast), label anchors, loss,
-    backward, (gradient clipping,) optimiser step; through ``scaler`` (fp16) if given."""
+    backward, (gradient clipping,) optimiser step; through ``scaler`` (fp16) if given.
+
+    ``images`` (Tensor[B, 3, S, S]), ``targets`` (Tensor[B, M, 5]): ``collate``'s rows
+    (class 1..C, normalised xyxy; class 0 = padding)."""
     images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, autocast_dtype):
         anchors, cls_logits, box_deltas = step_model(images)
-    box_targets, box_mask, cls_targets = make_targets(anchors, labels)
+    box_targets, box_mask, cls_targets = anchor_targets(anchors, targets)
     losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask, anchors)
     scaler = scaler or torch.amp.GradScaler(images.device.type, enabled=False)
     optimizer.zero_grad(set_to_none=True)
@@ -290,18 +288,18 @@ def train_one_epoch(
         file=sys.stderr,
         dynamic_ncols=True,
     )
-    for index, (images, labels) in enumerate(bar):
+    for index, (images, targets) in enumerate(bar):
         t0 = time.perf_counter()
         lr = fit.lr_schedule(epoch * fit.steps_per_epoch + index)
         set_lr(fit.optimizer, lr)
         images = images.to(fit.device, non_blocking=True)
-        labels = labels.to(fit.device, non_blocking=True)
+        targets = targets.to(fit.device, non_blocking=True)
         step = train_step(
             fit.step_model,
             fit.loss_fn,
             fit.optimizer,
             images,
-            labels,
+            targets,
             fit.autocast_dtype,
             fit.grad_clip,
             fit.scaler,
@@ -337,9 +335,11 @@ def validate(
 
 
 def should_stop(cfg: TrainConfig, row: dict) -> bool:
-    if cfg.stop_ap50 is not None and row.get("val_AP50", -1.0) >= cfg.stop_ap50:
-        log.info("val AP50 %.3f >= %.3f: stopping", row["val_AP50"], cfg.stop_ap50)
-        return True
+    """True once the val metric of ``--stop-ap50`` or ``--stop-ap`` reaches its target."""
+    for key, target in (("val_AP50", cfg.stop_ap50), ("val_AP", cfg.stop_ap)):
+        if target is not None and row.get(key, -1.0) >= target:
+            log.info("%s %.3f >= %.3f: stopping", key, row[key], target)
+            return True
     return False
 
 
