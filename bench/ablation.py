@@ -154,6 +154,12 @@ def main() -> None:
         "default: each recipe's own budget",
     )
     p.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--peer-epochs",
+        default="bananas=20,bccd=40",
+        help="YOLOv8n's epochs, N or per data set; default: the settings its figures in "
+        "issue 11 were measured with",
+    )
     p.add_argument("--out", default=str(ROOT / "docs" / "ABLATION.md"))
     p.add_argument("--json", default=str(ROOT / "bench" / "results" / "ablation.json"))
     a = p.parse_args()
@@ -170,7 +176,7 @@ def main() -> None:
             print(f"{data}: absent, skipped", file=sys.stderr)
             continue
         if a.peer:  # first: the row every other row is compared with
-            peer = peer_row(data, epochs or 40, 256)
+            peer = peer_row(data, epochs_for(a.peer_epochs, data_name) or epochs or 40, 256)
             if peer is not None:
                 what = "Ultralytics YOLOv8n from scratch (yolov8n.yaml), same data and epochs"
                 results.append({"data": data_name, "row": "yolov8n", "what": what, **peer})
