@@ -5,7 +5,7 @@
 
 Converts the data set to YOLO layout (``tinyssd data convert``), trains
 ``yolov8n.yaml`` (random init: nothing downloaded; offline, plots off, 2 CPU
-threads, its default recipe) at the same image size and epochs, predicts the
+threads, its default recipe and data loader) at the same image size and epochs, predicts the
 same val split (conf 0.001, as its own mAP validation does) and scores it with
 ``tinyssd.evaluation.evaluate``. Prints JSON: AP, AP50, AP75 and training
 minutes (its training loop, validation off). Ultralytics is a benchmark-only
@@ -50,8 +50,7 @@ def train_and_score(data: Path, epochs: int, image_size: int = 256, batch: int =
             epochs=epochs,
             imgsz=image_size,
             batch=batch,
-            device="cpu",
-            workers=0,
+            device="cpu",  # workers: Ultralytics' default (8, capped at the cores)
             plots=False,
             val=False,
             project=tmp,
