@@ -35,12 +35,26 @@ def train_and_score(data: Path, epochs: int, image_size: int = 256, batch: int =
     except ImportError as e:
         raise PeerUnavailable(f"{e}; pip install -e '.[bench]'") from None
     import torch
+    from ultralytics.utils import torch_utils
+
+    settings.update({"sync": False})
+    # Its select_device() sets torch's threads to cores - 1 (1 here) for the whole process:
+    # train it with this process's threads (2 here, as the peer figures), restore after.
+    threads = torch.get_num_threads()
+    torch_utils.NUM_THREADS = threads
+    try:
+        return _train_and_score(YOLO, data, epochs, image_size, batch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_score(YOLO, data: Path, epochs: int, image_size: int, batch: int) -> dict:
+    import torch
 
     from tinyssd.data import load_split
     from tinyssd.data.convert import convert
     from tinyssd.evaluation import evaluate
 
-    settings.update({"sync": False})
     with tempfile.TemporaryDirectory() as tmp:
         yolo_root = convert(data, to="yolo", out=Path(tmp) / "yolo")
         model = YOLO("yolov8n.yaml")
