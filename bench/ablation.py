@@ -73,6 +73,8 @@ def train_row(data: Path, overrides: dict, epochs: int | None) -> dict:
     """Train one row from scratch; its val COCO metrics (the saved weights) and minutes."""
     import csv
 
+    import torch
+
     import tinyssd
     from tinyssd.api import evaluate_run
 
@@ -89,6 +91,7 @@ def train_row(data: Path, overrides: dict, epochs: int | None) -> dict:
         metrics = evaluate_run(run / "last.safetensors", data, out=tmp, quiet=True)
     return {
         "epochs": len(rows),
+        "threads": torch.get_num_threads(),
         "train_minutes": sum(float(r["seconds"]) for r in rows) / 60,
         "wall_minutes": wall / 60,
         "AP": metrics["AP"],
@@ -133,12 +136,12 @@ def markdown(results: list[dict], command: str) -> str:
         "tinyssd's evaluator (equal to pycocotools). Train min: time in training steps;",
         "the machine is shared, so compare minutes within one table only.",
         "",
-        "| data | row | what | epochs | train min | AP | AP50 | AP75 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data | row | what | epochs | threads | train min | AP | AP50 | AP75 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['data']} | {r['row']} | {r['what']} | {r['epochs']} | "
+            f"| {r['data']} | {r['row']} | {r['what']} | {r['epochs']} | {r.get('threads', '')} | "
             f"{r['train_minutes']:.1f} | {r['AP']:.3f} | {r['AP50']:.3f} | {r['AP75']:.3f} |"
         )
     return "\n".join(lines) + "\n"

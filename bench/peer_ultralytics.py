@@ -29,18 +29,24 @@ class PeerUnavailable(RuntimeError):
 
 def train_and_score(data: Path, epochs: int, image_size: int = 256, batch: int = 32) -> dict:
     """Train YOLOv8n from scratch on ``data``'s train split; val COCO metrics and minutes."""
+    import torch
+
+    # Importing ultralytics sets OMP_NUM_THREADS=1 (torch then starts with one thread if it
+    # was not imported yet), and its select_device() sets torch's threads to cores - 1 (1
+    # here) for the rest of the process. Train it with this process's threads (2 here, as
+    # the issue's peer figures) and give the rows after it the same.
+    threads, omp = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     os.environ.setdefault("YOLO_OFFLINE", "1")  # no hub, no update checks, no telemetry
     try:
         from ultralytics import YOLO, settings
+        from ultralytics.utils import torch_utils
     except ImportError as e:
         raise PeerUnavailable(f"{e}; pip install -e '.[bench]'") from None
-    import torch
-    from ultralytics.utils import torch_utils
+    finally:
+        if omp is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
 
     settings.update({"sync": False})
-    # Its select_device() sets torch's threads to cores - 1 (1 here) for the whole process:
-    # train it with this process's threads (2 here, as the issue's peer figures), restore after.
-    threads = torch.get_num_threads()
     torch_utils.NUM_THREADS = threads
     try:
         return _train_and_score(YOLO, data, epochs, image_size, batch)
@@ -64,7 +70,7 @@ def _train_and_score(YOLO, data: Path, epochs: int, image_size: int, batch: int)
             epochs=epochs,
             imgsz=image_size,
             batch=batch,
-            device="cpu",  # workers: Ultralytics' default (8, capped at the cores)
+            device="cpu",  # Ultralytics loads data in the training process on a CPU
             plots=False,
             val=False,
             project=tmp,
@@ -74,6 +80,7 @@ def _train_and_score(YOLO, data: Path, epochs: int, image_size: int, batch: int)
             verbose=False,
         )
         minutes = (time.perf_counter() - t0) / 60
+        threads = torch.get_num_threads()  # what its training ran with
         classes = load_split(data, "train").classes
         val = load_split(data, "val").with_classes(classes)
         names = model.names
@@ -97,6 +104,7 @@ def _train_and_score(YOLO, data: Path, epochs: int, image_size: int, batch: int)
         metrics = evaluate(predictions, targets)
     return {
         "epochs": epochs,
+        "threads": threads,
         "train_minutes": minutes,
         "wall_minutes": minutes,
         "AP": metrics["AP"],
