@@ -58,8 +58,9 @@ def test_without_torchrun_everything_is_a_single_process(monkeypatch):
 
 # Run by the tests below as `python LAUNCHER` and `torchrun LAUNCHER`: trains with each rank's
 # train-image reads and file writes logged. BatchNorm is replaced by Identity: on CPU (no
-# SyncBatchNorm) each rank normalises over its own share, which one process cannot repeat; the
-# chapter's loss is a mean over images (a loss normalised by the positives of the batch is not).
+# SyncBatchNorm) each rank normalises over its own share, which one process cannot repeat.
+# The loss is the 5th argument: the chapter's (a mean over images) or focal_giou (divided by the
+# positives of the global batch, all-reduced).
 LAUNCHER = textwrap.dedent(
     """
     import json, os, sys
@@ -69,6 +70,7 @@ LAUNCHER = textwrap.dedent(
     import tinyssd.engine.train as train_module
 
     data, out, batch, logs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+    loss = sys.argv[5]
     rank = os.environ.get("RANK", "single")
     reads, writes = [], []
 
@@ -97,7 +99,7 @@ LAUNCHER = textwrap.dedent(
     sys.addaudithook(audit)
     train_module.train(data=data, out=out, recipe="chapter", augment="flip", batch_size=batch,
                        epochs=1, image_size=64, cache="none", workers=0, precision="fp32",
-                       progress=False)
+                       progress=False, loss=loss)
     train_reads = [r for r in reads if "bananas_train" in r]
     (logs / f"{rank}.json").write_text(json.dumps({"reads": train_reads, "writes": writes}))
     """
@@ -105,17 +107,18 @@ LAUNCHER = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_equal_one_process_and_read_only_their_share(tmp_path):
+@pytest.mark.parametrize("loss", ["chapter", "focal_giou"])
+def test_torchrun_two_ranks_equal_one_process_and_read_only_their_share(tmp_path, loss):
     data = write_tiny_bananas(tmp_path / "data", n_train=16, n_val=2, size=64)
     (tmp_path / "launch.py").write_text(LAUNCHER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     runs = {
         "single": [sys.executable, str(tmp_path / "launch.py"), str(data),
-                   str(tmp_path / "single"), "8", str(tmp_path)],
+                   str(tmp_path / "single"), "8", str(tmp_path), loss],
         "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--standalone", str(tmp_path / "launch.py"), str(data), str(tmp_path / "ddp"),
-                "4", str(tmp_path)],
+                "4", str(tmp_path), loss],
     }  # fmt: skip
     for cmd in runs.values():
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)

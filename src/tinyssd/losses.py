@@ -13,7 +13,8 @@
   ``neg_pos`` x #positives background anchors with the highest class loss.
 - ``normalize``: ``anchors`` (the chapter: per image, class loss averaged over
   its anchors and box loss over 4A, then the batch mean) or ``positives`` (the
-  paper: sums over the batch divided by its number of positive anchors).
+  paper: sums over the batch divided by its number of positive anchors; in a
+  distributed run, the positives of the whole global batch: ``positives_divisor``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
@@ -198,11 +200,27 @@ class MultiBoxLoss(nn.Module):
             cls_loss = ((cls * counted).sum(dim=1) / n_counted).mean()
             box_loss = box.mean(dim=1).mean()
         else:
-            n_pos = positive.sum().clamp(min=1)
+            n_pos = positives_divisor(positive.sum())
             cls_loss = (cls * counted).sum() / n_pos
             box_loss = box.sum() / n_pos
         loss = c.cls_weight * cls_loss + c.box_weight * box_loss
         return {"loss": loss, "cls_loss": cls_loss.detach(), "box_loss": box_loss.detach()}
+
+
+def positives_divisor(n_pos: Tensor) -> Tensor:
+    """What a process divides its loss sums by: ``max(1, n_pos)``; with W processes,
+    ``max(1, N) / W`` for N the positives of all of them (one all-reduce).
+
+    DDP averages the processes' gradients, so each then contributes
+    ``(1/W) * S_r / (N/W) = S_r / N``: together, one process's loss over the
+    whole global batch (dividing by its own ``n_pos`` would weigh a process with
+    few positives up).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return n_pos.clamp(min=1)
+    total = n_pos.detach().clone()
+    dist.all_reduce(total)
+    return total.clamp(min=1) / dist.get_world_size()
 
 
 def _iou_loss_per_value(
