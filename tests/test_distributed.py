@@ -60,7 +60,7 @@ def test_without_torchrun_everything_is_a_single_process(monkeypatch):
 # train-image reads and file writes logged. BatchNorm is replaced by Identity: on CPU (no
 # SyncBatchNorm) each rank normalises over its own share, which one process cannot repeat.
 # The loss is the 5th argument: the chapter's (a mean over images) or focal_giou (divided by the
-# positives of the global batch, all-reduced).
+# positives of the global batch, all-reduced); the learning rate the 6th.
 LAUNCHER = textwrap.dedent(
     """
     import json, os, sys
@@ -70,7 +70,7 @@ LAUNCHER = textwrap.dedent(
     import tinyssd.engine.train as train_module
 
     data, out, batch, logs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
-    loss = sys.argv[5]
+    loss, lr = sys.argv[5], float(sys.argv[6])
     rank = os.environ.get("RANK", "single")
     reads, writes = [], []
 
@@ -99,7 +99,7 @@ LAUNCHER = textwrap.dedent(
     sys.addaudithook(audit)
     train_module.train(data=data, out=out, recipe="chapter", augment="flip", batch_size=batch,
                        epochs=1, image_size=64, cache="none", workers=0, precision="fp32",
-                       progress=False, loss=loss)
+                       progress=False, loss=loss, lr=lr)
     train_reads = [r for r in reads if "bananas_train" in r]
     (logs / f"{rank}.json").write_text(json.dumps({"reads": train_reads, "writes": writes}))
     """
@@ -107,18 +107,20 @@ LAUNCHER = textwrap.dedent(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss", ["chapter", "focal_giou"])
-def test_torchrun_two_ranks_equal_one_process_and_read_only_their_share(tmp_path, loss):
+# focal_giou's gradients are ~100x the chapter loss's (a sum over ~10 positives, not a mean over
+# 5444 anchors): at the chapter's lr 0.2 two steps turn float32 summation-order noise into chaos.
+@pytest.mark.parametrize(("loss", "lr"), [("chapter", "0.2"), ("focal_giou", "0.002")])
+def test_torchrun_two_ranks_equal_one_process_and_read_only_their_share(tmp_path, loss, lr):
     data = write_tiny_bananas(tmp_path / "data", n_train=16, n_val=2, size=64)
     (tmp_path / "launch.py").write_text(LAUNCHER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     runs = {
         "single": [sys.executable, str(tmp_path / "launch.py"), str(data),
-                   str(tmp_path / "single"), "8", str(tmp_path), loss],
+                   str(tmp_path / "single"), "8", str(tmp_path), loss, lr],
         "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                 "--standalone", str(tmp_path / "launch.py"), str(data), str(tmp_path / "ddp"),
-                "4", str(tmp_path), loss],
+                "4", str(tmp_path), loss, lr],
     }  # fmt: skip
     for cmd in runs.values():
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
