@@ -69,6 +69,18 @@ def table() -> str:
                 f"| batch-32 predict, images/s ({p}) | | "
                 f"{_f(pr.get(f'tinyssd_{p}_batch32_images_per_s'))} | | `python bench/predict.py` |"
             )
+        if pr.get("onnxruntime_fp32_predict_ms"):
+            rows.append(
+                f"| single-image predict, ms, onnxruntime, NMS in the graph (fp32) | {_f(c)} | "
+                f"{_f(pr['onnxruntime_fp32_predict_ms'])} | "
+                f"{_f(c / pr['onnxruntime_fp32_predict_ms'] if c else None, '.1f')}× faster | "
+                "`python bench/predict.py` |"
+            )
+            rows.append(
+                "| batch-32 predict, images/s, onnxruntime (fp32) | | "
+                f"{_f(pr.get('onnxruntime_fp32_batch32_images_per_s'))} | | "
+                "`python bench/predict.py` |"
+            )
     for key, label in (
         ("multibox_target", "multibox_target, 1-8 boxes per image"),
         ("multibox_detection_realistic", "multibox_detection, trained-model-like scores"),
