@@ -52,11 +52,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 # tinyssd's recipe (docs/ABLATION.md measures each part): the strided-conv FPN
 # network with anchors fitted to the data, AdamW with warm-up and cosine decay,
-# no decay on BatchNorm/bias, an EMA of the weights, focal + GIoU loss, flips.
+# no decay on BatchNorm/bias, focal + GIoU loss, flips; at least 1000 steps (small sets
+# need the updates: BCCD's 205 images reach val AP 0.422 with 1000, 0.402 with 600).
 RECIPES["default"] = {
     "model": "tiny_fpn",
     "epochs": 40,
-    "min_steps": 600,
+    "min_steps": 1000,
     "max_steps": 4000,
     "batch_size": 32,
     "optimizer": "adamw",
