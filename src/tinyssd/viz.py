@@ -68,7 +68,8 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
             ax2.plot(*zip(*points, strict=True), marker="o", label=name)
     ax2.set_ylim(0, 1)
     ax2.set_xlabel("epoch")
-    ax2.legend()
+    if ax2.lines:  # no val metric yet (no val set or no evaluated epoch): nothing to label
+        ax2.legend()
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -228,7 +228,7 @@ def check_finite(step: Step, epoch: int, index: int, lr: float) -> None:
     loss = step.losses["loss"]
     if not bool(torch.isfinite(loss)):
         raise TrainingError(
-            f"epoch {epoch + 1}, step {index + 1}: the loss is {float(loss)}; "
+            f"epoch {epoch + 1}, step {index + 1}: the loss is {loss.detach().item()}; "
             f"training stopped (lr {lr:g} may be too high: try a lower --lr); "
             "the last finite checkpoint is kept"
         )
