@@ -1,0 +1,50 @@
+"""Writing files so that a reader never sees half of one: the one home of atomic writes.
+
+    with atomic_path(out / "model.safetensors") as tmp:   # any writer that takes a path
+        save_file(tensors, tmp)
+    atomic_write(out / "config.json", json.dumps(cfg))     # text or bytes
+
+The data goes to a temporary name beside the target (same folder, so the final
+rename is atomic on POSIX), is flushed to disk, and is renamed over the target
+only when writing succeeded; on any error (a full disk, an interrupt) the
+temporary file is removed and the old target, if any, is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix, so writers that choose a format by
+    suffix still do) to write to; renamed over ``path`` when the block succeeds."""
+    path = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, data: str | bytes, fsync: bool = True) -> Path:
+    """Write ``data`` (text is UTF-8) to ``path`` atomically; returns ``path``."""
+    path = Path(path)
+    with atomic_path(path, fsync) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return path
