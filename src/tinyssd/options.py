@@ -20,6 +20,11 @@ def option(default: Any, help: str, choices: tuple | None = None, **extra: Any) 
     return field(default=default, metadata=meta)
 
 
+# Names that options take, listed once (the modules that implement them check against these).
+FORMAT_NAMES = ("bananas", "voc", "coco", "yolo")  # data layouts, in detection order
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 # Score a box needs to be reported, drawn or printed (predict, serve, video, pictures)
 # when the checkpoint stores no threshold of its own.
 DEFAULT_THRESHOLD = 0.5
