@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.tinyssd-installed
 
-.PHONY: setup browser demo test lint bench bench-augment clean
+.PHONY: setup browser demo test test-avx2 lint bench bench-augment clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the suite on AVX2 kernels (what AMD EPYC and older Intel CPUs run), on any x86 machine
+test-avx2: $(STAMP)
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -189,7 +189,9 @@ def test_a_disabled_grad_scaler_takes_the_plain_optimiser_step():
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         loss_fn = MultiBoxLoss(LossConfig.parse("chapter"))
         if scaler == "manual":  # the same layout as train_step's, so the same kernels
-            anchors, cls_logits, box_deltas = model(images.contiguous(memory_format=torch.channels_last))
+            anchors, cls_logits, box_deltas = model(
+                images.contiguous(memory_format=torch.channels_last)
+            )
             box_targets, box_mask, cls_targets = anchor_targets(anchors, labels)
             losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask, anchors)
             losses["loss"].backward()
