@@ -77,7 +77,7 @@ def train_row(data: Path, overrides: dict, epochs: int | None) -> dict:
     import torch
 
     import tinyssd
-    from tinyssd.api import evaluate_run
+    from tinyssd.commands import evaluate_run
 
     with tempfile.TemporaryDirectory() as tmp:
         kw = {"data": str(data), "out": f"{tmp}/run", "progress": False, **overrides}

@@ -48,7 +48,7 @@ def onnxruntime_predict_ms(model: torch.nn.Module, repeats: int) -> tuple[float,
         print(f"onnxruntime row skipped: {e}", file=sys.stderr)
         return None
     from tinyssd.export.onnx import export_model
-    from tinyssd.export.runtime import OnnxDetector
+    from tinyssd.predict import OnnxDetector
 
     with tempfile.TemporaryDirectory() as tmp:
         det = OnnxDetector(export_model(model, ["object"], Path(tmp) / "model.onnx"))

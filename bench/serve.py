@@ -36,7 +36,7 @@ def untrained_weights(folder: Path, image_size: int = 256) -> Path:
     """A fresh TinySSD checkpoint with one class, as a training run writes it."""
     import torch
 
-    from tinyssd.engine.checkpoint import save_checkpoint
+    from tinyssd.checkpoint import save_checkpoint
     from tinyssd.models import build_model
 
     torch.manual_seed(0)

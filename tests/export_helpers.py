@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from tinyssd.engine.checkpoint import save_checkpoint
+from tinyssd.checkpoint import save_checkpoint
 from tinyssd.models import build_model
 
 CLASSES = ["cat", "dog"]

@@ -47,7 +47,7 @@ def save_untrained_checkpoint(path: Path, classes: list[str], image_size: int = 
     """A checkpoint of a fresh TinySSD, as a training run would write it."""
     import torch
 
-    from tinyssd.engine.checkpoint import save_checkpoint
+    from tinyssd.checkpoint import save_checkpoint
     from tinyssd.models import build_model
 
     torch.manual_seed(0)

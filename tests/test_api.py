@@ -7,10 +7,10 @@ from fixtures import save_untrained_checkpoint
 from PIL import Image
 
 import tinyssd
-from tinyssd.api import predict_files
 from tinyssd.cli import main
+from tinyssd.commands import predict_files
 from tinyssd.data.base import DataError
-from tinyssd.data.dataset import resize_image
+from tinyssd.images import resize_image
 from tinyssd.inference import predict_batch
 
 
@@ -159,12 +159,30 @@ def test_one_default_threshold_for_the_api_and_the_cli():
     import inspect
 
     from tinyssd.cli import build_parser
-    from tinyssd.inference import DEFAULT_THRESHOLD
+    from tinyssd.options import DEFAULT_THRESHOLD
+    from tinyssd.postprocess import PostprocessConfig, resolve_postprocess
 
+    # threshold=None (not given) means PostprocessConfig's score_threshold, the one default
     api_default = inspect.signature(tinyssd.Detector.predict).parameters["threshold"].default
     files_default = inspect.signature(predict_files).parameters["threshold"].default
     cli_default = build_parser().parse_args(["predict", "x", "--weights", "w"]).threshold
-    assert api_default == files_default == cli_default == DEFAULT_THRESHOLD
+    assert api_default is None and files_default is None
+    assert resolve_postprocess(None, api_default) == PostprocessConfig()
+    assert PostprocessConfig().score_threshold == cli_default == DEFAULT_THRESHOLD
+
+
+def test_a_postprocess_config_and_keywords_select_the_same_detections(detector):
+    from tinyssd.postprocess import PostprocessConfig
+
+    image = _image(96, 128)
+    post = PostprocessConfig(score_threshold=0.05, nms_threshold=0.6, max_detections=3)
+    by_config = detector.predict(image, post=post)[0]
+    by_keywords = detector.predict(image, threshold=0.05, nms_threshold=0.6, max_detections=3)[0]
+    assert len(by_config["scores"]) == 3
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(by_config[key], by_keywords[key])
+    with pytest.raises(TypeError, match="nms_treshold"):
+        detector.predict(image, nms_treshold=0.6)
 
 
 def test_numpy_arrays_and_4d_batches_are_accepted(detector):

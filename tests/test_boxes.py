@@ -15,6 +15,8 @@ from tinyssd.boxes import (
     box_iou,
     decode_offsets,
     encode_offsets,
+    normalise_boxes,
+    scale_boxes,
 )
 
 d2l = pytest.importorskip("d2l.torch")
@@ -168,3 +170,14 @@ def test_equal_to_chapter_functions(seed):
     assert torch.equal(box_iou(anchors, boxes[:7]), d2l.box_iou(anchors, boxes[:7]))
     assert torch.equal(encode_offsets(anchors, boxes), d2l.offset_boxes(anchors, boxes))
     assert torch.equal(decode_offsets(anchors, offsets), d2l.offset_inverse(anchors, offsets))
+
+
+def test_scale_boxes_multiplies_by_width_and_height_and_normalise_boxes_undoes_it():
+    normalised = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.25, 0.5, 0.5, 0.75]])
+    pixels = scale_boxes(normalised, (200, 400))  # height 200, width 400
+    torch.testing.assert_close(
+        pixels, torch.tensor([[0.0, 0.0, 400.0, 200.0], [100.0, 100.0, 200.0, 150.0]])
+    )
+    torch.testing.assert_close(normalise_boxes(pixels, (200, 400)), normalised)
+    batched = scale_boxes(normalised.expand(3, 2, 4), (200, 400))  # any leading dims
+    assert batched.shape == (3, 2, 4) and torch.equal(batched[2], pixels)

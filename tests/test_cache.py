@@ -11,7 +11,8 @@ from PIL import Image
 import tinyssd.data.dataset as dataset_module
 from tinyssd.data import DetectionDataset, Report, load_split
 from tinyssd.data.dataset import disk_cache_dir, resolve_cache
-from tinyssd.engine.inputs import batches, stack_dataset
+from tinyssd.engine.distributed import GlobalBatchSampler
+from tinyssd.engine.inputs import read_batches, stack_dataset
 
 
 @pytest.fixture
@@ -22,7 +23,9 @@ def split(tmp_path, monkeypatch):
 
 def _epoch(dataset, flip=True, workers=0):
     stacked = stack_dataset(dataset) if dataset.cache == "ram" else None
-    return list(batches(dataset, 4, seed=3, epoch=1, workers=workers, stacked=stacked, flip=flip))
+    sampler = GlobalBatchSampler(len(dataset), 4, seed=3, flip=flip)
+    sampler.set_epoch(1)
+    return list(read_batches(dataset, sampler, workers, stacked))
 
 
 def _count_decodes(monkeypatch):

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from tinyssd.engine.checkpoint import read_checkpoint, resolve_weights, restore, save_checkpoint
+from tinyssd.checkpoint import read_checkpoint, resolve_weights, restore, save_checkpoint
 from tinyssd.errors import CheckpointError
 from tinyssd.models import TinySSD
 
@@ -64,7 +64,7 @@ def test_killed_mid_write_last_good_checkpoint_still_loads(tmp_path):
     script = textwrap.dedent(
         f"""
         import torch, sys
-        from tinyssd.engine.checkpoint import save_checkpoint
+        from tinyssd.checkpoint import save_checkpoint
         from tinyssd.models import build_model
         model = build_model("ssd300_vgg16", 20)  # ~100 MB: writes take a while
         epoch = 0

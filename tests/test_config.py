@@ -121,3 +121,24 @@ def test_the_readme_recipe_table_states_the_recipes_budget_and_ema():
     assert f"{d['max_steps']} steps | {c['batch_size']}, {c['epochs']}, 0, 0 |" in budget
     ema = rows["`--ema`"].split("|")[2].strip()
     assert ema.startswith(f"{d['ema']:g} (off" if d["ema"] == 0 else f"{d['ema']:g} (")
+
+
+def test_the_resolved_config_is_frozen_with_every_recipe_field_set():
+    from dataclasses import FrozenInstanceError
+
+    from tinyssd.config import RunConfig
+
+    assert [f.name for f in fields(RunConfig)] == [f.name for f in fields(TrainConfig)]
+    for recipe in RECIPES:
+        cfg = TrainConfig(recipe=recipe, out="runs/x").resolved()
+        assert isinstance(cfg, RunConfig)
+        assert {k: getattr(cfg, k) for k in RECIPES[recipe]} == RECIPES[recipe]
+        with pytest.raises(FrozenInstanceError):
+            cfg.lr = 1.0  # type: ignore[misc]
+
+
+def test_a_run_without_out_resolves_to_the_first_free_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "train").mkdir(parents=True)
+    assert TrainConfig().resolved().out == "runs/train2"
+    assert TrainConfig(out=tmp_path / "mine").resolved().out == str(tmp_path / "mine")

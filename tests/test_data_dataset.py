@@ -9,7 +9,8 @@ from PIL import Image
 import tinyssd.data.dataset as dataset_module
 from tinyssd.data import DetectionDataset, Report, collate, load_split
 from tinyssd.data.base import UNREADABLE_IMAGE
-from tinyssd.engine.inputs import batches
+from tinyssd.engine.distributed import GlobalBatchSampler
+from tinyssd.engine.inputs import read_batches
 
 
 def _truncated_jpeg(path):
@@ -45,7 +46,7 @@ def test_an_image_that_fails_to_decode_in_a_loader_is_skipped_and_counted(data, 
     report = Report()
     dataset = DetectionDataset(load_split(data, "train"), 32, report=report, cache="none")
     assert len(dataset) == 6  # its header reads: the failure comes in the loader
-    out = list(batches(dataset, 4, seed=0, epoch=0, workers=workers))
+    out = list(read_batches(dataset, GlobalBatchSampler(len(dataset), 4, seed=0), workers))
     assert sum(len(images) for images, _ in out) == 5
     assert len(dataset.failed_reads) == 1 and "3.png" in dataset.failed_reads[0]
     assert report.count(UNREADABLE_IMAGE) == 1

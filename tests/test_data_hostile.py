@@ -28,6 +28,7 @@ from tinyssd.data.base import (
 )
 from tinyssd.data.check import check_dataset
 from tinyssd.data.convert import convert
+from tinyssd.data.limits import DataLimits
 
 W, H = 32, 24
 
@@ -292,8 +293,8 @@ def test_an_image_over_the_pixel_budget_is_refused_from_its_header(tmp_path, mon
     assert image_size(bomb) == (13000, 13000)
     small = write_image(tmp_path / "small.png", W, H)
     with pytest.raises(ImageTooLarge):
-        read_image(small, max_pixels=W * H - 1)
-    assert read_image(small, max_pixels=W * H).shape == (3, H, W)
+        read_image(small, DataLimits(max_pixels=W * H - 1))
+    assert read_image(small, DataLimits(max_pixels=W * H)).shape == (3, H, W)
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")

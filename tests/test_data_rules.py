@@ -14,7 +14,8 @@ from tinyssd.data.base import (
     DataError,
     Report,
 )
-from tinyssd.data.rules import box_limit, image_problem, is_inside, keep_boxes
+from tinyssd.data.limits import DataLimits
+from tinyssd.data.rules import image_problem, is_inside, keep_boxes
 
 
 def describe(i, kind):
@@ -39,12 +40,13 @@ def test_an_unknown_class_is_reported_as_such_even_when_its_box_is_empty():
 def test_boxes_over_the_limit_are_dropped_with_one_entry_per_image(monkeypatch):
     boxes = [[0, 0, i + 1, i + 1] for i in range(7)]
     report = Report()
-    assert keep_boxes(boxes, [1] * 7, 1, "a.png", report, describe, max_boxes=3) == [0, 1, 2]
+    limits = DataLimits(max_boxes=3)
+    assert keep_boxes(boxes, [1] * 7, 1, "a.png", report, describe, limits) == [0, 1, 2]
     assert report.items[TOO_MANY_BOXES] == [
         "a.png: 7 boxes, kept the first 3 (raise it with TINYSSD_MAX_BOXES)"
     ]
     monkeypatch.setenv("TINYSSD_MAX_BOXES", "4")
-    assert box_limit() == 4
+    assert DataLimits.from_env().max_boxes == 4
     assert len(keep_boxes(boxes, [1] * 7, 1, "a.png", Report(), describe)) == 4
 
 
@@ -52,7 +54,7 @@ def test_boxes_over_the_limit_are_dropped_with_one_entry_per_image(monkeypatch):
 def test_a_bad_box_limit_in_the_environment_is_a_one_line_error(monkeypatch, value):
     monkeypatch.setenv("TINYSSD_MAX_BOXES", value)
     with pytest.raises(DataError, match="TINYSSD_MAX_BOXES=.*not a positive number of boxes"):
-        box_limit()
+        DataLimits.from_env()
 
 
 def test_paths_are_judged_with_symlinks_and_dots_resolved(tmp_path):

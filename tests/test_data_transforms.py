@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from tinyssd.data.dataset import resize_image
 from tinyssd.data.transforms import (
     PARTS,
     AnchorBoundedAugment,
@@ -11,6 +10,7 @@ from tinyssd.data.transforms import (
     train_transform,
     zoom_out_limit,
 )
+from tinyssd.images import resize_image
 
 BOXES = torch.tensor([[10.0, 20.0, 100.0, 150.0], [150.0, 50.0, 290.0, 190.0]])
 LABELS = torch.tensor([1, 2])

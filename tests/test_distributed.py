@@ -11,7 +11,7 @@ import pytest
 import torch
 from fixtures import write_tiny_bananas
 
-from tinyssd.engine.checkpoint import read_checkpoint
+from tinyssd.checkpoint import read_checkpoint
 from tinyssd.engine.distributed import DistContext, GlobalBatchSampler, init_distributed
 
 

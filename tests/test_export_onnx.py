@@ -11,7 +11,7 @@ from export_helpers import CLASSES, assert_same_detections, scored_checkpoint
 from torchvision.ops import batched_nms
 
 import tinyssd
-from tinyssd.engine.checkpoint import save_checkpoint
+from tinyssd.checkpoint import save_checkpoint
 from tinyssd.export.onnx import DetectionWrapper, ExportWrapper, export_onnx, greedy_nms
 from tinyssd.models import TinySSD, build_model
 from tinyssd.models.fuse import fold_batchnorm

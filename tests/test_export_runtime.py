@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from export_helpers import CLASSES, assert_same_detections, scored_checkpoint
@@ -7,7 +8,7 @@ from PIL import Image
 import tinyssd
 from tinyssd.data.base import read_image
 from tinyssd.export.onnx import export_onnx
-from tinyssd.export.runtime import OnnxDetector
+from tinyssd.predict import OnnxDetector
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -72,6 +73,38 @@ def test_predict_takes_nms_threshold_max_detections_and_any_image_kind(detectors
     for g, w in zip(got, want):
         assert len(g["labels"]) == 7
         assert_same_detections(g, w, box_atol=1e-3)
+
+
+def test_both_predictors_take_every_image_kind_and_give_the_same_detections(detectors, tmp_path):
+    det, onnx_det = detectors(128)
+    paths = [write_image(tmp_path / f"{i}.png", 150, 100, seed=10 + i) for i in range(2)]
+    tensors = [read_image(p) for p in paths]
+    arrays = [t.permute(1, 2, 0).numpy() for t in tensors]
+    kinds = {
+        "path": paths[0],
+        "str": str(paths[0]),
+        "PIL": Image.open(paths[0]),
+        "tensor": tensors[0],
+        "array": arrays[0],
+        "list": [paths[0], tensors[1]],
+        "tuple": (Image.open(paths[0]), arrays[1]),
+        "tensor batch": torch.stack(tensors),
+        "array batch": np.stack(arrays),
+    }
+    for kind, images in kinds.items():
+        got = onnx_det.predict(images, threshold=0.05)
+        want = det.predict(images, threshold=0.05)
+        assert (
+            len(got) == len(want) == (1 if kind in ("path", "str", "PIL", "tensor", "array") else 2)
+        )
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            assert len(w["labels"]) > 0, kind
+            assert_same_detections(g, w, box_atol=1e-3)
+            assert g["names"] == w["names"]
+            # every kind of the same picture gives its detections
+            torch.testing.assert_close(
+                w["boxes"], det.predict(tensors[i], threshold=0.05)[0]["boxes"]
+            )
 
 
 def test_max_detections_beyond_the_exported_number_is_an_error(detectors, image_files):

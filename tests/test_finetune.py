@@ -14,9 +14,9 @@ import torch
 from fixtures import save_untrained_checkpoint, write_tiny_bananas
 from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
 
+from tinyssd.checkpoint import read_checkpoint, save_checkpoint, split_state
 from tinyssd.cli import main
 from tinyssd.data.synthetic import make_synthetic
-from tinyssd.engine.checkpoint import read_checkpoint, save_checkpoint, split_state
 from tinyssd.engine.finetune import (
     BackboneFreeze,
     compact_names,

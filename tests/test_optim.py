@@ -9,7 +9,6 @@ from torch import nn
 from tinyssd.engine.optim import (
     ModelEMA,
     build_optimizer,
-    iterations_for,
     lr_at,
     param_groups,
     set_lr,
@@ -97,12 +96,6 @@ def test_set_lr_sets_every_group():
     opt = build_optimizer(_net(), "sgd", lr=0.5)
     set_lr(opt, 0.125)
     assert [g["lr"] for g in opt.param_groups] == [0.125, 0.125]
-
-
-def test_iterations_for_small_sets_reach_the_floor():
-    assert iterations_for(1000, 32, 20) == 20 * 32
-    assert iterations_for(130, 32, 20, min_iterations=1500) == 1500
-    assert iterations_for(0, 32, 3) == 3
 
 
 def test_ema_update_by_hand():

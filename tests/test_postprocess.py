@@ -6,8 +6,16 @@ import torchvision
 
 from tinyssd.anchors import AnchorGenerator
 from tinyssd.boxes import box_iou, decode_offsets
+from tinyssd.errors import UsageError
 from tinyssd.models.config import tiny_ssd
-from tinyssd.postprocess import multibox_detection, nms, postprocess_detections
+from tinyssd.postprocess import (
+    EVAL_POSTPROCESS,
+    PostprocessConfig,
+    multibox_detection,
+    nms,
+    postprocess_detections,
+    resolve_postprocess,
+)
 
 d2l = pytest.importorskip("d2l.torch")
 
@@ -233,3 +241,27 @@ def test_accepts_the_models_anchors_as_multibox_detection_does():
     deltas = torch.zeros(1, len(ANCHORS), 4)
     det = postprocess_detections(_logits(PROBS), deltas, anchors)[0]
     assert _as_set(det) == _as_set(_detect(PROBS))
+
+
+def test_the_defaults_are_the_eval_postprocess_config():
+    import inspect
+    from dataclasses import asdict
+
+    params = inspect.signature(postprocess_detections).parameters
+    defaults = {name: params[name].default for name in asdict(EVAL_POSTPROCESS)}
+    assert defaults == asdict(EVAL_POSTPROCESS)
+    assert EVAL_POSTPROCESS == PostprocessConfig(score_threshold=0.01)
+
+
+def test_resolve_postprocess_replaces_only_the_fields_given():
+    base = PostprocessConfig(nms_threshold=0.6)
+    assert resolve_postprocess() == PostprocessConfig()
+    assert resolve_postprocess(base) is base
+    assert resolve_postprocess(base, threshold=0.2, max_detections=None) == PostprocessConfig(
+        score_threshold=0.2, nms_threshold=0.6
+    )
+    assert resolve_postprocess(None, topk_candidates=50).topk_candidates == 50
+    with pytest.raises(TypeError, match="nms_treshold"):
+        resolve_postprocess(None, nms_treshold=0.5)
+    with pytest.raises(UsageError, match="must be in"):
+        resolve_postprocess(None, threshold=1.5)

@@ -42,14 +42,33 @@ def test_a_folder_that_cannot_be_made_is_one_usage_error(tmp_path):
 
 
 def test_a_failed_write_leaves_neither_a_half_file_nor_a_temporary_one(tmp_path):
-    from tinyssd.engine.run_folder import replaced_atomically
+    from tinyssd.files import atomic_path
 
     (tmp_path / "curves.png").write_bytes(b"old")
-    with pytest.raises(OSError), replaced_atomically(tmp_path / "curves.png") as tmp:
+    with pytest.raises(OSError), atomic_path(tmp_path / "curves.png") as tmp:
         tmp.write_bytes(b"half")
         raise OSError(28, "No space left on device")
     assert (tmp_path / "curves.png").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png"]
-    with replaced_atomically(tmp_path / "curves.png") as tmp:
+    with atomic_path(tmp_path / "curves.png") as tmp:
         tmp.write_bytes(b"new")
     assert (tmp_path / "curves.png").read_bytes() == b"new"
+
+
+def test_checkpoints_hold_the_config_the_run_started_with(tmp_path):
+    import torch
+
+    from tinyssd.checkpoint import read_checkpoint
+
+    run = RunFolder(tmp_path / "run", own=False)
+    run.start({"classes": ["a"], "train": {"lr": 0.1}})
+    (tmp_path / "run" / "config.json").unlink()  # saving does not read it back
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run.save(model, optimizer, epoch=1, extra={"best_ap": 0.5}, best=True)
+    run.close()
+    for name in ("last", "best"):
+        tensors, meta = read_checkpoint(tmp_path / "run" / f"{name}.safetensors")
+        assert meta["config"] == {"classes": ["a"], "train": {"lr": 0.1}}
+        assert meta["epoch"] == 1 and meta["extra"] == {"best_ap": 0.5}
+        torch.testing.assert_close(tensors["model.weight"], model.weight.detach())

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fixtures import HEAP_PROBE, write_tiny_bananas
 
-from tinyssd.engine.checkpoint import read_checkpoint
+from tinyssd.checkpoint import read_checkpoint
 from tinyssd.engine.train import METRIC_COLUMNS, train
 
 

@@ -11,37 +11,56 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .anchors import AnchorGenerator, multibox_prior
-from .boxes import (
-    batched_box_iou,
-    box_center_to_corner,
-    box_corner_to_center,
-    box_iou,
-    decode_offsets,
-    encode_offsets,
-)
 from .errors import CheckpointError, DataError, TinySSDError, UsageError
-from .losses import LossConfig, MultiBoxLoss
-from .matching import match_anchors, multibox_target
-from .models import SSD, SSDConfig, TinySSD, build_model
-from .postprocess import multibox_detection, nms, postprocess_detections
 
 if TYPE_CHECKING:
-    from .api import Detector, load
+    from .anchors import AnchorGenerator, multibox_prior
+    from .boxes import (
+        batched_box_iou,
+        box_center_to_corner,
+        box_corner_to_center,
+        box_iou,
+        decode_offsets,
+        encode_offsets,
+    )
     from .config import TrainConfig
     from .engine.train import train
     from .evaluation import evaluate
+    from .losses import LossConfig, MultiBoxLoss
+    from .matching import match_anchors, multibox_target
+    from .models import SSD, SSDConfig, TinySSD, build_model
+    from .postprocess import multibox_detection, nms, postprocess_detections
+    from .predict import Detector, load
 
 __version__ = "0.1.0"
 
-# Imported on first use: they pull in the data readers, PIL, tqdm and matplotlib,
-# which the maths above does not need (``import tinyssd.boxes`` stays light).
+# Every name but the errors is imported on first use, so that ``import tinyssd`` and
+# ``tinyssd --help`` load no torch: name -> the module that defines it.
 _LAZY = {
-    "Detector": "api",
-    "load": "api",
-    "train": "engine.train",
+    "AnchorGenerator": "anchors",
+    "multibox_prior": "anchors",
+    "Detector": "predict",
+    "load": "predict",
+    **dict.fromkeys(
+        (
+            "batched_box_iou",
+            "box_center_to_corner",
+            "box_corner_to_center",
+            "box_iou",
+            "decode_offsets",
+            "encode_offsets",
+        ),
+        "boxes",
+    ),
     "TrainConfig": "config",
+    "train": "engine.train",
     "evaluate": "evaluation",
+    "LossConfig": "losses",
+    "MultiBoxLoss": "losses",
+    "match_anchors": "matching",
+    "multibox_target": "matching",
+    **dict.fromkeys(("SSD", "SSDConfig", "TinySSD", "build_model"), "models"),
+    **dict.fromkeys(("multibox_detection", "nms", "postprocess_detections"), "postprocess"),
 }
 
 

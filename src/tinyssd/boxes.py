@@ -1,4 +1,5 @@
-"""Box maths: IoU, corner <-> centre conversion, offset encoding and decoding.
+"""Box maths: IoU, corner <-> centre conversion, offset encoding and decoding, scaling
+between pixels and [0, 1].
 
 Every function takes and returns plain tensors. Corner boxes are (x1, y1, x2, y2)
 with x2 > x1, y2 > y1; centre boxes are (cx, cy, w, h).
@@ -10,7 +11,6 @@ import math
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou as _tv_box_iou
 
 # The chapter scales centre offsets by 10 and log-size offsets by 5:
 # the SSD "variances" 0.1 and 0.2.
@@ -43,7 +43,10 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Returns:
         Tensor[N, M]: IoU of every pair, in [0, 1].
     """
-    return _tv_box_iou(boxes1, boxes2)
+    # imported here: `import torchvision` loads all its models, which the maths never needs
+    from torchvision.ops import box_iou as tv_box_iou
+
+    return tv_box_iou(boxes1, boxes2)
 
 
 def batched_box_iou(anchors: Tensor, boxes: Tensor) -> Tensor:
@@ -102,3 +105,47 @@ def decode_offsets(anchors: Tensor, offsets: Tensor) -> Tensor:
     cxy = offsets[..., :2] * a[..., 2:] / _XY_SCALE + a[..., :2]
     wh = torch.exp((offsets[..., 2:] / _WH_SCALE).clamp(max=MAX_LOG_SCALE)) * a[..., 2:]
     return box_center_to_corner(torch.cat((cxy, wh), dim=-1))
+
+
+def scale_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Normalised -> pixels: the one conversion from [0, 1] to an image's pixels.
+
+    Args:
+        boxes (Tensor[..., 4]): xyxy normalised to [0, 1].
+        size: the image's (height, width).
+    Returns:
+        Tensor[..., 4]: xyxy in pixels, ``boxes * (W, H, W, H)``.
+    """
+    height, width = size
+    return boxes * boxes.new_tensor([width, height, width, height])
+
+
+def normalise_boxes(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Pixels -> normalised, the inverse of :func:`scale_boxes`:
+    ``normalise_boxes(scale_boxes(boxes, size), size) == boxes`` up to float rounding.
+
+    Args:
+        boxes (Tensor[..., 4]): xyxy in the pixels of an image of ``size``.
+        size: the image's (height, width).
+    Returns:
+        Tensor[..., 4]: xyxy normalised, ``boxes / (W, H, W, H)``.
+    """
+    height, width = size
+    return boxes / boxes.new_tensor([width, height, width, height])
+
+
+def elementwise_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of each box with the box at the same index (``box_iou``'s diagonal).
+
+    Args:
+        boxes1 (Tensor[N, 4]), boxes2 (Tensor[N, 4]): xyxy.
+    Returns:
+        Tensor[N]: in [0, 1].
+    """
+    lt = torch.maximum(boxes1[:, :2], boxes2[:, :2])
+    rb = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=1)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(dim=1)
+    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(dim=1)
+    union = area1 + area2 - inter
+    return inter / union.clamp(min=torch.finfo(union.dtype).tiny)

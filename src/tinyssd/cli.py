@@ -1,4 +1,11 @@
-"""The ``tinyssd`` command: argument parsing only; every command calls the Python API."""
+"""The ``tinyssd`` command: argument parsing only; every command calls the Python API.
+
+Each command's options are generated from frozen dataclasses (``config.TrainConfig``
+and those of ``options``): a field is one option (its name with ``-`` for ``_``, or
+its ``flag``), with the field's default, help text and choices. A field whose type
+is a dataclass (``PostprocessConfig``, ``LimitsOptions``) offers that dataclass's
+fields as options. Building the parser imports no torch, so ``--help`` is quick.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +14,132 @@ import json
 import logging
 import os
 import sys
-from dataclasses import fields
-from pathlib import Path
-from typing import Any
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, Field, fields, is_dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from .config import RECIPES, TrainConfig, read_run_config
 from .errors import TinySSDError, UsageError
+from .options import (
+    BenchOptions,
+    CheckOptions,
+    ConvertOptions,
+    DemoOptions,
+    DownloadOptions,
+    EvalOptions,
+    ExportOptions,
+    LimitsOptions,
+    PredictOptions,
+    ServeOptions,
+    SynthOptions,
+    TrainOptions,
+    field_flag,
+)
+
+if TYPE_CHECKING:
+    from .data.limits import DataLimits
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------- options from fields
 
 
-def _train(a: argparse.Namespace) -> None:
-    from .engine.train import train
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value}: must be > 0")
+    return value
 
-    train(**train_overrides(a))
+
+def _value_type(hint: Any) -> Any:
+    """The type a field's strings parse to: ``int | None`` -> int, ``tuple[str, ...]`` -> str."""
+    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+    return args[0] if args else hint
+
+
+def _dest(f: Field) -> str:
+    return f.name if f.metadata.get("positional") else field_flag(f).replace("-", "_")
+
+
+def _help(f: Field, default: Any, recipes: dict[str, dict[str, Any]] | None) -> str:
+    """The field's help with its default, which for a recipe field is each recipe's."""
+    text = f.metadata["help"]
+    if "default:" in text or default is MISSING or f.metadata.get("positional"):
+        return text
+    if recipes is not None and f.name in recipes["default"]:
+        shown = f"{recipes['default'][f.name]} (chapter recipe: {recipes['chapter'][f.name]})"
+    else:
+        shown = "none" if default is None else default
+    return f"{text} (default: {shown})"
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    base: Any = None,
+    only: tuple[str, ...] | None = None,
+    recipes: dict[str, dict[str, Any]] | None = None,
+    set_defaults: bool = True,
+) -> None:
+    """One argument per field of the dataclass ``cls`` (defaults from ``base``, an instance,
+    else the fields'); ``set_defaults=False`` leaves options not given out of the namespace."""
+    hints = typing.get_type_hints(cls)
+    defaults = {}
+    for f in fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        default = getattr(base, f.name) if base is not None else f.default
+        kind = _value_type(hints[f.name])
+        if is_dataclass(kind):
+            nested = f.metadata.get("only")
+            add_options(parser, kind, default, nested, None, set_defaults)  # type: ignore[arg-type]
+            continue
+        meta = f.metadata
+        kwargs: dict[str, Any] = {"help": _help(f, default, recipes)}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _positive_int if meta.get("positive") else kind
+            kwargs["choices"] = meta.get("choices")
+        if meta.get("positional"):
+            parser.add_argument(f.name, nargs=meta.get("nargs"), **kwargs)
+        else:
+            kwargs["required"] = default is MISSING
+            parser.add_argument(f"--{field_flag(f)}", dest=_dest(f), **kwargs)
+        if default is not MISSING:
+            defaults[_dest(f)] = default
+    if set_defaults:  # set here, not in add_argument: argparse would add "(default: ...)" again
+        parser.set_defaults(**defaults)
+
+
+def from_namespace(cls: type[T], a: argparse.Namespace, base: Any = None) -> T:
+    """The dataclass ``cls`` of the options parsed into ``a`` (fields not there: defaults)."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        kind = _value_type(hints[f.name])
+        if is_dataclass(kind):
+            values[f.name] = from_namespace(kind, a, f.default)  # type: ignore[arg-type]
+        elif hasattr(a, _dest(f)):
+            value = getattr(a, _dest(f))
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+    return replace(base, **values) if base is not None else cls(**values)
+
+
+# ---------------------------------------------------------------------------- the commands
+
+
+def data_limits(o: LimitsOptions) -> DataLimits:
+    """The limits given, else ``$TINYSSD_MAX_PIXELS`` / ``$TINYSSD_MAX_BOXES``, else defaults."""
+    from .data.limits import DataLimits
+
+    return DataLimits.from_env(max_pixels=o.max_pixels, max_boxes=o.max_boxes)
 
 
 def train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields a ``tinyssd train`` command line sets: ``--config``'s, then
     the options given explicitly (options not given are absent from the namespace)."""
-    from .config import TrainConfig, read_run_config
-
     given = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)}
     if getattr(a, "config", None):
         saved = read_run_config(a.config)
@@ -33,68 +148,38 @@ def train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, help and choices from the field; defaults shown
-    in the help but not set, so that only what the user typed overrides a recipe,
-    ``--config`` or a resumed run's settings."""
-    from .config import RECIPES, TrainConfig, field_types, flag
+def _train(a: argparse.Namespace) -> None:
+    from .engine.train import train
 
-    types = field_types()
-    for f in fields(TrainConfig):
-        meta = f.metadata
-        name = f"--{flag(f.name)}"
-        shown = f.default if f.default is not None else "from --recipe"
-        if f.name in RECIPES["default"]:
-            shown = f"{RECIPES['default'][f.name]} (chapter recipe: {RECIPES['chapter'][f.name]})"
-        elif f.default is None:
-            shown = "none"
-        help_text = (
-            meta["help"] if "default:" in meta["help"] else f"{meta['help']} (default: {shown})"
-        )
-        if types[f.name] is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument(
-                name, type=types[f.name], choices=meta.get("choices"), help=help_text
-            )
-    parser.add_argument(
-        "--config", help="a run's config.json (or run folder): repeat that run's settings"
-    )
+    o = from_namespace(TrainOptions, a)
+    train(**train_overrides(a), limits=data_limits(o.limits))
+
+
+class SkippedInputs(Exception):
+    """Some inputs could not be used; the rest were processed (exit code 1)."""
 
 
 def _predict(a: argparse.Namespace) -> None:
-    from .api import load, predict_files
+    o = from_namespace(PredictOptions, a)
+    from .commands import predict_files
+    from .predict import load
     from .video import is_video_source, predict_video
 
-    weights = a.weights
-    if a.backend == "onnx" and not str(weights).lower().endswith(".onnx"):
+    weights = o.weights
+    if o.backend == "onnx" and not weights.lower().endswith(".onnx"):
         weights = _exported_copy(weights)
-    det = load(weights, device=a.device, precision=a.precision)
-    images = [s for s in a.inputs if not is_video_source(s)]
+    det = load(weights, device=o.device, precision=o.precision)
+    images = [s for s in o.inputs if not is_video_source(s)]
     skipped: list[str] = []
     if images:
-        for line in predict_files(det, images, threshold=a.threshold, out=a.out, skipped=skipped):
+        limits = data_limits(o.limits)
+        for line in predict_files(det, images, o.out, o.post, skipped, limits):
             print(json.dumps(line), flush=True)
-    for source in (s for s in a.inputs if is_video_source(s)):
-        for line in predict_video(det, source, a.out, a.threshold, max_frames=a.max_frames):
+    for source in (s for s in o.inputs if is_video_source(s)):
+        for line in predict_video(det, source, o.out, o.post, max_frames=o.max_frames):
             print(json.dumps(line), flush=True)
     if skipped:
         raise SkippedInputs(f"{len(skipped)} unreadable image(s) skipped (listed above)")
-
-
-def _serve(a: argparse.Namespace) -> None:
-    from .serve import serve
-
-    serve(
-        a.weights,
-        host=a.host,
-        port=a.port,
-        device=a.device,
-        precision=a.precision,
-        threshold=a.threshold,
-        max_upload_mb=a.max_upload_mb,
-        max_pixels=getattr(a, "max_pixels", None),
-    )
 
 
 def _exported_copy(weights: str) -> str:
@@ -110,98 +195,114 @@ def _exported_copy(weights: str) -> str:
     return str(export_onnx(weights, f"{folder}/model.onnx"))
 
 
-class SkippedInputs(Exception):
-    """Some inputs could not be used; the rest were processed (exit code 1)."""
+def _serve(a: argparse.Namespace) -> None:
+    o = from_namespace(ServeOptions, a)
+    from .serve import serve
+
+    limits = data_limits(o.limits)
+    serve(o.weights, o.host, o.port, o.device, o.precision, o.post, o.max_upload_mb, limits)
 
 
 def _eval(a: argparse.Namespace) -> None:
-    from .api import evaluate_run
+    o = from_namespace(EvalOptions, a)
+    from .commands import evaluate_run
 
-    evaluate_run(a.weights, a.data, split=a.split, format=a.format, json_out=a.json, out=a.out)
-
-
-def _data_download(a: argparse.Namespace) -> None:
-    from .data.download import download_bananas
-
-    print(download_bananas(a.to))
-
-
-def _data_synth(a: argparse.Namespace) -> None:
-    from .data.synthetic import make_synthetic
-
-    root = make_synthetic(
-        a.out_dir, train=a.train, val=a.val, classes=a.classes, seed=a.seed, size=a.size
-    )
-    print(root)
-
-
-def _data_check(a: argparse.Namespace) -> None:
-    from .data.check import check_dataset
-
-    report = check_dataset(a.dir, format=a.format)
-    print(report.summary(first=a.first))
-    if a.model:
-        print(anchor_fit_summary(a.dir, a.format, a.model, a.image_size))
-
-
-def anchor_fit_summary(root: str, format: str, model: str, image_size: int | None) -> str:
-    """How well a model's anchors fit the training boxes, before and after ``--anchors auto``."""
-    from dataclasses import replace
-
-    from .data import load_split
-    from .engine.inputs import normalised_boxes
-    from .models import PRESETS
-    from .models.anchor_fit import fit_anchors, miss_rate
-
-    if model not in PRESETS:
-        raise UsageError(f"--model {model!r}: choose from {', '.join(PRESETS)}")
-    config = PRESETS[model]()
-    config = replace(config, image_size=image_size or config.image_size)
-    boxes = normalised_boxes(load_split(root, "train", format))
-    if len(boxes) < 2:
-        return f"anchors of {model}: fewer than 2 training boxes to fit"
-    fitted = fit_anchors(config, boxes[:, 2:] - boxes[:, :2])
-    return (
-        f"anchors of {model} at {config.image_size} px: {100 * miss_rate(config, boxes):.1f}% of "
-        f"{len(boxes)} training boxes have no anchor with IoU >= 0.5; fitted to the data "
-        f"(--anchors auto): {100 * miss_rate(fitted, boxes):.1f}%"
-    )
-
-
-def _data_convert(a: argparse.Namespace) -> None:
-    from .data.convert import convert
-
-    print(convert(a.src, to=a.to, out=a.out, format=a.format))
+    limits = data_limits(o.limits)
+    evaluate_run(o.weights, o.data, o.split, o.format, o.json, o.out, limits=limits)
 
 
 def _export(a: argparse.Namespace) -> None:
+    o = from_namespace(ExportOptions, a)
+    from pathlib import Path
+
     from .export.onnx import export_onnx
 
-    out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        raise UsageError(f"--out {out}: file exists (pass --overwrite to replace it)")
+    if Path(o.out).exists() and not o.overwrite:
+        raise UsageError(f"--out {o.out}: file exists (pass --overwrite to replace it)")
     path = export_onnx(
-        a.weights,
-        out,
-        opset=a.opset,
-        nms=a.nms,
-        topk_candidates=a.topk_candidates,
-        max_detections=a.max_detections,
-        input_dtype=a.input_dtype,
+        o.weights,
+        o.out,
+        opset=o.opset,
+        nms=o.nms,
+        topk_candidates=o.topk_candidates,
+        max_detections=o.max_detections,
+        input_dtype=o.input_dtype,
     )
     print(path)
 
 
+def _data_download(a: argparse.Namespace) -> None:
+    o = from_namespace(DownloadOptions, a)
+    from .data.download import download_bananas
+
+    print(download_bananas(o.to))
+
+
+def _data_synth(a: argparse.Namespace) -> None:
+    o = from_namespace(SynthOptions, a)
+    from .data.synthetic import make_synthetic
+
+    print(make_synthetic(o.out_dir, o.train, o.val, o.classes, o.seed, o.size))
+
+
+def _data_check(a: argparse.Namespace) -> None:
+    o = from_namespace(CheckOptions, a)
+    from .data.check import anchor_fit_summary, check_dataset
+
+    limits = data_limits(o.limits)
+    print(check_dataset(o.dir, o.format, limits).summary(first=o.first))
+    if o.model:
+        print(anchor_fit_summary(o.dir, o.format, o.model, o.image_size, limits))
+
+
+def _data_convert(a: argparse.Namespace) -> None:
+    o = from_namespace(ConvertOptions, a)
+    from .data.convert import convert
+
+    print(convert(o.src, to=o.to, out=o.out, format=o.format, limits=data_limits(o.limits)))
+
+
 def _bench(a: argparse.Namespace) -> None:
+    o = from_namespace(BenchOptions, a)
     from .engine.benchmark import run_benchmarks
 
-    print(json.dumps(run_benchmarks(quick=a.quick), indent=1))
+    print(json.dumps(run_benchmarks(quick=o.quick), indent=1))
 
 
 def _demo(a: argparse.Namespace) -> None:
-    from .api import demo
+    o = from_namespace(DemoOptions, a)
+    from .commands import demo
 
-    demo(out=a.out, epochs=a.epochs, data=a.data)
+    demo(o.out, o.epochs, o.data)
+
+
+Run = Callable[[argparse.Namespace], None]
+
+# (words, help, the option dataclasses, what runs it); "data" groups the data commands.
+COMMANDS: list[tuple[tuple[str, ...], str, tuple[type, ...], Run]] = [
+    (("train",), "train a detector", (TrainConfig, TrainOptions), _train),
+    (("predict",), "draw and print detections for images", (PredictOptions,), _predict),
+    (("serve",), "serve a detector over HTTP: an API and a page", (ServeOptions,), _serve),
+    (("eval",), "VOC and COCO mAP of a trained detector", (EvalOptions,), _eval),
+    (("data", "download"), "download a data set", (DownloadOptions,), _data_download),
+    (("data", "synth"), "write the procedural data set", (SynthOptions,), _data_synth),
+    (("data", "check"), "report problems in a data set", (CheckOptions,), _data_check),
+    (("data", "convert"), "convert a data set to another format", (ConvertOptions,), _data_convert),
+    (("export",), "export a trained detector to ONNX", (ExportOptions,), _export),
+    (
+        ("bench",),
+        "measure training and prediction speed on this machine",
+        (BenchOptions,),
+        _bench,
+    ),
+    (
+        ("demo",),
+        "synthesise data, train briefly, predict, show pictures",
+        (DemoOptions,),
+        _demo,
+    ),
+]
+DATA_HELP = "download, synthesise, check and convert data sets"
 
 
 def _version() -> str:
@@ -215,197 +316,29 @@ def _version() -> str:
         return __version__
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value}: must be > 0")
-    return value
-
-
-def data_limits_parser() -> argparse.ArgumentParser:
-    """``--max-pixels`` and ``--max-boxes``: the input limits of every command that reads data."""
-    from .data.base import MAX_IMAGE_PIXELS
-    from .data.rules import MAX_BOXES_PER_IMAGE
-
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument(
-        "--max-pixels",
-        type=_positive_int,
-        default=argparse.SUPPRESS,
-        help=f"images with more pixels are skipped, checked from the header "
-        f"(default: {MAX_IMAGE_PIXELS}, or $TINYSSD_MAX_PIXELS)",
-    )
-    p.add_argument(
-        "--max-boxes",
-        type=_positive_int,
-        default=argparse.SUPPRESS,
-        help=f"boxes kept per image, the first ones (default: {MAX_BOXES_PER_IMAGE}, "
-        "or $TINYSSD_MAX_BOXES)",
-    )
-    return p
-
-
-def apply_data_limits(a: argparse.Namespace) -> None:
-    """The limits given on the command line, for every reader and loader worker (environment)."""
-    for option, variable in (
-        ("max_pixels", "TINYSSD_MAX_PIXELS"),
-        ("max_boxes", "TINYSSD_MAX_BOXES"),
-    ):
-        if hasattr(a, option):
-            os.environ[variable] = str(getattr(a, option))
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .inference import DEFAULT_THRESHOLD
-    from .serve import DEFAULT_MAX_UPLOAD_MB
-
+    """``tinyssd``'s parser: a subcommand per entry of COMMANDS."""
     p = argparse.ArgumentParser(prog="tinyssd", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--version", action="version", version=f"tinyssd {_version()}")
-    sub = p.add_subparsers(dest="command", required=True)
-    limits = data_limits_parser()
-    fmt: dict[str, Any] = dict(default="auto", choices=["auto", "bananas", "voc", "coco", "yolo"])
-
-    t = sub.add_parser(
-        "train", help="train a detector", argument_default=argparse.SUPPRESS, parents=[limits]
-    )
-    add_train_options(t)
-    t.set_defaults(func=_train)
-
-    pr = sub.add_parser("predict", help="draw and print detections for images", parents=[limits])
-    pr.add_argument(
-        "inputs",
-        nargs="+",
-        help="image files or folders, videos (.mp4 .avi .mov .mkv .webm), a camera index (0) "
-        "or a stream URL (rtsp:// http://)",
-    )
-    pr.add_argument("--weights", required=True, help="run folder or checkpoint file")
-    pr.add_argument(
-        "--threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        help="score a box needs to be printed and drawn (default: %(default)s)",
-    )
-    pr.add_argument("--out", default="predictions", help="folder for the drawn pictures")
-    pr.add_argument(
-        "--backend",
-        default="torch",
-        choices=["torch", "onnx"],
-        help="run the network in PyTorch or through onnxruntime (a .onnx --weights is onnx)",
-    )
-    pr.add_argument(
-        "--max-frames", type=int, help="stop a video, camera or stream after this many frames"
-    )
-    pr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    pr.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16"],
-        help="bf16 autocast for the network; auto = bf16 where the hardware has it",
-    )
-    pr.set_defaults(func=_predict)
-
-    sv = sub.add_parser("serve", help="serve a detector over HTTP: an API and a page")
-    sv.add_argument("--weights", required=True, help="run folder or checkpoint file")
-    sv.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
-    )
-    sv.add_argument(
-        "--port", type=int, default=8000, help="0: any free port (default: %(default)s)"
-    )
-    sv.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    sv.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    sv.add_argument(
-        "--threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        help="default score threshold; a request may pass ?threshold= (default: %(default)s)",
-    )
-    sv.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=DEFAULT_MAX_UPLOAD_MB,
-        help="larger uploads are refused with 413 (default: %(default)s)",
-    )
-    sv.add_argument(
-        "--max-pixels",
-        type=int,
-        default=argparse.SUPPRESS,
-        help="larger images are refused with 413 (default: $TINYSSD_MAX_PIXELS or 64000000)",
-    )
-    sv.set_defaults(func=_serve)
-
-    e = sub.add_parser("eval", help="VOC and COCO mAP of a trained detector", parents=[limits])
-    e.add_argument("--weights", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", default="val")
-    e.add_argument("--format", **fmt)
-    e.add_argument("--json", help="write the metrics dict here")
-    e.add_argument("--out", default=".", help="folder for pr_curve.png")
-    e.set_defaults(func=_eval)
-
-    d = sub.add_parser("data", help="download, synthesise, check and convert data sets")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    dl = dsub.add_parser("download", help="download a data set")
-    dl.add_argument("name", choices=["bananas"])
-    dl.add_argument("--to", required=True)
-    dl.set_defaults(func=_data_download)
-    sy = dsub.add_parser("synth", help="write the procedural data set")
-    sy.add_argument("out_dir")
-    sy.add_argument("--train", type=int, default=1000)
-    sy.add_argument("--val", type=int, default=100)
-    sy.add_argument("--classes", type=int, default=3)
-    sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--size", type=int, default=256, help="image side in pixels")
-    sy.set_defaults(func=_data_synth)
-    ch = dsub.add_parser("check", help="report problems in a data set", parents=[limits])
-    ch.add_argument("dir")
-    ch.add_argument("--format", **fmt)
-    ch.add_argument("--first", type=int, default=3, help="files listed per problem kind")
-    ch.add_argument("--model", help="also report how well this model's anchors fit the boxes")
-    ch.add_argument(
-        "--image-size", type=int, help="with --model: its input side (default: its own)"
-    )
-    ch.set_defaults(func=_data_check)
-    cv = dsub.add_parser("convert", help="convert a data set to another format", parents=[limits])
-    cv.add_argument("src")
-    cv.add_argument("--to", required=True, choices=["voc", "coco", "yolo", "bananas"])
-    cv.add_argument("out")
-    cv.add_argument("--format", **fmt)
-    cv.set_defaults(func=_data_convert)
-
-    x = sub.add_parser("export", help="export a trained detector to ONNX")
-    x.add_argument("--weights", required=True)
-    x.add_argument("--out", required=True)
-    x.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: 17)")
-    x.add_argument(
-        "--nms",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="decoding and per-class NMS in the graph; --no-nms: raw boxes and scores",
-    )
-    x.add_argument("--max-detections", type=int, default=200, help="rows per image (200)")
-    x.add_argument(
-        "--topk-candidates", type=int, default=400, help="(anchor, class) pairs into NMS (400)"
-    )
-    x.add_argument(
-        "--input-dtype",
-        default="uint8",
-        choices=["uint8", "float32"],
-        help="the graph's image type: uint8, or float32 0-255 values (default: uint8)",
-    )
-    x.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    x.set_defaults(func=_export)
-
-    b = sub.add_parser("bench", help="measure training and prediction speed on this machine")
-    b.add_argument("--quick", action="store_true")
-    b.set_defaults(func=_bench)
-
-    m = sub.add_parser("demo", help="synthesise data, train briefly, predict, show pictures")
-    m.add_argument("--out", default="runs/demo")
-    m.add_argument("--epochs", type=int, default=None)
-    m.add_argument("--data", help="banana-layout folder; default: the built-in synthetic set")
-    m.set_defaults(func=_demo)
+    groups: dict[tuple[str, ...], Any] = {(): p.add_subparsers(dest="command", required=True)}
+    for words, help_text, classes, run in COMMANDS:
+        if words[:-1] not in groups:  # "data": the first of its commands makes the group
+            data = groups[()].add_parser(words[0], help=DATA_HELP, description=DATA_HELP)
+            groups[words[:-1]] = data.add_subparsers(dest="data_command", required=True)
+        group = groups[words[:-1]]
+        # train: only what is typed overrides a recipe, --config or a resumed run's settings
+        is_train = TrainConfig in classes
+        c = group.add_parser(
+            words[-1],
+            help=help_text,
+            description=help_text,
+            argument_default=argparse.SUPPRESS if is_train else None,
+        )
+        for cls in classes:
+            recipes = RECIPES if cls is TrainConfig else None
+            add_options(c, cls, recipes=recipes, set_defaults=not is_train)
+        c.set_defaults(func=run)
     return p
 
 
@@ -414,7 +347,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if a.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
     )
-    apply_data_limits(a)
     try:
         a.func(a)
     except TinySSDError as e:

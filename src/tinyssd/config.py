@@ -1,29 +1,29 @@
-"""The run config: one dataclass that ``tinyssd train``'s options are generated from.
+"""The run config in two types: what was asked, and what the run uses.
+
+    asked = TrainConfig(data="data/bananas", epochs=3)   # recipe fields left at None
+    cfg = asked.resolved()    # RunConfig: frozen, the recipe's values filled in, checked
 
 Every field of :class:`TrainConfig` is one ``tinyssd train --flag`` (its name
 with ``-`` for ``_``), with the help text, choices and default written here
 once. Fields whose default is ``None`` and that a recipe sets (``RECIPES``)
-take the recipe's value unless given; the resolved config is what
-``config.json`` stores under ``"train"``, and ``tinyssd train --config
-RUN/config.json`` or ``--resume RUN`` reads it back.
+take the recipe's value unless given. :class:`RunConfig` has the same fields,
+none of a recipe's None: it is what training reads and what ``config.json``
+stores under ``"train"``; ``tinyssd train --config RUN/config.json`` or
+``--resume RUN`` reads that back as a TrainConfig.
 """
 
 from __future__ import annotations
 
 import json
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+import logging
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import UsageError
+from .options import DEVICES, FORMAT_CHOICES, OPTIMIZERS, PRECISIONS, SCHEDULES, flag, option
 
-
-def option(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
-    """A config field with the help text and choices its CLI option shows."""
-    meta = {"help": help, "choices": choices, **extra}
-    return field(default=default, metadata=meta)
-
+log = logging.getLogger("tinyssd")
 
 # What each recipe sets. A recipe value applies where the field is left at None.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -78,10 +78,11 @@ RECIPES["default"] = {
 
 @dataclass
 class TrainConfig:
-    """What ``tinyssd train`` was asked to do; written to ``config.json``."""
+    """What ``tinyssd train`` was asked to do: a recipe field left at None takes the recipe's
+    value when :meth:`resolved`."""
 
     data: str | None = option(None, "data folder; default: the built-in synthetic data set")
-    format: str = option("auto", "data layout", choices=("auto", "bananas", "voc", "coco", "yolo"))
+    format: str = option("auto", "data layout", choices=FORMAT_CHOICES)
     recipe: str = option(
         "default",
         "training recipe whose values fill the options not given",
@@ -99,7 +100,7 @@ class TrainConfig:
     )
     batch_size: int | None = option(None, "images per step")
     optimizer: str | None = option(
-        None, "optimiser (AdamW's beta1 is --momentum)", choices=("sgd", "nesterov", "adamw")
+        None, "optimiser (AdamW's beta1 is --momentum)", choices=OPTIMIZERS
     )
     lr: float | None = option(None, "peak learning rate")
     momentum: float | None = option(None, "SGD momentum (the chapter uses none)")
@@ -107,9 +108,7 @@ class TrainConfig:
     norm_bias_decay: bool | None = option(
         None, "weight decay on BatchNorm and bias parameters too (the chapter's way)"
     )
-    schedule: str | None = option(
-        None, "learning-rate decay over the steps", choices=("cosine", "step", "constant")
-    )
+    schedule: str | None = option(None, "learning-rate decay over the steps", choices=SCHEDULES)
     warmup: int | None = option(None, "steps of linear learning-rate warm-up")
     ema: float | None = option(
         None, "decay of the weights' moving average used to evaluate and save (0: off)"
@@ -157,12 +156,12 @@ class TrainConfig:
     freeze_epochs: int = option(
         0, "with --freeze: unfreeze after this many epochs (0: frozen for the whole run)"
     )
-    device: str = option("auto", "where to train", choices=("auto", "cpu", "cuda"))
+    device: str = option("auto", "where to train", choices=DEVICES)
     precision: str = option(
         "auto",
         "autocast for the forward pass: bf16, or fp16 with a gradient scaler (CUDA only); "
         "auto = bf16 where the hardware has it",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
     )
     compile: bool = option(False, "torch.compile the model")
     workers: int | None = option(
@@ -185,16 +184,22 @@ class TrainConfig:
             if value is not None:
                 setattr(self, name, str(value))
 
-    def resolved(self) -> TrainConfig:
-        """This config with its recipe's values where a field is None; checked."""
+    def resolved(self) -> RunConfig:
+        """The run's config: the recipe's values where a field is None, a new run folder
+        (``runs/train``, ``runs/train2``, ...) when ``out`` is None; checked."""
         if self.recipe not in RECIPES:
             raise UsageError(f"--recipe {self.recipe!r}: choose from {', '.join(RECIPES)}")
-        filled = {k: v for k, v in RECIPES[self.recipe].items() if getattr(self, k) is None}
+        values = self.to_dict()
+        values.update({k: v for k, v in RECIPES[self.recipe].items() if values[k] is None})
         if self.epochs is not None and self.min_steps is None:
-            filled["min_steps"] = 0  # epochs given: exactly that many, not the recipe's floor
+            values["min_steps"] = 0  # epochs given: exactly that many, not the recipe's floor
         if self.epochs is not None and self.max_steps is None:
-            filled["max_steps"] = 0  # nor its ceiling
-        cfg = replace(self, **filled)
+            values["max_steps"] = 0  # nor its ceiling
+        if self.out is None:
+            from .engine.run_folder import new_run_dir
+
+            values["out"] = str(new_run_dir())
+        cfg = RunConfig(**values)
         check(cfg)
         return cfg
 
@@ -208,20 +213,61 @@ class TrainConfig:
         return TrainConfig(**{k: v for k, v in d.items() if k in known})
 
 
-T = TypeVar("T")
+@dataclass(frozen=True)
+class RunConfig:
+    """What a run uses: :meth:`TrainConfig.resolved`, field for field (their help is there).
+
+    Frozen: the run reads it and never changes it; what the run derives from
+    the data (the epochs of the step budget, the fitted anchors) lives apart.
+    """
+
+    data: str | None  # None: the built-in synthetic data set
+    format: str
+    recipe: str
+    model: str
+    epochs: int  # asked; the step budget (min_steps, max_steps) may change the run's
+    min_steps: int
+    max_steps: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    norm_bias_decay: bool
+    schedule: str
+    warmup: int
+    ema: float
+    grad_clip: float
+    image_size: int | None  # None: the model's own
+    anchors: str
+    class_prior: float
+    augment: str
+    loss: str
+    out: str  # the run folder
+    exist_ok: bool
+    seed: int
+    resume: str | None
+    force: bool
+    init: str | None
+    pretrained: bool
+    freeze: str
+    freeze_epochs: int
+    device: str
+    precision: str
+    compile: bool
+    workers: int | None  # None: engine.inputs.default_workers() of the machine that runs it
+    cache: str
+    progress: bool
+    stop_ap50: float | None
+    stop_ap: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def resolved_value(value: T | None) -> T:
-    """A field that every recipe sets, read from a :meth:`TrainConfig.resolved` config."""
-    if value is None:
-        raise ValueError("a field every recipe sets is None: use TrainConfig.resolved()")
-    return value
-
-
-def check(cfg: TrainConfig) -> None:
+def check(cfg: RunConfig) -> None:
     """UsageError, naming the option, for a value no run can use."""
-    positive = ("epochs", "batch_size", "image_size", "lr")
-    for name in positive:
+    for name in ("epochs", "batch_size", "image_size", "lr"):
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             raise UsageError(f"--{flag(name)} {value}: must be > 0")
@@ -233,38 +279,59 @@ def check(cfg: TrainConfig) -> None:
         "min_steps",
         "max_steps",
         "grad_clip",
+        "freeze_epochs",
     )
-    for name in (*nonnegative, "freeze_epochs"):
+    for name in nonnegative:
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise UsageError(f"--{flag(name)} {value}: must be >= 0")
-    if cfg.ema is not None and not 0 <= cfg.ema < 1:
+    if not 0 <= cfg.ema < 1:
         raise UsageError(f"--ema {cfg.ema}: must be in [0, 1)")
     for f in fields(TrainConfig):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
-        if choices and value is not None and value not in choices:
+        if choices and value not in choices:
             raise UsageError(f"--{flag(f.name)} {value!r}: choose from {', '.join(choices)}")
 
 
-def flag(name: str) -> str:
-    """The CLI option of a field: ``batch_size`` -> ``batch-size``."""
-    return name.replace("_", "-")
+def resolve_config(overrides: dict[str, Any]) -> RunConfig:
+    """The run's config: a resumed run's own settings, then the given ones, then the recipe.
 
+    With ``resume``, a setting given that differs from the run's is logged; a
+    different data folder or model is a UsageError unless ``force``. Without,
+    ``init``'s network is the default ``model``.
+    """
+    overrides = dict(overrides)
+    force = bool(overrides.pop("force", False))
+    resume = overrides.get("resume")
+    if not resume:
+        if overrides.get("init") and overrides.get("model") is None:
+            from .engine.finetune import init_model
 
-def field_types() -> dict[str, type]:
-    """Each field's value type (``int | None`` -> int), for parsing CLI strings."""
-    hints = typing.get_type_hints(TrainConfig)
-    out = {}
-    for name, hint in hints.items():
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        out[name] = args[0] if args else hint
-    return out
-
-
-def field_default(name: str) -> Any:
-    f = {f.name: f for f in fields(TrainConfig)}[name]
-    return None if f.default is MISSING else f.default
+            overrides["model"] = init_model(overrides["init"])
+        return TrainConfig(**overrides).resolved()
+    run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    saved = TrainConfig.from_dict(read_run_config(run_dir))
+    given = TrainConfig(**overrides)
+    changed = {}
+    for name in overrides:
+        old = getattr(saved, name)
+        new = getattr(given, name)  # normalised (Path -> str)
+        if name not in ("resume", "out", "progress") and new is not None and new != old:
+            changed[name] = (old, new)
+    for name in ("data", "model"):
+        if name in changed and not force:
+            old, new = changed[name]
+            raise UsageError(
+                f"--resume {resume}: the run used --{name} {old}, not {new} "
+                "(pass --force to change it)"
+            )
+    for name, (old, new) in changed.items():
+        log.info("resume: %s changed from %s to %s", name, old, new)
+    kept = {k: v for k, v in saved.to_dict().items() if k not in ("resume", "out", "progress")}
+    kept.update({k: v for k, v in given.to_dict().items() if k in overrides})
+    kept["resume"], kept["out"] = str(resume), str(run_dir)
+    return TrainConfig(**kept).resolved()
 
 
 def read_run_config(path: str | Path) -> dict[str, Any]:

@@ -26,7 +26,9 @@ def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix, so writers that choose a format by
     suffix still do) to write to; renamed over ``path`` when the block succeeds."""
     path = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(name)
     try:

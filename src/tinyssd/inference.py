@@ -14,21 +14,23 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, cast
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
 
 from .errors import UsageError
-from .postprocess import postprocess_detections
+from .options import DEVICES, PRECISIONS
+from .postprocess import (
+    EVAL_POSTPROCESS,
+    PostprocessConfig,
+    postprocess_detections,
+    resolve_postprocess,
+)
 
 if TYPE_CHECKING:
     from .data.dataset import DetectionDataset
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# Score a box needs to be reported, drawn or printed: the API, the CLI and the pictures.
-DEFAULT_THRESHOLD = 0.5
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,14 +86,17 @@ def predict_batch(
     model: torch.nn.Module,
     images: Tensor,
     image_sizes: Sequence[tuple[int, int]] | None = None,
-    **postprocess_kw,
+    post: PostprocessConfig = EVAL_POSTPROCESS,
+    **fields: Any,
 ) -> list[dict[str, Tensor]]:
     """Detections for a batch ``Tensor[B, 3, S, S]`` (uint8 or 0-255 float).
 
     Boxes are scaled to ``image_sizes`` (height, width) per image, else left
-    normalised. ``postprocess_kw`` go to ``postprocess_detections``. The model
-    runs in eval mode and is put back in the mode it was in.
+    normalised. ``post`` (by default the eval settings, ``EVAL_POSTPROCESS``)
+    with ``fields`` replaced (``score_threshold=0.3``) selects the detections.
+    The model runs in eval mode and is put back in the mode it was in.
     """
+    post = resolve_postprocess(post, **fields)
     was_training = model.training
     model.eval()
     try:
@@ -99,8 +104,9 @@ def predict_batch(
     finally:
         model.train(was_training)
     sizes = list(image_sizes) if image_sizes is not None else None
+    # PostprocessConfig's fields are postprocess_detections' keyword arguments
     return postprocess_detections(
-        cls_logits, box_deltas, anchors[0], image_sizes=sizes, **postprocess_kw
+        cls_logits, box_deltas, anchors[0], image_sizes=sizes, **asdict(post)
     )
 
 
@@ -120,16 +126,17 @@ def predict_dataset(
     device: torch.device | str = "cpu",
     indices: list[int] | None = None,
     autocast_dtype: torch.dtype | None = None,
-    **postprocess_kw,
+    post: PostprocessConfig = EVAL_POSTPROCESS,
 ) -> list[dict[str, Tensor]]:
-    """Detections for the images of ``dataset`` (all, or ``indices``) in their own pixels."""
+    """Detections for the images of ``dataset`` (all, or ``indices``) in their own pixels,
+    selected by ``post`` (by default the eval settings: every score >= 0.01)."""
     indices = list(range(len(dataset))) if indices is None else indices
     out: list[dict[str, Tensor]] = []
     for idx, images in _dataset_batches(dataset, indices, batch_size, device):
         # DetectionDataset reads every record's size from its image header
         sizes = [cast(tuple[int, int], dataset.records[i].size) for i in idx]
         with autocast(device, autocast_dtype):
-            dets = predict_batch(model, images, sizes, **postprocess_kw)
+            dets = predict_batch(model, images, sizes, post)
         out += [
             {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()}
             for d in dets
@@ -143,6 +150,7 @@ def evaluate_dataset(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    post: PostprocessConfig = EVAL_POSTPROCESS,
 ) -> dict:
     """VOC and COCO metrics of ``model`` on ``dataset`` (``tinyssd.evaluation.evaluate``).
 
@@ -150,6 +158,6 @@ def evaluate_dataset(
     """
     from .evaluation import evaluate
 
-    predictions = predict_dataset(model, dataset, batch_size, device, None, autocast_dtype)
+    predictions = predict_dataset(model, dataset, batch_size, device, None, autocast_dtype, post)
     targets = [dataset.targets_in_pixels(i) for i in range(len(dataset))]
     return evaluate(predictions, targets)

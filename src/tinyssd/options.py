@@ -8,22 +8,41 @@ command-line option shows and, where it has them, the values it may take.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from .errors import UsageError
 
 
 def option(default: Any, help: str, choices: tuple | None = None, **extra: Any) -> Any:
-    """A dataclass field with the help text and choices its CLI option shows."""
+    """A dataclass field with the help text and choices its CLI option shows.
+
+    ``default=MISSING``: a required option (or argument). ``extra`` keys the
+    parser reads: ``flag`` (the option's name when not the field's),
+    ``positional`` (an argument, not an option), ``nargs``, ``positive`` (an
+    integer > 0, checked while parsing), ``only`` (of a nested settings
+    dataclass: the fields offered as options).
+    """
     meta = {"help": help, "choices": choices, **extra}
     return field(default=default, metadata=meta)
+
+
+def flag(name: str) -> str:
+    """The CLI option of a field: ``batch_size`` -> ``batch-size``."""
+    return name.replace("_", "-")
+
+
+def field_flag(f: Field) -> str:
+    """The option a field is given as, without ``--`` (its ``flag``, else its name)."""
+    return f.metadata.get("flag") or flag(f.name)
 
 
 # Names that options take, listed once (the modules that implement them check against these).
 FORMAT_NAMES = ("bananas", "voc", "coco", "yolo")  # data layouts, in detection order
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "nesterov", "adamw")
+SCHEDULES = ("cosine", "step", "constant")  # learning-rate decay over the steps
 
 # Score a box needs to be reported, drawn or printed (predict, serve, video, pictures)
 # when the checkpoint stores no threshold of its own.
@@ -38,7 +57,7 @@ class PostprocessConfig:
     eval, video, serve and the ONNX export alike."""
 
     score_threshold: float = option(
-        DEFAULT_THRESHOLD, "score a box needs to be reported and drawn"
+        DEFAULT_THRESHOLD, "score a box needs to be reported and drawn", flag="threshold"
     )
     nms_threshold: float = option(0.45, "IoU above which NMS removes the lower-scored box")
     topk_candidates: int = option(400, "(anchor, class) pairs per image that go into NMS")
@@ -46,11 +65,201 @@ class PostprocessConfig:
     class_agnostic: bool = option(False, "NMS across classes (one box per place)")
 
     def __post_init__(self) -> None:
+        flags = {f.name: field_flag(f) for f in fields(self)}
         for name in ("score_threshold", "nms_threshold"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
-                raise UsageError(f"--{name.replace('_', '-')} {value!r}: must be in [0, 1]")
+                raise UsageError(f"--{flags[name]} {value!r}: must be in [0, 1]")
         for name in ("topk_candidates", "max_detections"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} {value!r}: must be > 0")
+                raise UsageError(f"--{flags[name]} {value!r}: must be > 0")
+
+
+# ---------------------------------------------------------------------------- the commands
+# One frozen dataclass per command (``train``'s is ``config.TrainConfig``): ``cli.py``
+# generates the options from the fields, parses, and calls the API with the dataclass.
+# Fields without a default (``MISSING``) are required; a field whose type is a dataclass
+# (``PostprocessConfig``, ``LimitsOptions``) offers its own fields as options.
+
+DEFAULT_MAX_UPLOAD_MB = 20.0  # tinyssd serve: larger uploads are refused with 413
+DEMO_EPOCHS = 12  # tinyssd demo / make demo: about 2 minutes on 2 cores
+FORMAT_CHOICES = ("auto", *FORMAT_NAMES)  # --format: "auto" detects the layout
+
+
+@dataclass(frozen=True)
+class LimitsOptions:
+    """``--max-pixels`` / ``--max-boxes`` as given; ``data.limits.DataLimits.from_env`` fills
+    the rest from the environment (the defaults below are ``DataLimits``'s, test-checked)."""
+
+    max_pixels: int | None = option(
+        None,
+        "images with more pixels are skipped, checked from the header "
+        "(default: 64000000, or $TINYSSD_MAX_PIXELS)",
+        positive=True,
+    )
+    max_boxes: int | None = option(
+        None,
+        "boxes kept per image, the first ones (default: 500, or $TINYSSD_MAX_BOXES)",
+        positive=True,
+    )
+
+
+_WEIGHTS_HELP = "run folder or checkpoint file"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What ``tinyssd train`` takes besides ``TrainConfig``'s fields."""
+
+    config: str | None = option(
+        None, "a run's config.json (or run folder): repeat that run's settings (default: none)"
+    )
+    limits: LimitsOptions = option(LimitsOptions(), "input limits")
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """``tinyssd predict``: images, folders, videos, cameras or streams."""
+
+    inputs: tuple[str, ...] = option(
+        MISSING,
+        "image files or folders, videos (.mp4 .avi .mov .mkv .webm), a camera index (0) "
+        "or a stream URL (rtsp:// http://)",
+        positional=True,
+        nargs="+",
+    )
+    weights: str = option(MISSING, f"{_WEIGHTS_HELP}, or an exported .onnx graph")
+    post: PostprocessConfig = option(PostprocessConfig(), "post-processing")
+    out: str = option("predictions", "folder for the drawn pictures")
+    backend: str = option(
+        "torch",
+        "run the network in PyTorch or through onnxruntime (a .onnx --weights is onnx)",
+        choices=("torch", "onnx"),
+    )
+    max_frames: int | None = option(
+        None, "stop a video, camera or stream after this many frames (default: all)"
+    )
+    device: str = option("auto", "where to run the network", choices=DEVICES)
+    precision: str = option(
+        "auto",
+        "bf16 autocast for the network; auto = bf16 where the hardware has it",
+        choices=PRECISIONS,
+    )
+    limits: LimitsOptions = option(LimitsOptions(), "input limits")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """``tinyssd serve``: an HTTP API and a page."""
+
+    weights: str = option(MISSING, _WEIGHTS_HELP)
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(8000, "0: any free port")
+    device: str = option("auto", "where to run the network", choices=DEVICES)
+    precision: str = option(
+        "auto",
+        "bf16 autocast for the network; auto = bf16 where the hardware has it",
+        choices=PRECISIONS,
+    )
+    post: PostprocessConfig = option(
+        PostprocessConfig(), "post-processing; a request may pass ?threshold="
+    )
+    max_upload_mb: float = option(DEFAULT_MAX_UPLOAD_MB, "larger uploads are refused with 413")
+    limits: LimitsOptions = option(LimitsOptions(), "input limits", only=("max_pixels",))
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """``tinyssd eval``: VOC and COCO mAP of a trained detector."""
+
+    weights: str = option(MISSING, _WEIGHTS_HELP)
+    data: str = option(MISSING, "data folder")
+    split: str = option("val", "the split to evaluate on")
+    format: str = option("auto", "data layout", choices=FORMAT_CHOICES)
+    json: str | None = option(None, "write the metrics dict here (default: none)")
+    out: str = option(".", "folder for pr_curve.png")
+    limits: LimitsOptions = option(LimitsOptions(), "input limits")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """``tinyssd export``: a trained detector as an ONNX graph."""
+
+    weights: str = option(MISSING, _WEIGHTS_HELP)
+    out: str = option(MISSING, "the .onnx file to write")
+    opset: int = option(17, "ONNX opset, >= 17")
+    nms: bool = option(
+        True, "decoding and per-class NMS in the graph; --no-nms: raw boxes and scores"
+    )
+    max_detections: int = option(PostprocessConfig.max_detections, "rows per image")
+    topk_candidates: int = option(
+        PostprocessConfig.topk_candidates, "(anchor, class) pairs into NMS"
+    )
+    input_dtype: str = option(
+        "uint8",
+        "the graph's image type: uint8, or float32 0-255 values",
+        choices=("uint8", "float32"),
+    )
+    overwrite: bool = option(False, "replace an existing --out file")
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """``tinyssd data download``."""
+
+    name: str = option(MISSING, "the data set", choices=("bananas",), positional=True)
+    to: str = option(MISSING, "folder to download and extract into")
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """``tinyssd data synth``: the procedural data set."""
+
+    out_dir: str = option(MISSING, "folder to write it into", positional=True)
+    train: int = option(1000, "training images")
+    val: int = option(100, "val images")
+    classes: int = option(3, "object classes, 1..6")
+    seed: int = option(0, "images depend only on (seed, split, index)")
+    size: int = option(256, "image side in pixels")
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """``tinyssd data check``: the problems of a data set, and how well anchors fit it."""
+
+    dir: str = option(MISSING, "data folder", positional=True)
+    format: str = option("auto", "data layout", choices=FORMAT_CHOICES)
+    first: int = option(3, "files listed per problem kind")
+    model: str | None = option(
+        None, "also report how well this model's anchors fit the boxes (default: none)"
+    )
+    image_size: int | None = option(None, "with --model: its input side (default: the model's own)")
+    limits: LimitsOptions = option(LimitsOptions(), "input limits")
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """``tinyssd data convert``."""
+
+    src: str = option(MISSING, "data folder to read", positional=True)
+    to: str = option(MISSING, "the format to write", choices=FORMAT_NAMES)
+    out: str = option(MISSING, "folder to write", positional=True)
+    format: str = option("auto", "data layout of SRC", choices=FORMAT_CHOICES)
+    limits: LimitsOptions = option(LimitsOptions(), "input limits")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """``tinyssd bench``."""
+
+    quick: bool = option(False, "fewer steps: a rough figure in seconds")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """``tinyssd demo`` (what ``make demo`` runs)."""
+
+    out: str = option("runs/demo", "folder of the run and its pictures")
+    epochs: int = option(DEMO_EPOCHS, "epochs to train")
+    data: str | None = option(None, "banana-layout folder (default: the built-in synthetic set)")

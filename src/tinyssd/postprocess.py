@@ -3,17 +3,54 @@
 ``multibox_detection`` is the chapter's function (rows for every anchor);
 ``postprocess_detections`` is the practical form (one dict per image, as
 torchvision's detectors return), with thresholds, top-k and per-class NMS.
+Their knobs are :class:`PostprocessConfig`'s, the one home of them for predict,
+eval, video, serve and the ONNX export:
+
+    post = resolve_postprocess(None, threshold=0.3)   # PostprocessConfig(score_threshold=0.3)
+    dets = postprocess_detections(cls_logits, box_deltas, anchors, **asdict(post))
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, nms
 
-from .boxes import decode_offsets
+from .boxes import decode_offsets, scale_boxes
+from .options import EVAL_SCORE_THRESHOLD, PostprocessConfig
 
-__all__ = ["multibox_detection", "nms", "postprocess_detections"]
+__all__ = [
+    "EVAL_POSTPROCESS",
+    "PostprocessConfig",
+    "multibox_detection",
+    "nms",
+    "postprocess_detections",
+    "resolve_postprocess",
+]
+
+# What mAP scores (eval, the val AP after each epoch): every candidate down to
+# EVAL_SCORE_THRESHOLD. Its values are also the defaults of postprocess_detections.
+EVAL_POSTPROCESS = PostprocessConfig(score_threshold=EVAL_SCORE_THRESHOLD)
+
+
+def resolve_postprocess(
+    post: PostprocessConfig | None = None, threshold: float | None = None, **fields: Any
+) -> PostprocessConfig:
+    """``post`` (default ``PostprocessConfig()``) with the given fields replaced.
+
+    ``threshold`` is ``score_threshold``'s short name (``det.predict(x, threshold=0.3)``);
+    ``fields`` are any of PostprocessConfig's (``nms_threshold=0.6``), so a new field
+    is a new keyword of every predictor at once. None leaves a field as it is.
+    TypeError for a name that is not a field; UsageError for a value out of range.
+    """
+    post = post if post is not None else PostprocessConfig()
+    changes = {k: v for k, v in fields.items() if v is not None}
+    if threshold is not None:
+        changes["score_threshold"] = threshold
+    return replace(post, **changes) if changes else post
 
 
 def multibox_detection(
@@ -68,11 +105,11 @@ def postprocess_detections(
     cls_logits: Tensor,
     box_deltas: Tensor,
     anchors: Tensor,
-    score_threshold: float = 0.01,
-    nms_threshold: float = 0.45,
-    topk_candidates: int = 400,
-    max_detections: int = 200,
-    class_agnostic: bool = False,
+    score_threshold: float = EVAL_POSTPROCESS.score_threshold,
+    nms_threshold: float = EVAL_POSTPROCESS.nms_threshold,
+    topk_candidates: int = EVAL_POSTPROCESS.topk_candidates,
+    max_detections: int = EVAL_POSTPROCESS.max_detections,
+    class_agnostic: bool = EVAL_POSTPROCESS.class_agnostic,
     image_sizes: list[tuple[int, int]] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Detections per image, torchvision-style.
@@ -80,7 +117,9 @@ def postprocess_detections(
     Softmax over classes; every (anchor, class) pair with score >=
     ``score_threshold`` is a candidate; the ``topk_candidates`` best per image
     go to NMS (per class unless ``class_agnostic``); the ``max_detections``
-    best survivors are returned.
+    best survivors are returned. The defaults are ``EVAL_POSTPROCESS``'s
+    (:class:`PostprocessConfig` with the eval score threshold); a config goes in as
+    ``**dataclasses.asdict(post)``.
 
     Args:
         cls_logits (Tensor[B, A, K]): raw class scores, background at index 0.
@@ -114,7 +153,6 @@ def postprocess_detections(
         part = part[:max_detections]
         bx = cand_boxes[part]
         if image_sizes is not None:
-            h, w = image_sizes[b]
-            bx = bx * bx.new_tensor([w, h, w, h])
+            bx = scale_boxes(bx, image_sizes[b])
         out.append({"boxes": bx, "scores": top_scores[part], "labels": labels[part]})
     return out

@@ -6,7 +6,8 @@
 ``POST /predict`` takes one image, as multipart/form-data (field ``file``) or
 as the whole request body, and answers the JSON of ``tinyssd predict``
 (``image``, ``width``, ``height``, ``boxes`` xyxy in the image's pixels,
-``scores``, ``labels``, ``names``); ``?threshold=`` overrides the server's.
+``scores``, ``labels``, ``names``); ``?threshold=`` overrides the server's score
+threshold (its ``PostprocessConfig``) for that request.
 ``GET /health`` says the server is up and what it serves; ``GET /`` is a page
 that draws the boxes on the chosen image. Every error is JSON ``{"error": "..."}``
 with a 4xx status: 400 a request without an image, 413 an upload over the size
@@ -23,24 +24,24 @@ import socket
 import tempfile
 import threading
 from contextlib import nullcontext
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import UsageError
 from .extras import require
-from .inference import DEFAULT_THRESHOLD
+from .options import DEFAULT_MAX_UPLOAD_MB, PostprocessConfig
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from .api import Detector
-    from .export.runtime import OnnxDetector
+    from .data.limits import DataLimits
+    from .predict import Predictor
 
 log = logging.getLogger("tinyssd")
 
 # Uploads larger than this many megabytes (10**6 bytes) are refused with 413.
-DEFAULT_MAX_UPLOAD_MB = 20.0
 
 
 class UploadTooLarge(Exception):
@@ -87,7 +88,7 @@ async def send_json(send: Any, status: int, payload: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int | None = None) -> Any:
+def decode_upload(data: bytes, name: str, limits: "DataLimits | None" = None) -> Any:
     """An uploaded file's bytes -> ``Tensor[3, H, W]`` uint8 RGB, decoded as
     :func:`tinyssd.data.base.read_image` decodes files (EXIF orientation, any mode,
     the pixel budget checked from the header before decoding).
@@ -103,7 +104,7 @@ def decode_upload(data: bytes, name: str, max_pixels: int | None = None) -> Any:
         path = Path(folder) / "upload"
         path.write_bytes(data)
         try:
-            return read_image(path, max_pixels=max_pixels)
+            return read_image(path, limits)
         except ImageTooLarge as e:
             message = str(e).replace(str(path), name)
             raise ImageTooLarge(message.split(" (raise it")[0] + " (--max-pixels)") from None
@@ -112,41 +113,47 @@ def decode_upload(data: bytes, name: str, max_pixels: int | None = None) -> Any:
 
 
 def predict_upload(
-    det: "Detector | OnnxDetector",
+    det: "Predictor",
     data: bytes,
     name: str,
-    threshold: float,
-    max_pixels: int | None = None,
+    post: PostprocessConfig,
+    limits: "DataLimits | None" = None,
     lock: "threading.Lock | None" = None,
 ) -> dict:
     """Decode and predict one uploaded image; the JSON dict ``POST /predict`` answers."""
-    from .video import detection_line
+    from .predict.output import detection_line
 
     # One image at a time: a prediction uses every core, and one decoded image (up to the
     # pixel budget) is in memory at once however many requests wait.
     with lock if lock is not None else nullcontext():
-        image = decode_upload(data, name, max_pixels)
-        d = det.predict(image, threshold=threshold)[0]
+        image = decode_upload(data, name, limits)
+        d = det.predict(image, post=post)[0]
     width, height = int(image.shape[2]), int(image.shape[1])
     return {"image": name, **detection_line(d, width=width, height=height)}
 
 
 def create_app(
-    det: "Detector | OnnxDetector",
-    threshold: float = DEFAULT_THRESHOLD,
+    det: "Predictor",
+    post: PostprocessConfig | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-    max_pixels: int | None = None,
+    limits: "DataLimits | None" = None,
 ) -> "FastAPI":
-    """The FastAPI app of ``tinyssd serve``: ``GET /``, ``GET /health``, ``POST /predict``."""
+    """The FastAPI app of ``tinyssd serve``: ``GET /``, ``GET /health``, ``POST /predict``.
+
+    ``post``: the post-processing settings (default ``PostprocessConfig()``);
+    ``limits``: the pixel budget of an upload (default ``DataLimits.from_env()``).
+    """
     fastapi = require("fastapi", "serve")
     require("python_multipart", "serve")  # Starlette parses uploads with it
     from fastapi import Query, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse
 
-    from .data.base import pixel_budget
+    from .data.limits import DataLimits
 
-    budget = pixel_budget(max_pixels)  # DataError (one line) for a bad $TINYSSD_MAX_PIXELS
+    post = post if post is not None else PostprocessConfig()
+    # DataError (one line) for a bad $TINYSSD_MAX_PIXELS
+    limits = limits if limits is not None else DataLimits.from_env()
     max_bytes = int(max_upload_mb * 1_000_000)
     lock = threading.Lock()
     app = fastapi.FastAPI(title="tinyssd", docs_url="/docs", redoc_url=None)
@@ -157,9 +164,9 @@ def create_app(
         "classes": det.classes,
         "image_size": det.image_size,
         "device": str(getattr(det, "device", "cpu (onnxruntime)")),
-        "threshold": threshold,
+        "threshold": post.score_threshold,
         "max_upload_bytes": max_bytes,
-        "max_pixels": budget,
+        "max_pixels": limits.max_pixels,
     }
 
     @app.get("/", response_class=HTMLResponse)
@@ -173,10 +180,11 @@ def create_app(
     @app.post("/predict")
     async def predict(
         request: Request,
-        threshold: float = Query(threshold, ge=0.0, le=1.0),
+        threshold: float = Query(post.score_threshold, ge=0.0, le=1.0),
     ) -> dict:
         data, name = await read_upload(request)
-        return await run_in_threadpool(predict_upload, det, data, name, threshold, budget, lock)
+        asked = replace(post, score_threshold=threshold)
+        return await run_in_threadpool(predict_upload, det, data, name, asked, limits, lock)
 
     return app
 
@@ -282,21 +290,23 @@ def serve(
     port: int = 8000,
     device: str = "auto",
     precision: str = "auto",
-    threshold: float = DEFAULT_THRESHOLD,
+    post: PostprocessConfig | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-    max_pixels: int | None = None,
+    limits: "DataLimits | None" = None,
 ) -> None:
-    """Serve a run folder or checkpoint until Ctrl-C (``tinyssd serve``)."""
-    from .api import load
+    """Serve a run folder, checkpoint or ``.onnx`` until Ctrl-C (``tinyssd serve``).
+
+    ``post`` (default ``PostprocessConfig()``) selects the detections; ``limits``
+    (default ``DataLimits.from_env()``) bound an upload's pixels.
+    """
+    from .predict import load
 
     uvicorn = require("uvicorn", "serve")
-    if not 0.0 <= threshold <= 1.0:
-        raise UsageError(f"--threshold {threshold}: must be in [0, 1]")
     if max_upload_mb <= 0:
         raise UsageError(f"--max-upload-mb {max_upload_mb}: must be positive")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port}: must be 0 (any free port) to 65535")
-    app = create_app(load(weights, device, precision), threshold, max_upload_mb, max_pixels)
+    app = create_app(load(weights, device, precision), post, max_upload_mb, limits)
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host

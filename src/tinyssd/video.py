@@ -26,13 +26,12 @@ import torch
 
 from .errors import DataError, UsageError
 from .extras import require
-from .inference import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .api import Detector
-    from .export.runtime import OnnxDetector
+    from .postprocess import PostprocessConfig
+    from .predict import Predictor
 
 log = logging.getLogger("tinyssd")
 
@@ -199,30 +198,21 @@ class VideoWriter:
             self._container = None
 
 
-def detection_line(d: dict, width: int, height: int) -> dict:
-    """The JSON fields of one image's detections, as ``tinyssd predict`` prints them."""
-    return {
-        "width": width,
-        "height": height,
-        "boxes": [[round(v, 2) for v in b] for b in d["boxes"].tolist()],
-        "scores": [round(s, 4) for s in d["scores"].tolist()],
-        "labels": d["labels"].tolist(),
-        "names": d["names"],
-    }
-
-
 def predict_video(
-    det: Detector | OnnxDetector,
+    det: Predictor,
     source: str | Path,
     out: str | Path = "predictions",
-    threshold: float = DEFAULT_THRESHOLD,
+    post: PostprocessConfig | None = None,
     max_frames: int | None = None,
     progress: bool = True,
+    threshold: float | None = None,
 ) -> Iterator[dict]:
     """Predict every frame of a video file, camera (``"0"``) or stream URL; write the drawn
     frames to ``out/NAME.mp4`` (see :func:`reserve_video_path`) and yield one dict per frame.
 
     Args:
+        post: the post-processing settings (default ``PostprocessConfig()``), with
+            ``threshold``, when given, as its ``score_threshold``.
         max_frames: stop after this many frames (a camera or live stream never ends).
         progress: a tqdm bar on stderr with frames/s.
     Yields:
@@ -233,8 +223,10 @@ def predict_video(
     """
     from tqdm import tqdm
 
-    from .viz import draw_detections
+    from .postprocess import resolve_postprocess
+    from .predict.output import detection_line, drawn
 
+    post = resolve_postprocess(post, threshold)
     source = str(source)
     container = _open_source(source)
     try:
@@ -252,8 +244,8 @@ def predict_video(
             if max_frames is not None and index >= max_frames:
                 break
             image = torch.from_numpy(rgb).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-            d = det.predict(image, threshold=threshold)[0]
-            writer.write(draw_detections(image, d["boxes"], d["scores"], d["labels"], det.classes))
+            d = det.predict(image, post=post)[0]
+            writer.write(drawn(image, d, det.classes))
             bar.update()
             yield {
                 "image": shown_source(source),

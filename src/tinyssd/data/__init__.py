@@ -6,10 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from ..options import FORMAT_NAMES
 from .bananas import bananas_splits, is_bananas, read_bananas, write_bananas_records
 from .base import DataError, Record, Report, Split, read_image
 from .coco import coco_splits, is_coco, parse_coco_json, read_coco, write_coco
 from .dataset import DetectionDataset, collate
+from .limits import DataLimits
 from .voc import is_voc, parse_voc_xml, read_voc, voc_splits, write_voc
 from .yolo import is_yolo, parse_yolo_txt, read_yolo, write_yolo, yolo_splits
 
@@ -21,17 +23,20 @@ class Format(NamedTuple):
 
     detect: Callable[[Path], bool]  # does this folder have the layout?
     splits: Callable[[Path], dict[str, Path]]  # split present -> the file or folder it reads
-    read: Reader  # (root, split, report) -> Split
+    read: Reader  # (root, split, report, limits) -> Split
     write: Callable[[Path, str, list[Record], list[str]], Path]  # (root, split, records, classes)
 
 
-# Detection tries them in this order.
-FORMATS: dict[str, Format] = {
+_LAYOUTS = {
     "bananas": Format(is_bananas, bananas_splits, read_bananas, write_bananas_records),
     "voc": Format(is_voc, voc_splits, read_voc, write_voc),
     "coco": Format(is_coco, coco_splits, read_coco, write_coco),
     "yolo": Format(is_yolo, yolo_splits, read_yolo, write_yolo),
 }
+if set(_LAYOUTS) != set(FORMAT_NAMES):
+    raise ImportError(f"formats {sorted(_LAYOUTS)} differ from options.FORMAT_NAMES")
+# Keyed by options.FORMAT_NAMES, in its order: detection tries them in this order.
+FORMATS: dict[str, Format] = {name: _LAYOUTS[name] for name in FORMAT_NAMES}
 
 
 def detect_format(root: str | Path) -> str:
@@ -56,16 +61,24 @@ def resolve_format(root: str | Path, format: str = "auto") -> str:
 
 
 def load_split(
-    root: str | Path, split: str = "train", format: str = "auto", report: Report | None = None
+    root: str | Path,
+    split: str = "train",
+    format: str = "auto",
+    report: Report | None = None,
+    limits: DataLimits | None = None,
 ) -> Split:
-    """Read one split of the data set at ``root`` in ``format`` (``auto`` detects it)."""
+    """Read one split of the data set at ``root`` in ``format`` (``auto`` detects it).
+
+    ``limits``: the pixel budget and box limit (None: ``DataLimits.from_env()``).
+    """
     reader = FORMATS[resolve_format(root, format)].read
-    return reader(Path(root), split, report if report is not None else Report())
+    return reader(Path(root), split, report if report is not None else Report(), limits)
 
 
 __all__ = [
     "FORMATS",
     "DataError",
+    "DataLimits",
     "DetectionDataset",
     "Format",
     "Record",

@@ -13,13 +13,12 @@ import csv
 import io
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from .base import (
     BAD_LABEL_FILE,
     IMAGE_SUFFIXES,
-    MISSING_IMAGE,
-    NO_LABELS,
     UNKNOWN_CLASS,
     DataError,
     Record,
@@ -30,7 +29,9 @@ from .base import (
     read_names,
     read_text,
 )
-from .rules import MAX_CLASSES, image_problem, keep_boxes
+from .limits import DataLimits
+from .reader import Annotation, ImageSize, Item, read_records
+from .rules import MAX_CLASSES
 from .values import finite_float, free_stem, natural_key, tidy_number
 
 HEADER = ["img_name", "label", "xmin", "ymin", "xmax", "ymax"]
@@ -62,7 +63,12 @@ def read_classes(root: Path, num_labels: int) -> list[str]:
     return [f"class{i}" for i in range(num_labels)]
 
 
-def read_bananas(root: str | Path, split: str = "train", report: Report | None = None) -> Split:
+def read_bananas(
+    root: str | Path,
+    split: str = "train",
+    report: Report | None = None,
+    limits: DataLimits | None = None,
+) -> Split:
     """Read one split of the banana layout.
 
     Rows with x1 >= x2 or y1 >= y2, or a label outside the class list, are
@@ -73,15 +79,34 @@ def read_bananas(root: str | Path, split: str = "train", report: Report | None =
     """
     root = Path(root)
     report = report if report is not None else Report()
-    folder = split_dir(root, split)
-    csv_path = folder / "label.csv"
+    csv_path = split_dir(root, split) / "label.csv"
+    rows = read_label_csv(csv_path, report)
+    labels_seen = (lab for rs in rows.values() for lab, _, _ in rs if 0 <= lab < MAX_CLASSES)
+    classes = read_classes(root, max(labels_seen, default=0) + 1)
+    items = bananas_items(split_dir(root, split), rows)
+    parse = partial(parse_bananas_rows, csv_path=csv_path)
+    records = read_records(
+        items, parse, len(classes), [root], report, limits, follow_symlinks=False
+    )
+    return Split(records, classes, root)
+
+
+Rows = dict[str, list[tuple[int, list[float], int]]]  # image name -> (label, box, line) rows
+
+
+def read_label_csv(csv_path: Path, report: Report) -> Rows:
+    """The rows of ``label.csv`` by image name; unparsable rows reported and skipped.
+
+    Raises:
+        DataError: no such file, not a text CSV file, or a wrong header.
+    """
     if not exists(csv_path):
         raise DataError(f"{csv_path}: label file not found")
     try:
         text = read_text(csv_path)
     except DataError as e:
         raise DataError(str(e).replace("not a UTF-8 text file", "not a text CSV file")) from None
-    rows: dict[str, list[tuple[int, list[float], int]]] = defaultdict(list)
+    rows: Rows = defaultdict(list)
     try:
         reader = csv.reader(io.StringIO(text, newline=""))
         header = [h.strip() for h in next(reader, [])]
@@ -102,38 +127,36 @@ def read_bananas(root: str | Path, split: str = "train", report: Report | None =
             rows[name].append((label, box, lineno))
     except csv.Error as e:
         raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None
-    labels_seen = (lab for rs in rows.values() for lab, _, _ in rs if 0 <= lab < MAX_CLASSES)
-    classes = read_classes(root, max(labels_seen, default=0) + 1)
+    return dict(rows)
+
+
+def bananas_items(folder: Path, rows: Rows) -> list[Item]:
+    """One item per image named by a row or found in ``images/``, in natural name order."""
     images_dir = folder / "images"
     on_disk = (
         {p.name for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
         if images_dir.is_dir()
         else set()
     )
-    records = []
-    for name in sorted(set(rows) | on_disk, key=natural_key):
-        image = images_dir / name
-        if name not in on_disk:
-            report.add(MISSING_IMAGE, image)
-            continue
-        problem = image_problem(image, [root], follow_symlinks=False)
-        if problem:
-            report.add(problem, image)
-            continue
-        image_rows = rows.get(name, [])
+    return [
+        Item(images_dir / name, rows.get(name, []))
+        if name in on_disk
+        else Item(None, where=images_dir / name)
+        for name in sorted(set(rows) | on_disk, key=natural_key)
+    ]
 
-        def describe(i: int, kind: str, image_rows=image_rows) -> tuple[str, str]:
-            label, (x1, y1, x2, y2), lineno = image_rows[i]
-            detail = f"label {label}" if kind == UNKNOWN_CLASS else f"({x1}, {y1}, {x2}, {y2})"
-            return f"{csv_path}:{lineno}", detail
 
-        boxes = [box for _, box, _ in image_rows]
-        labels = [label + 1 for label, _, _ in image_rows]
-        keep = keep_boxes(boxes, labels, len(classes), image, report, describe)
-        if name not in rows:
-            report.add(NO_LABELS, image)
-        records.append(Record.make(image, [boxes[i] for i in keep], [labels[i] for i in keep]))
-    return Split(records, classes, root)
+def parse_bananas_rows(item: Item, size: ImageSize | None = None, *, csv_path: Path) -> Annotation:
+    """The boxes of one image's CSV rows (labels 0-based in the file, 1..C here)."""
+    image_rows = item.labels
+
+    def describe(i: int, kind: str) -> tuple[str, str]:
+        label, (x1, y1, x2, y2), lineno = image_rows[i]
+        detail = f"label {label}" if kind == UNKNOWN_CLASS else f"({x1}, {y1}, {x2}, {y2})"
+        return f"{csv_path}:{lineno}", detail
+
+    boxes = [box for _, box, _ in image_rows]
+    return Annotation(boxes, [label + 1 for label, _, _ in image_rows], describe)
 
 
 def write_bananas(

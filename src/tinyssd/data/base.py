@@ -1,13 +1,13 @@
 """What every data format reads into: records, splits, problem reports, image decoding.
 
-A reader (bananas, VOC, COCO, YOLO) is a function ``read_*(root, split, report)
--> Split``. It never decodes images; it returns one :class:`Record` per usable
-image, with boxes in the pixel coordinates of the image as :func:`read_image`
-shows it, EXIF orientation applied (xyxy, 0-based, x2/y2 exclusive as in the
-d2l banana CSV) and labels ``1..C``
-(0 is background). What it cannot use it records in the :class:`Report` and
-skips; what makes the whole split unusable raises :class:`DataError` with a
-one-line message that names the file.
+A reader (bananas, VOC, COCO, YOLO) is a function ``read_*(root, split, report,
+limits) -> Split`` built on the shared loop of :mod:`.reader`. It never decodes
+images; it returns one :class:`Record` per usable image, with boxes in the
+pixel coordinates of the image as :func:`read_image` shows it, EXIF
+orientation applied (xyxy, 0-based, x2/y2 exclusive as in the d2l banana CSV)
+and labels ``1..C`` (0 is background). What it cannot use it records in the
+:class:`Report` and skips; what makes the whole split unusable raises
+:class:`DataError` with a one-line message that names the file.
 """
 
 from __future__ import annotations
@@ -28,14 +28,12 @@ from PIL.Image import DecompressionBombError
 from torch import Tensor
 
 from ..errors import DataError, escape_control
+from .limits import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, DataLimits
 
 log = logging.getLogger(__name__)
 
-# Images with more pixels are skipped, judged from the header before decoding: a 13000 x 13000
-# PNG of a few KB decodes to 500 MB. Raise it per call (max_pixels=) or for the process with
-# the environment variable below; 64 M pixels is an 8000 x 8000 photo, 192 MB as 8-bit RGB.
-MAX_IMAGE_PIXELS = 64_000_000
-MAX_PIXELS_ENV = "TINYSSD_MAX_PIXELS"
+# Images with more pixels than DataLimits.max_pixels are skipped, judged from the header
+# before decoding: a 13000 x 13000 PNG of a few KB decodes to 500 MB.
 _PIL_LIMIT_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is lifted under it, see _open_image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 # What PIL raises for files it cannot decode; a decompression bomb is not an OSError.
@@ -206,35 +204,14 @@ def check_regular_file(path: str | Path) -> None:
         raise NotRegularFile(f"{path}: not a regular file ({what}); not opened")
 
 
-def pixel_budget(max_pixels: int | None = None) -> int:
-    """The most pixels an image may have: ``max_pixels``, else $TINYSSD_MAX_PIXELS, else
-    :data:`MAX_IMAGE_PIXELS`.
-
-    Raises:
-        DataError: the environment variable is not a positive integer.
-    """
-    if max_pixels is not None:
-        return int(max_pixels)
-    value = os.environ.get(MAX_PIXELS_ENV)
-    if value is None:
-        return MAX_IMAGE_PIXELS
-    try:
-        budget = int(value)
-        if budget <= 0:
-            raise ValueError
-    except ValueError:
-        raise DataError(f"{MAX_PIXELS_ENV}={value!r}: not a positive number of pixels") from None
-    return budget
-
-
-def _open_image(path: Path, max_pixels: int | None) -> Image.Image:
+def _open_image(path: Path, limits: DataLimits | None) -> Image.Image:
     """``Image.open`` of a regular file whose header is within the pixel budget.
 
     A budget raised beyond Pillow's own decompression-bomb error (twice
     ``PIL.Image.MAX_IMAGE_PIXELS``) lifts Pillow's limit for this open only.
     """
     check_regular_file(path)
-    budget = pixel_budget(max_pixels)
+    budget = (limits or DataLimits.from_env()).max_pixels
     pil_limit = Image.MAX_IMAGE_PIXELS
     if budget == MAX_IMAGE_PIXELS or pil_limit is None or budget <= 2 * pil_limit:
         im = Image.open(path)
@@ -268,15 +245,15 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
-def read_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
+def read_image(path: str | Path, limits: DataLimits | None = None) -> Tensor:
     """Decode an image file to RGB, EXIF orientation applied.
 
     Any mode (grey, RGBA, palette, 16-bit, float) is converted to 8-bit RGB;
     float images (TIFF mode "F") in 0..1 are scaled by 255.
 
     Args:
-        max_pixels: the pixel budget (see :func:`pixel_budget`), checked from
-            the header before decoding.
+        limits: ``max_pixels`` is checked from the header before decoding
+            (None: ``DataLimits.from_env()``).
     Returns:
         Tensor[3, H, W] uint8.
     Raises:
@@ -285,7 +262,7 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
     """
     path = Path(path)
     try:
-        with _open_image(path, max_pixels) as im:
+        with _open_image(path, limits) as im:
             im = _to_8bit(ImageOps.exif_transpose(im)).convert("RGB")
             arr = np.asarray(im, dtype=np.uint8).copy()
     except FileNotFoundError:
@@ -297,7 +274,7 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def image_header(path: str | Path, max_pixels: int | None = None) -> tuple[int, int, int]:
+def image_header(path: str | Path, limits: DataLimits | None = None) -> tuple[int, int, int]:
     """(height, width, EXIF orientation 1..8) of the image as stored, reading only its header.
 
     Raises:
@@ -305,7 +282,7 @@ def image_header(path: str | Path, max_pixels: int | None = None) -> tuple[int, 
     """
     path = Path(path)
     try:
-        with _open_image(path, max_pixels) as im:
+        with _open_image(path, limits) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
     except FileNotFoundError:
@@ -317,9 +294,9 @@ def image_header(path: str | Path, max_pixels: int | None = None) -> tuple[int, 
     return h, w, orientation if orientation in range(1, 9) else 1
 
 
-def image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
+def image_size(path: str | Path, limits: DataLimits | None = None) -> tuple[int, int]:
     """(height, width) of an image after EXIF orientation, reading only its header."""
-    h, w, orientation = image_header(path, max_pixels)
+    h, w, orientation = image_header(path, limits)
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from . import FORMATS, resolve_format
+from ..errors import UsageError
+from . import FORMATS, load_split, resolve_format
 from .base import BAD_SPLIT, DataError, Report, Split, clip_to_image, escape_control, read_image
+from .dataset import normalised_boxes
+from .limits import DataLimits
+
+if TYPE_CHECKING:
+    from ..models.anchor_fit import AnchorFit
 
 WORKERS = min(4, os.cpu_count() or 1)  # threads: PIL decodes without holding the GIL
 
@@ -46,8 +53,10 @@ class CheckReport(Report):
         return "\n".join([*lines, super().summary(first)])
 
 
-def check_dataset(root: str | Path, format: str = "auto") -> CheckReport:
-    """Check every split present at ``root``.
+def check_dataset(
+    root: str | Path, format: str = "auto", limits: DataLimits | None = None
+) -> CheckReport:
+    """Check every split present at ``root``, with ``limits`` (None: ``DataLimits.from_env()``).
 
     A split that cannot be read at all (say a corrupt COCO JSON) is reported
     as such and the others are still checked. Splits read from the same files
@@ -57,6 +66,7 @@ def check_dataset(root: str | Path, format: str = "auto") -> CheckReport:
         DataError: no such folder, or no known layout in it.
     """
     root = Path(root)
+    limits = limits or DataLimits.from_env()
     name = resolve_format(root, format)
     fmt = FORMATS[name]
     report = CheckReport(format=name, root=root)
@@ -67,20 +77,21 @@ def check_dataset(root: str | Path, format: str = "auto") -> CheckReport:
             continue
         read_from[source] = split
         try:
-            data = fmt.read(root, split, report)
+            data = fmt.read(root, split, report, limits)
         except DataError as e:
             report.add(BAD_SPLIT, str(e))
             continue
-        report.splits[split] = check_images(data, report)
+        report.splits[split] = check_images(data, report, limits)
     if not report.splits and not report:
         raise DataError(f"{root}: no train, val or test split found in its {name} layout")
     return report
 
 
-def check_images(data: Split, report: Report) -> SplitCheck:
+def check_images(data: Split, report: Report, limits: DataLimits | None = None) -> SplitCheck:
     """Decode every image of the split and clip its boxes, reporting what fails."""
+    decode = partial(_decoded_size, limits=limits or DataLimits.from_env())
     with ThreadPoolExecutor(WORKERS) as pool:
-        sizes = list(pool.map(_decoded_size, [rec.image for rec in data.records]))
+        sizes = list(pool.map(decode, [rec.image for rec in data.records]))
     images = boxes = 0
     for rec, size in zip(data.records, sizes):
         if isinstance(size, DataError):
@@ -91,10 +102,50 @@ def check_images(data: Split, report: Report) -> SplitCheck:
     return SplitCheck(images, boxes)
 
 
-def _decoded_size(path: Path) -> tuple[int, int] | DataError:
+def _decoded_size(path: Path, limits: DataLimits) -> tuple[int, int] | DataError:
     """(height, width) of the fully decoded image, or the error that decoding raised."""
     try:
-        h, w = read_image(path).shape[-2:]
+        h, w = read_image(path, limits).shape[-2:]
         return int(h), int(w)
     except DataError as e:
         return e
+
+
+def fit_model_anchors(
+    root: str | Path,
+    format: str,
+    model: str,
+    image_size: int | None = None,
+    limits: DataLimits | None = None,
+) -> AnchorFit:
+    """``--anchors auto`` for ``model`` on the train split at ``root``: the fit training makes."""
+    from ..models import PRESETS
+    from ..models.anchor_fit import fit_for_data
+
+    if model not in PRESETS:
+        raise UsageError(f"--model {model!r}: choose from {', '.join(PRESETS)}")
+    config = PRESETS[model]()
+    config = replace(config, image_size=image_size or config.image_size)
+    return fit_for_data(config, normalised_boxes(load_split(root, "train", format, limits=limits)))
+
+
+def anchor_fit_summary(
+    root: str | Path,
+    format: str,
+    model: str,
+    image_size: int | None = None,
+    limits: DataLimits | None = None,
+) -> str:
+    """How well a model's anchors fit the training boxes, before and after ``--anchors auto``."""
+    fit = fit_model_anchors(root, format, model, image_size, limits)
+    if fit.boxes < 2:
+        return f"anchors of {model}: fewer than 2 training boxes to fit"
+    if fit.kept_preset:
+        chosen = f"{100 * fit.before:.1f}% (keeps the preset's: fitted, {100 * fit.after:.1f}%)"
+    else:
+        chosen = f"{100 * fit.after:.1f}%"
+    return (
+        f"anchors of {model} at {fit.config.image_size} px: {100 * fit.before:.1f}% of "
+        f"{fit.boxes} training boxes have no anchor with IoU >= 0.5; fitted to the data "
+        f"(--anchors auto): {chosen}"
+    )

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple, TypeGuard
+from typing import NamedTuple, TypeGuard, cast
 
 from .base import (
     BAD_LABEL_FILE,
     MISSING_IMAGE,
-    NO_LABELS,
     UNKNOWN_CLASS,
     DataError,
     Record,
@@ -34,8 +34,8 @@ from .base import (
     is_file,
     link_or_copy,
 )
-from .exif import to_display_frame
-from .rules import image_problem, keep_boxes
+from .limits import DataLimits
+from .reader import Annotation, ImageSize, Item, Skip, read_records
 from .values import finite_float, free_stem, read_flag, tidy_number
 
 SPLITS = ("train", "val", "test")
@@ -226,7 +226,12 @@ def image_folder(root: Path, split: str, json_path: Path, file_names: list[str])
     return folders[hits.index(max(hits))] if folders else root / "images"
 
 
-def read_coco(root: str | Path, split: str = "train", report: Report | None = None) -> Split:
+def read_coco(
+    root: str | Path,
+    split: str = "train",
+    report: Report | None = None,
+    limits: DataLimits | None = None,
+) -> Split:
     """Read one split of a COCO data set.
 
     Unusable entries (see :func:`parse_coco_json`) are reported and skipped;
@@ -244,7 +249,6 @@ def read_coco(root: str | Path, split: str = "train", report: Report | None = No
     coco = parse_coco_json(json_path)
     for entry_problem in coco.problems:
         report.add(BAD_LABEL_FILE, json_path, entry_problem)
-    labels = {cid: i + 1 for i, (cid, _) in enumerate(coco.categories)}
     folder = image_folder(root, split, json_path, [im.file_name for im in coco.images])
     by_image = defaultdict(list)
     known = {im.id for im in coco.images}
@@ -254,39 +258,43 @@ def read_coco(root: str | Path, split: str = "train", report: Report | None = No
         else:
             where = f"annotations[{b.index}]: image_id {b.image_id!r} is not in 'images'"
             report.add(MISSING_IMAGE, json_path, where)
-    records = []
-    for im in coco.images:
-        path = folder / im.file_name
-        problem = image_problem(path, [root, folder])  # a linked images/ folder is ours
-        if problem:
-            report.add(problem, path, f"listed in {json_path.name}")
-            continue
-        if not is_file(path):
-            report.add(MISSING_IMAGE, path, f"listed in {json_path.name}")
-            continue
-        boxes = by_image[im.id]
-        if not boxes:
-            report.add(NO_LABELS, path)
-
-        def describe(i: int, kind: str, boxes=boxes) -> tuple[str, str]:
-            b = boxes[i]
-            if kind == UNKNOWN_CLASS:
-                return str(json_path), f"annotations[{b.index}]: category_id {b.category_id}"
-            return str(json_path), f"annotations[{b.index}]: bbox has no area"
-
-        box_labels = [labels.get(b.category_id, 0) for b in boxes]
-        keep = keep_boxes([b.box for b in boxes], box_labels, len(labels), path, report, describe)
-        kept = [boxes[i] for i in keep]
-        record = Record.make(
-            path,
-            [b.box for b in kept],
-            [box_labels[i] for i in keep],
-            [b.difficult for b in kept],
-            [b.iscrowd for b in kept],
-            im.size,
-        )
-        records.append(to_display_frame(record, report))
+    note = f"listed in {json_path.name}"
+    items = [Item(folder / im.file_name, (im, by_image[im.id]), note=note) for im in coco.images]
+    labels = {cid: i + 1 for i, (cid, _) in enumerate(coco.categories)}
+    parse = partial(parse_coco_item, labels=labels, json_path=json_path)
+    roots = [root, folder]  # a linked images/ folder is ours
+    records = read_records(items, parse, len(labels), roots, report, limits, exif_frame=True)
     return Split(records, [name for _, name in coco.categories], root)
+
+
+def parse_coco_item(
+    item: Item, size: ImageSize | None = None, *, labels: dict[int, int], json_path: Path
+) -> Annotation:
+    """The boxes of one image: ``item.labels`` is its (CocoImage, [CocoBox]).
+
+    ``labels`` maps category ids to labels 1..C.
+
+    Raises:
+        Skip: the listed image is missing.
+    """
+    image, boxes = item.labels
+    if not is_file(cast(Path, item.image)):
+        raise Skip(MISSING_IMAGE, cast(Path, item.image), item.note)
+
+    def describe(i: int, kind: str) -> tuple[str, str]:
+        b = boxes[i]
+        if kind == UNKNOWN_CLASS:
+            return str(json_path), f"annotations[{b.index}]: category_id {b.category_id}"
+        return str(json_path), f"annotations[{b.index}]: bbox has no area"
+
+    return Annotation(
+        [b.box for b in boxes],
+        [labels.get(b.category_id, 0) for b in boxes],
+        describe,
+        [b.difficult for b in boxes],
+        [b.iscrowd for b in boxes],
+        image.size,
+    )
 
 
 def write_coco(root: str | Path, split: str, records: list[Record], classes: list[str]) -> Path:

@@ -24,12 +24,21 @@ from typing import cast
 
 from . import FORMATS, resolve_format
 from .base import DataError, Record, Report, clip_to_image, image_size
+from .limits import DataLimits
 
 log = logging.getLogger(__name__)
 
 
-def convert(src: str | Path, to: str, out: str | Path, format: str = "auto") -> Path:
+def convert(
+    src: str | Path,
+    to: str,
+    out: str | Path,
+    format: str = "auto",
+    limits: DataLimits | None = None,
+) -> Path:
     """Write the data set at ``src`` (in ``format``, ``auto`` detects it) to ``out`` as ``to``.
+
+    ``limits``: what the readers accept (None: ``DataLimits.from_env()``).
 
     Returns:
         ``out``.
@@ -48,8 +57,9 @@ def convert(src: str | Path, to: str, out: str | Path, format: str = "auto") -> 
     if not sources:
         raise DataError(f"{src}: no train, val or test split found in its {name} layout")
     report = Report()
+    limits = limits or DataLimits.from_env()
     # Read everything first: a split that cannot be read leaves no half-written output.
-    splits = {split: FORMATS[name].read(src, split, report) for split in sources}
+    splits = {split: FORMATS[name].read(src, split, report, limits) for split in sources}
     first, *others = splits.items()
     for split, data in others:
         if data.classes != first[1].classes:
@@ -59,7 +69,7 @@ def convert(src: str | Path, to: str, out: str | Path, format: str = "auto") -> 
             )
     check_class_names(first[1].classes, to, src)
     for split, data in splits.items():
-        records = with_image_sizes(data.records, report)
+        records = with_image_sizes(data.records, report, limits)
         if to == "yolo":
             # with_image_sizes gave every record its size
             records = [
@@ -115,12 +125,14 @@ def check_class_names(classes: list[str], to: str, src: Path) -> None:
         raise DataError(f"{src}: class names {twice} are used twice; VOC names boxes by class")
 
 
-def with_image_sizes(records: list[Record], report: Report) -> list[Record]:
+def with_image_sizes(
+    records: list[Record], report: Report, limits: DataLimits | None = None
+) -> list[Record]:
     """Records with ``size`` read from the image headers; unreadable images reported, left out."""
     sized = []
     for rec in records:
         try:
-            sized.append(dataclasses.replace(rec, size=image_size(rec.image)))
+            sized.append(dataclasses.replace(rec, size=image_size(rec.image, limits)))
         except DataError as e:
             report.add_unreadable(rec.image, e)
     return sized

@@ -5,10 +5,10 @@ Where the decoded pixels live is the ``cache``:
 
 - ``ram``: every image decoded once at construction and held as uint8 (fast; the
   set must fit in memory);
-- ``disk``: decoded once into ``.npy`` files of a cache folder (``$TINYSSD_CACHE``,
-  else ``~/.cache/tinyssd``, one sub-folder per data root and image size; never the
-  data folder), read back on every later access; a file whose image changed
-  (modification time or size) is rebuilt;
+- ``disk``: decoded once into ``.npy`` files of the cache folder (:func:`cache_root`,
+  one sub-folder per data root and image size; never the data folder), read back
+  on every later access; a file whose image changed (modification time or size)
+  is rebuilt;
 - ``none``: decoded from the image file on every access (least memory).
 
 ``auto`` (:func:`resolve_cache`) takes ``ram`` when the decoded set fits
@@ -20,16 +20,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
+from ..boxes import normalise_boxes
+from ..files import atomic_path
+from ..images import resize_image
 from .base import DataError, Record, Report, Split, clip_to_image, image_size, read_image
+from .limits import DataLimits
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +44,39 @@ RAM_SHARE = 0.25  # ``auto`` holds the set in RAM up to this share of the availa
 RAM_CAP = 4 << 30  # ... and never more than this many bytes
 
 
-def resize_image(image: Tensor, size: int) -> Tensor:
-    """Resize ``Tensor[3, H, W]`` uint8 to ``Tensor[3, size, size]`` uint8 (bilinear)."""
-    if image.shape[-2:] == (size, size):
-        return image
-    out = F.interpolate(
-        image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
-    return out[0].round().clamp(0, 255).to(torch.uint8)
+def hflip_boxes(boxes: Tensor, width: float = 1.0) -> Tensor:
+    """Boxes of an image ``width`` wide, mirrored left-right: the one flip of boxes.
+
+    Args:
+        boxes (Tensor[..., 4]): xyxy, in pixels (``width``: the image's) or normalised (1).
+    Returns:
+        Tensor[..., 4]: ``(width - x2, y1, width - x1, y2)``.
+    """
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack((width - x2, y1, width - x1, y2), dim=-1)
 
 
-def normalise_boxes(boxes: Tensor, height: int, width: int) -> Tensor:
-    """Pixels -> [0, 1]: ``Tensor[M, 4]`` xyxy divided by (W, H, W, H)."""
-    return boxes / boxes.new_tensor([width, height, width, height])
+def hflip(image: Tensor, boxes: Tensor, width: float = 1.0) -> tuple[Tensor, Tensor]:
+    """An image ``Tensor[..., H, W]`` mirrored left-right, with its boxes (:func:`hflip_boxes`)."""
+    return image.flip(-1), hflip_boxes(boxes, width)
+
+
+def normalised_boxes(split: Split, limits: DataLimits | None = None) -> Tensor:
+    """Every box of ``split`` as normalised xyxy ``Tensor[N, 4]``, clamped to [0, 1].
+
+    Image sizes come from the records, else from the image headers (``limits``'
+    pixel budget); boxes of unreadable images are left out (the dataset reports them).
+    """
+    out = []
+    for rec in split.records:
+        if not len(rec.boxes):
+            continue
+        try:
+            size = rec.size or image_size(rec.image, limits)
+        except DataError:
+            continue
+        out.append(normalise_boxes(rec.boxes, size).clamp(0, 1))
+    return torch.cat(out) if out else torch.zeros(0, 4)
 
 
 def _held_size(rec: Record) -> tuple[int, int]:
@@ -102,9 +124,10 @@ def resolve_cache(cache: str, decoded_bytes: int, what: str = "the data set") ->
 
 
 def cache_root() -> Path:
-    """``$TINYSSD_CACHE``, else ``$XDG_CACHE_HOME/tinyssd``, else ``~/.cache/tinyssd``."""
+    """tinyssd's cache folder (decoded images, the synthetic data set): ``$TINYSSD_CACHE``,
+    else ``$XDG_CACHE_HOME/tinyssd``, else ``~/.cache/tinyssd``."""
     if os.environ.get("TINYSSD_CACHE"):
-        return Path(os.environ["TINYSSD_CACHE"])
+        return Path(os.environ["TINYSSD_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "tinyssd"
 
@@ -150,10 +173,8 @@ class DiskCache:
         stem = cached.name.split("-")[0]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{stem}-", suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, image.numpy())
-            os.replace(tmp, cached)
+            with atomic_path(cached, fsync=False) as tmp:  # a cache: losing it costs a decode
+                np.save(tmp, image.numpy())
             for stale in self.folder.glob(f"{stem}-*.npy"):
                 if stale != cached:
                     stale.unlink(missing_ok=True)
@@ -181,8 +202,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     target ``{"boxes": Tensor[M, 4] normalised xyxy, "labels": Tensor[M] 1..C}``.
     Unreadable images are reported and left out (with ``disk``/``none`` from
     their headers: an image that fails to decode later raises DataError, which
-    ``engine.inputs.batches`` counts and skips); boxes are clipped to the image
-    (reported). ``targets_in_pixels(i)`` gives what evaluation needs.
+    ``engine.inputs.read_batches`` counts and skips); boxes are clipped to the image
+    (reported). ``targets_in_pixels(i)`` gives what evaluation needs. ``limits``
+    (None: ``DataLimits.from_env()``, read once here) bounds every decode, in
+    loader workers too: they get it pickled with the dataset.
 
     Without a ``transform`` images are resized to S once, when decoded. ``images``
     is a list (``ram``) or a sequence that decodes when indexed.
@@ -196,8 +219,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         report: Report | None = None,
         *,
         cache: str = "ram",
+        limits: DataLimits | None = None,
     ) -> None:
         self.classes = split.classes
+        self.limits = limits or DataLimits.from_env()
         self.image_size = image_size
         self.transform = transform
         self.report = report if report is not None else Report()
@@ -225,7 +250,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         images = []
         for rec in split.records:
             try:
-                image = read_image(rec.image)
+                image = read_image(rec.image, self.limits)
             except DataError as e:
                 self.report.add_unreadable(rec.image, e)
                 continue
@@ -250,7 +275,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         """Records whose image header reads (size after EXIF); nothing decoded."""
         for rec in split.records:
             try:
-                size = image_size(rec.image)
+                size = image_size(rec.image, self.limits)
             except DataError as e:
                 self.report.add_unreadable(rec.image, e)
                 continue
@@ -261,7 +286,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         return image if self.transform is not None else resize_image(image, self.image_size)
 
     def _decode(self, path: Path) -> Tensor:
-        return self._stored(read_image(path))
+        return self._stored(read_image(path, self.limits))
 
     def decoded_bytes(self) -> int:
         """Bytes the held images take (uint8): 3*S*S each, or 3*H*W with a transform."""
@@ -288,9 +313,9 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
         rec, image = self.records[i], self.load_image(i)
-        h, w = _held_size(rec)
         if self.transform is None:
-            return image, {"boxes": normalise_boxes(rec.boxes, h, w), "labels": rec.labels}
+            boxes = normalise_boxes(rec.boxes, _held_size(rec))
+            return image, {"boxes": boxes, "labels": rec.labels}
         image, boxes, labels = self.transform(image, rec.boxes, rec.labels)
         return image, {"boxes": boxes, "labels": labels}
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from .base import EXIF_FRAME, DataError, Record, Report, image_header
+from .limits import DataLimits
 
 
 def exif_boxes(boxes: Tensor, orientation: int, width: int, height: int) -> Tensor:
@@ -50,7 +51,7 @@ def exif_boxes(boxes: Tensor, orientation: int, width: int, height: int) -> Tens
     return torch.stack(moved, dim=-1)
 
 
-def to_display_frame(record: Record, report: Report) -> Record:
+def to_display_frame(record: Record, report: Report, limits: DataLimits | None = None) -> Record:
     """``record`` with its boxes turned if they were annotated before the EXIF rotation.
 
     That is the case when the annotation's size is the stored (height, width),
@@ -61,7 +62,7 @@ def to_display_frame(record: Record, report: Report) -> Record:
     if record.size is None or record.size[0] == record.size[1]:
         return record
     try:
-        h, w, orientation = image_header(record.image)
+        h, w, orientation = image_header(record.image, limits)
     except DataError:
         return record
     if orientation < 5 or record.size != (h, w):

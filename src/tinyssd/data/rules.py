@@ -7,7 +7,7 @@
   ``data convert`` never links it into its output.
 - FIFOs, devices and sockets are never opened (a FIFO blocks the reader).
 - A box is kept if its class is known and it has an area, up to
-  :data:`MAX_BOXES_PER_IMAGE` per image (the first ones), so that the cost
+  ``DataLimits.max_boxes`` per image (the first ones), so that the cost
   of matching stays bounded.
 """
 
@@ -26,36 +26,12 @@ from .base import (
     SPECIAL_FILE,
     TOO_MANY_BOXES,
     UNKNOWN_CLASS,
-    DataError,
     Report,
 )
+from .limits import MAX_BOXES_ENV, DataLimits
 
-# Boxes kept per image (the first ones); more are dropped and counted. COCO's most crowded
-# image has under 100, the densest public sets (SKU-110K) under 800 on average.
-MAX_BOXES_PER_IMAGE = 500
-MAX_BOXES_ENV = "TINYSSD_MAX_BOXES"
 # Class ids at or above this are taken as broken rows, not as a class list to allocate.
 MAX_CLASSES = 100_000
-
-
-def box_limit(max_boxes: int | None = None) -> int:
-    """Boxes kept per image: ``max_boxes``, else $TINYSSD_MAX_BOXES, else MAX_BOXES_PER_IMAGE.
-
-    Raises:
-        DataError: the environment variable is not a positive integer.
-    """
-    if max_boxes is not None:
-        return int(max_boxes)
-    value = os.environ.get(MAX_BOXES_ENV)
-    if value is None:
-        return MAX_BOXES_PER_IMAGE
-    try:
-        limit = int(value)
-        if limit <= 0:
-            raise ValueError
-    except ValueError:
-        raise DataError(f"{MAX_BOXES_ENV}={value!r}: not a positive number of boxes") from None
-    return limit
 
 
 def keep_boxes(
@@ -65,13 +41,14 @@ def keep_boxes(
     image: str | Path,
     report: Report,
     describe: Callable[[int, str], tuple[str, str]],
-    max_boxes: int | None = None,
+    limits: DataLimits | None = None,
 ) -> list[int]:
     """Indices of the boxes a reader keeps; what it drops is reported.
 
     Dropped, in this order: a label outside ``1..num_classes`` (UNKNOWN_CLASS),
     ``x1 >= x2 or y1 >= y2`` (BAD_BOX), and all boxes after the first
-    ``box_limit(max_boxes)`` kept ones (one TOO_MANY_BOXES entry for the image).
+    ``limits.max_boxes`` kept ones (one TOO_MANY_BOXES entry for the image; None:
+    ``DataLimits.from_env()``).
 
     Args:
         boxes (Tensor[M, 4] or M lists): xyxy.
@@ -83,7 +60,7 @@ def keep_boxes(
         2 classes: ``[0]`` (box 1 unknown class, box 2 empty).
     """
     rows = boxes.tolist() if isinstance(boxes, Tensor) else [list(b) for b in boxes]
-    limit = box_limit(max_boxes)
+    limit = (limits or DataLimits.from_env()).max_boxes
     keep = []
     for i, (label, (x1, y1, x2, y2)) in enumerate(zip(labels, rows)):
         kind = None

@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 
 from .bananas import split_dir, write_bananas
 from .base import DataError
+from .dataset import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +114,16 @@ def ensure_synthetic(cache_dir: str | Path | None = None, **kw) -> Path:
     """The synthetic set for ``make_synthetic(**kw)``, written once into a cache.
 
     The set lives in ``cache_dir/synthetic-v1-<params>``; ``cache_dir``
-    defaults to ``$TINYSSD_CACHE``, else ``$XDG_CACHE_HOME/tinyssd``, else
-    ``~/.cache/tinyssd``. It is written to a temporary folder and renamed
-    when complete, so an interrupted run never leaves a set that looks
-    complete; temporary folders of dead processes are removed.
+    defaults to :func:`tinyssd.data.dataset.cache_root`. It is written to a
+    temporary folder and renamed when complete, so an interrupted run never
+    leaves a set that looks complete; temporary folders of dead processes are
+    removed.
     """
     params = {"train": 1000, "val": 100, "classes": 3, "seed": 0, "size": 256, **kw}
     unknown = set(params) - {"train", "val", "classes", "seed", "size"}
     if unknown:
         raise TypeError(f"ensure_synthetic: unknown arguments {sorted(unknown)}")
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
     name = "synthetic-{}-t{train}-v{val}-c{classes}-s{seed}-{size}px".format(
         CACHE_VERSION, **params
     )
@@ -148,14 +149,6 @@ def ensure_synthetic(cache_dir: str | Path | None = None, **kw) -> Path:
             raise
         shutil.rmtree(staging)  # another process finished first
     return final
-
-
-def default_cache_dir() -> Path:
-    """``$TINYSSD_CACHE``, else ``$XDG_CACHE_HOME/tinyssd``, else ``~/.cache/tinyssd``."""
-    if os.environ.get("TINYSSD_CACHE"):
-        return Path(os.environ["TINYSSD_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "tinyssd"
 
 
 def render_image(

@@ -2,7 +2,7 @@
 
 Photometric distortion, zoom-out (expand onto a mean-coloured canvas), the
 min-IoU random crop and horizontal flip, then drop boxes the crop left empty
-and resize to the model input (``dataset.resize_image``, as for plain images).
+and resize to the model input (``images.resize_image``, as for plain images).
 Randomness comes from torch's global RNG, so ``torch.manual_seed`` (the
 training seed) makes it reproducible.
 """
@@ -16,7 +16,9 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from .dataset import normalise_boxes, resize_image
+from ..boxes import normalise_boxes
+from ..images import resize_image
+from .dataset import hflip
 
 PARTS = ("photometric", "expand", "crop", "flip")
 # Canvas colour of the zoom-out: ImageNet's mean pixel, as in the SSD paper's code.
@@ -77,7 +79,7 @@ class SSDAugment:
         out = (self.with_crop if len(boxes) else self.without_crop)(sample)
         image = out["image"].as_subclass(Tensor)
         oh, ow = image.shape[-2:]
-        boxes = normalise_boxes(out["boxes"].as_subclass(Tensor).float(), oh, ow)
+        boxes = normalise_boxes(out["boxes"].as_subclass(Tensor).float(), (oh, ow))
         # the same resize as un-augmented images get
         return resize_image(image, self.image_size), boxes, out["labels"]
 
@@ -217,8 +219,7 @@ class AnchorBoundedAugment:
             image, boxes, labels = centre_crop_boxes(image, boxes, labels)
         h, w = image.shape[-2:]
         if self.flip and float(torch.rand(())) < 0.5:
-            image = image.flip(-1)
-            boxes = torch.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), 1)
+            image, boxes = hflip(image, boxes, w)
         keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-        boxes, labels = normalise_boxes(boxes[keep], h, w), labels[keep]
+        boxes, labels = normalise_boxes(boxes[keep], (h, w)), labels[keep]
         return resize_image(image, self.image_size), boxes, labels

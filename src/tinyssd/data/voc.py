@@ -22,6 +22,7 @@ annotations of the data set.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,25 +30,22 @@ import torch
 from torch import Tensor
 
 from .base import (
-    BAD_LABEL_FILE,
     IMAGE_SUFFIXES,
-    MISSING_IMAGE,
-    NO_LABELS,
     UNKNOWN_CLASS,
     DataError,
     Record,
     Report,
     Split,
     check_regular_file,
-    error_kind,
     image_size,
     is_file,
     link_or_copy,
     read_names,
     read_text,
 )
-from .exif import to_display_frame
-from .rules import image_problem, is_special, keep_boxes
+from .limits import DataLimits
+from .reader import Annotation, ImageSize, Item, read_records
+from .rules import is_special
 from .values import finite_float, free_stem, natural_key, read_flag, tidy_number
 
 SPLITS = ("train", "val", "test")
@@ -153,7 +151,12 @@ def voc_splits(root: Path) -> dict[str, Path]:
     return found
 
 
-def read_voc(root: str | Path, split: str = "train", report: Report | None = None) -> Split:
+def read_voc(
+    root: str | Path,
+    split: str = "train",
+    report: Report | None = None,
+    limits: DataLimits | None = None,
+) -> Split:
     """Read one split of a VOC data set (either layout, see the module docstring).
 
     An image without an XML file, or whose XML has no object, is kept as a
@@ -170,41 +173,37 @@ def read_voc(root: str | Path, split: str = "train", report: Report | None = Non
     classes = voc_classes(root)
     if not classes:
         raise DataError(f"{root}: no object in any annotation and no classes.txt to name classes")
-    label_of = {name: i + 1 for i, name in enumerate(classes)}
-    records = []
     folder, pairs = _pairs(root, split)
-    for image_id, image, xml in pairs:
-        if image is None:
-            report.add(MISSING_IMAGE, xml or folder / image_id, "no image with this name")
-            continue
-        problem = image_problem(image, [root], follow_symlinks=False)
-        if problem:
-            report.add(problem, image)
-            continue
-        if xml is None:
-            report.add(NO_LABELS, image)
-            records.append(Record.make(image, [], []))
-            continue
-        try:
-            ann = parse_voc_xml(xml)
-        except DataError as e:
-            report.add(error_kind(e, BAD_LABEL_FILE), str(e))
-            continue
-
-        def describe(i: int, kind: str, ann=ann, xml=xml) -> tuple[str, str]:
-            if kind == UNKNOWN_CLASS:
-                return str(xml), f"object {i + 1}: class {ann.names[i]!r}"
-            return str(xml), f"object {i + 1}: {_voc_box(ann.boxes[i].tolist())} is empty"
-
-        labels = [label_of.get(name, 0) for name in ann.names]
-        keep = keep_boxes(ann.boxes, labels, len(classes), image, report, describe)
-        if not ann.names:
-            report.add(NO_LABELS, image, f"{xml.name} has no object")
-        record = Record.make(
-            image, ann.boxes[keep], [labels[i] for i in keep], ann.difficult[keep], size=ann.size
-        )
-        records.append(to_display_frame(record, report))
+    items = [
+        Item(image, xml)
+        if image is not None
+        else Item(None, where=xml or folder / image_id, note="no image with this name")
+        for image_id, image, xml in pairs
+    ]
+    parse = partial(parse_voc_item, classes=classes)
+    records = read_records(
+        items, parse, len(classes), [root], report, limits, follow_symlinks=False, exif_frame=True
+    )
     return Split(records, classes, root)
+
+
+def parse_voc_item(item: Item, size: ImageSize | None = None, *, classes: list[str]) -> Annotation:
+    """The boxes of one image's XML file (``item.labels``; None: no XML, a negative)."""
+    xml = item.labels
+    if xml is None:
+        return Annotation([], [])
+    ann = parse_voc_xml(xml)
+
+    def describe(i: int, kind: str) -> tuple[str, str]:
+        if kind == UNKNOWN_CLASS:
+            return str(xml), f"object {i + 1}: class {ann.names[i]!r}"
+        return str(xml), f"object {i + 1}: {_voc_box(ann.boxes[i].tolist())} is empty"
+
+    label_of = {name: i + 1 for i, name in enumerate(classes)}
+    labels = [label_of.get(name, 0) for name in ann.names]
+    return Annotation(
+        ann.boxes, labels, describe, ann.difficult, size=ann.size, empty=f"{xml.name} has no object"
+    )
 
 
 def voc_classes(root: Path) -> list[str]:

@@ -22,18 +22,17 @@ from data.yaml's ``names:`` (a list, or a dict ``{id: name}``), else
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import yaml
 from torch import Tensor
 
 from .base import (
-    BAD_LABEL_FILE,
     IMAGE_SUFFIXES,
     MISSING_IMAGE,
-    NO_LABELS,
     SPECIAL_FILE,
     UNKNOWN_CLASS,
     DataError,
@@ -41,7 +40,6 @@ from .base import (
     Report,
     Split,
     clip_to_image,
-    error_kind,
     exists,
     image_size,
     is_file,
@@ -49,7 +47,9 @@ from .base import (
     read_names,
     read_text,
 )
-from .rules import image_problem, is_special, keep_boxes
+from .limits import DataLimits
+from .reader import Annotation, ImageSize, Item, Skip, read_records
+from .rules import is_special
 from .values import finite_float, free_stem, natural_key
 
 SPLITS = ("train", "val", "test")
@@ -246,7 +246,12 @@ def _labels_folder(folder: Path, root: Path) -> Path:
     return prefix.joinpath(*parts)
 
 
-def read_yolo(root: str | Path, split: str = "train", report: Report | None = None) -> Split:
+def read_yolo(
+    root: str | Path,
+    split: str = "train",
+    report: Report | None = None,
+    limits: DataLimits | None = None,
+) -> Split:
     """Read one split of a YOLO data set.
 
     An image without a label file, or with an empty one, is kept as a
@@ -265,49 +270,38 @@ def read_yolo(root: str | Path, split: str = "train", report: Report | None = No
     sources = _sources(root, split)
     roots = _allowed_roots(root) + [s for s in sources if s.is_dir()]  # linked folders too
     images = [image for source in sources for image in _images(source)]
-    records = []
-    for image in images:
-        label = label_path(image, root)
-        problem = image_problem(image, roots)
-        if problem:
-            report.add(problem, image)
-            continue
-        if not is_file(image):
-            report.add(MISSING_IMAGE, image, "listed but not found")
-            continue
-        if is_special(label):
-            report.add(SPECIAL_FILE, label, "label file not opened; image skipped")
-            continue
-        if not is_file(label):
-            report.add(NO_LABELS, image, f"no {label.name}")
-            records.append(Record.make(image, [], []))
-            continue
-        try:
-            h, w = image_size(image)
-        except DataError as e:
-            report.add_unreadable(image, e)
-            continue
-        try:
-            parsed = parse_yolo_txt(label, w, h)
-        except DataError as e:
-            report.add(error_kind(e, BAD_LABEL_FILE), str(e))
-            continue
-
-        def describe(i: int, kind: str, label=label, parsed=parsed) -> tuple[str, str]:
-            where = f"{label}:{parsed.lines[i]}"
-            if kind == UNKNOWN_CLASS:
-                return where, f"class {int(parsed.classes[i])} ({len(classes)} names)"
-            return where, "width or height is not positive"
-
-        labels = (parsed.classes + 1).tolist()
-        keep = keep_boxes(parsed.boxes, labels, len(classes), image, report, describe)
-        if not parsed.lines:
-            report.add(NO_LABELS, image, f"{label.name} is empty")
-        records.append(
-            Record.make(image, parsed.boxes[keep], [labels[i] for i in keep], size=(h, w))
-        )
+    items = [Item(image, label_path(image, root)) for image in images]
+    parse = partial(parse_yolo_item, num_classes=len(classes))
+    records = read_records(items, parse, len(classes), roots, report, limits)
     _report_orphans(root, sources, images, report)
     return Split(records, classes, root)
+
+
+def parse_yolo_item(item: Item, size: ImageSize, *, num_classes: int) -> Annotation:
+    """The boxes of one image's label file (``item.labels``), scaled by the image's size.
+
+    Raises:
+        Skip: the listed image is missing, or its label file is a FIFO or device.
+        DataError: the label file cannot be parsed.
+    """
+    image, label = cast(Path, item.image), cast(Path, item.labels)
+    if not is_file(image):
+        raise Skip(MISSING_IMAGE, image, "listed but not found")
+    if is_special(label):
+        raise Skip(SPECIAL_FILE, label, "label file not opened; image skipped")
+    if not is_file(label):
+        return Annotation([], [], empty=f"no {label.name}")
+    h, w = size()
+    parsed = parse_yolo_txt(label, w, h)
+
+    def describe(i: int, kind: str) -> tuple[str, str]:
+        where = f"{label}:{parsed.lines[i]}"
+        if kind == UNKNOWN_CLASS:
+            return where, f"class {int(parsed.classes[i])} ({num_classes} names)"
+        return where, "width or height is not positive"
+
+    labels = (parsed.classes + 1).tolist()
+    return Annotation(parsed.boxes, labels, describe, size=(h, w), empty=f"{label.name} is empty")
 
 
 def _report_orphans(root: Path, sources: list[Path], images: list[Path], report: Report) -> None:

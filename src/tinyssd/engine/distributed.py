@@ -13,7 +13,7 @@ with the same global batch. BatchNorm sees the global batch only on CUDA
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -40,9 +40,6 @@ class DistContext:
         # BatchNorm over the global batch, as one process would compute it (CUDA only)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index])
-
-    def shard(self, seq: Sequence) -> Sequence:
-        return seq[self.rank :: self.world_size]
 
     def close(self) -> None:
         if self.enabled and torch_dist.is_initialized():

@@ -25,11 +25,11 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import WeightsEnum
 
-from ..config import TrainConfig
+from ..checkpoint import read_checkpoint, resolve_checkpoint, split_state
+from ..config import RunConfig
 from ..errors import CheckpointError, UsageError
 from ..models import PRESETS, SSD
 from ..models.ssd import BACKBONES
-from .checkpoint import read_checkpoint, resolve_checkpoint, split_state
 
 log = logging.getLogger("tinyssd")
 
@@ -207,7 +207,7 @@ def load_imagenet_backbone(model: SSD, progress: bool = True) -> LoadReport:
 # ---------------------------------------------------------------------------- the run's start
 
 
-def check_finetune(cfg: TrainConfig) -> None:
+def check_finetune(cfg: RunConfig) -> None:
     """UsageError for an ``--init`` / ``--pretrained`` / ``--freeze`` request no run can do."""
     if cfg.init and cfg.pretrained:
         raise UsageError("--init and --pretrained: give one (--init already sets the backbone)")
@@ -221,7 +221,7 @@ def check_finetune(cfg: TrainConfig) -> None:
         raise UsageError(f"--freeze-epochs {cfg.freeze_epochs}: needs --freeze backbone")
 
 
-def start_from(model: SSD, cfg: TrainConfig) -> LoadReport | None:
+def start_from(model: SSD, cfg: RunConfig) -> LoadReport | None:
     """``--init`` or ``--pretrained`` weights put into a new ``model``; logs one line.
 
     Does nothing for a resumed run: its checkpoint's weights replace these.
@@ -296,6 +296,6 @@ class BackboneFreeze:
             log.info("epoch %d: backbone unfrozen", epoch + 1)
 
 
-def backbone_freeze(model: SSD, cfg: TrainConfig) -> BackboneFreeze:
+def backbone_freeze(model: SSD, cfg: RunConfig) -> BackboneFreeze:
     """The run's ``BackboneFreeze`` (a no-op without ``--freeze backbone``)."""
     return BackboneFreeze(model, cfg.freeze_epochs if cfg.freeze == "backbone" else None)

@@ -1,7 +1,7 @@
 """What training reads: the splits, the model's anchors fitted to them, the datasets, batches.
 
-splits = read_splits(cfg)                       # records only, no pixels yet
-config = model_config(cfg, splits.train)        # preset, image size, --anchors auto
+splits = read_splits(cfg, limits)               # records only, no pixels yet
+config = model_config(cfg, splits)              # preset, image size, --anchors auto
 train_ds, val_ds = make_datasets(cfg, splits, config)    # --cache ram / disk / none / auto
 sampler = GlobalBatchSampler(len(train_ds), 32, seed, rank, world_size)
 sampler.set_epoch(epoch)
@@ -20,19 +20,16 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..config import TrainConfig, resolved_value
-from ..data import DetectionDataset, Report, Split, collate, load_split
+from ..config import RunConfig
+from ..data import DataLimits, DetectionDataset, Report, Split, collate, load_split
 from ..data.base import UNREADABLE_IMAGE
-from ..data.base import image_size as header_size
+from ..data.dataset import hflip, normalised_boxes
 from ..errors import DataError
 from ..models import PRESETS, SSDConfig
-from ..models.anchor_fit import fit_anchors, miss_rate
+from ..models.anchor_fit import fit_for_data
 from .distributed import GlobalBatchSampler
 
 log = logging.getLogger("tinyssd")
-
-# Training boxes the anchor fit looks at, at most: a seeded sample of a larger set.
-FIT_BOXES = 4000
 
 
 class Splits(NamedTuple):
@@ -40,77 +37,65 @@ class Splits(NamedTuple):
     train: Split
     val: Split
     report: Report
+    limits: DataLimits  # what the readers accepted; the datasets decode with the same
 
 
-def read_splits(cfg: TrainConfig) -> Splits:
-    """The train and val records (val relabelled to train's classes); no image decoded."""
+def read_splits(cfg: RunConfig, limits: DataLimits | None = None) -> Splits:
+    """The train and val records (val relabelled to train's classes); no image decoded.
+
+    ``limits``: the pixel budget and box limit (None: ``DataLimits.from_env()``).
+    """
     root = cfg.data
     if root is None:
         from ..data.synthetic import ensure_synthetic
 
         root = str(ensure_synthetic())
         log.info("no --data given: training on the built-in synthetic data set at %s", root)
-    report = Report()
-    train = load_split(root, "train", cfg.format, report)
-    val = load_split(root, "val", cfg.format, report).with_classes(train.classes)
-    return Splits(root, train, val, report)
+    report, limits = Report(), limits or DataLimits.from_env()
+    train = load_split(root, "train", cfg.format, report, limits)
+    val = load_split(root, "val", cfg.format, report, limits).with_classes(train.classes)
+    return Splits(root, train, val, report, limits)
 
 
-def normalised_boxes(split: Split) -> Tensor:
-    """Every box of ``split`` as normalised xyxy ``Tensor[N, 4]`` (sizes from image headers)."""
-    out = []
-    for rec in split.records:
-        if not len(rec.boxes):
-            continue
-        try:
-            h, w = rec.size or header_size(rec.image)
-        except DataError:
-            continue  # unreadable: reported when the dataset decodes it
-        out.append((rec.boxes / rec.boxes.new_tensor([w, h, w, h])).clamp(0, 1))
-    return torch.cat(out) if out else torch.zeros(0, 4)
+def model_config(cfg: RunConfig, splits: Splits) -> SSDConfig:
+    """The network's config: the preset, ``--image-size``, anchors fitted with ``--anchors auto``
+    (:func:`models.anchor_fit.fit_for_data`, as ``tinyssd data check --model`` does).
 
-
-def model_config(cfg: TrainConfig, train: Split) -> SSDConfig:
-    """The network's config: the preset, ``--image-size``, anchors fitted with ``--anchors auto``.
-
-    Logs the share of training boxes no anchor matches at IoU 0.5, before and after
-    fitting, and keeps the preset's anchors where they match more boxes (as YOLO's
-    AutoAnchor keeps its defaults when they fit well enough).
+    Logs the share of training boxes no anchor matches at IoU 0.5, before and after fitting.
     """
-    config = PRESETS[resolved_value(cfg.model)]()
+    config = PRESETS[cfg.model]()
     config = replace(config, image_size=cfg.image_size or config.image_size)
     if cfg.anchors != "auto":
         return config
-    boxes = normalised_boxes(train)
-    if len(boxes) > FIT_BOXES:  # a seeded sample: quantiles need no more, memory stays flat
-        pick = torch.randperm(len(boxes), generator=torch.Generator().manual_seed(0))
-        boxes = boxes[pick[:FIT_BOXES]]
-    if len(boxes) < 2:
+    fit = fit_for_data(config, normalised_boxes(splits.train, splits.limits))
+    if fit.boxes < 2:
         log.info("--anchors auto: fewer than 2 training boxes, keeping the preset's anchors")
-        return config
-    fitted = fit_anchors(config, boxes[:, 2:] - boxes[:, :2])
-    before, after = miss_rate(config, boxes), miss_rate(fitted, boxes)
-    log.info(
-        "anchors fitted to %d training boxes: boxes no anchor matches (IoU < 0.5) "
-        "%.1f%% -> %.1f%%%s",
-        len(boxes),
-        100 * before,
-        100 * after,
-        "" if after <= before else "; keeping the preset's, which match more",
-    )
-    return fitted if after <= before else config
+    else:
+        log.info(
+            "anchors fitted to %d training boxes: boxes no anchor matches (IoU < 0.5) "
+            "%.1f%% -> %.1f%%%s",
+            fit.boxes,
+            100 * fit.before,
+            100 * fit.after,
+            "; keeping the preset's, which match more" if fit.kept_preset else "",
+        )
+    return fit.config
 
 
 def make_datasets(
-    cfg: TrainConfig, splits: Splits, config: SSDConfig
+    cfg: RunConfig, splits: Splits, config: SSDConfig
 ) -> tuple[DetectionDataset, DetectionDataset]:
     """The datasets of the splits (train with its augmentation), their images held as
     ``--cache`` says; log what was skipped."""
     size = config.image_size
-    transform = make_transform(cfg.augment or "none", size, min(min(s) for s in config.sizes))
-    cache = cfg.cache or "auto"
-    train_ds = DetectionDataset(splits.train, size, transform, splits.report, cache=cache)
-    val_ds = DetectionDataset(splits.val, size, None, splits.report, cache=cache)
+    transform = make_transform(cfg.augment, size, min(min(s) for s in config.sizes))
+    cache = cfg.cache
+    train_ds = DetectionDataset(
+        splits.train, size, transform, splits.report, cache=cache, limits=splits.limits
+    )
+    val_ds = DetectionDataset(
+        splits.val, size, None, splits.report, cache=cache, limits=splits.limits
+    )
     if splits.report:
         log.info("data check for %s:\n%s", splits.root, splits.report.summary())
     if len(train_ds) == 0:
@@ -125,7 +110,7 @@ def make_datasets(
 
 def make_transform(spec: str, image_size: int, min_anchor: float):
     """The per-image augmentation of ``--augment``, or None (none, or flip alone: done on
-    whole batches by ``batches``).
+    whole batches by ``read_batches``).
 
     ``ssd`` or a list of photometric,expand,crop,flip: the SSD paper's parts;
     ``bounded`` or ``bounded:PARTS``: the same parts bounded by the anchors (a
@@ -143,9 +128,9 @@ def make_transform(spec: str, image_size: int, min_anchor: float):
     return train_transform(image_size, **parts)
 
 
-def flips_whole_batches(spec: str | None) -> bool:
+def flips_whole_batches(spec: str) -> bool:
     """``--augment flip``: the one part that works on stacked batches (no per-image work)."""
-    return (spec or "none").strip().lower() == "flip"
+    return spec.strip().lower() == "flip"
 
 
 def check_augment(spec: str) -> None:
@@ -182,20 +167,12 @@ def flip_rows(images: Tensor, labels: Tensor, flip: Tensor) -> tuple[Tensor, Ten
     if not flip.any():
         return images, labels
     images, labels = images.clone(), labels.clone()
-    images[flip] = images[flip].flip(-1)
     rows = labels[flip]
-    x1, x2 = rows[..., 1].clone(), rows[..., 3].clone()
-    real = rows[..., 0] > 0
-    rows[..., 1] = torch.where(real, 1 - x2, x1)
-    rows[..., 3] = torch.where(real, 1 - x1, x2)
+    images[flip], boxes = hflip(images[flip], rows[..., 1:])
+    real = rows[..., :1] > 0  # padding rows stay all 0
+    rows[..., 1:] = torch.where(real, boxes, rows[..., 1:])
     labels[flip] = rows
     return images, labels
-
-
-def flip_batch(images: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Mirror a random half of a batch left-right, boxes with it (``flip_rows``, coins from
-    ``generator``)."""
-    return flip_rows(images, labels, torch.rand(len(images), generator=generator) < 0.5)
 
 
 class _Reads(torch.utils.data.Dataset):
@@ -215,9 +192,8 @@ class _Reads(torch.utils.data.Dataset):
         except DataError as e:
             return str(e)
         if flip:
-            boxes = target["boxes"].clone()
-            boxes[:, 0], boxes[:, 2] = 1 - target["boxes"][:, 2], 1 - target["boxes"][:, 0]
-            image, target = image.flip(-1), {**target, "boxes": boxes}
+            image, boxes = hflip(image, target["boxes"])
+            target = {**target, "boxes": boxes}
         return image, target
 
 
@@ -276,22 +252,3 @@ def _stacked_batches(
         lab = labels[idx]
         m = int((lab[..., 0] > 0).sum(dim=1).max().clamp(min=1))
         yield flip_rows(images[idx], lab[:, :m], flip)
-
-
-def batches(
-    dataset: DetectionDataset,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    workers: int = 0,
-    stacked: tuple[Tensor, Tensor] | None = None,
-    flip: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled batches of one process (``read_batches`` of a ``GlobalBatchSampler``).
-
-    The order (and ``flip``'s choices) depend only on (seed, epoch), so a
-    resumed run sees the same batches, whatever the cache.
-    """
-    sampler = GlobalBatchSampler(len(dataset), batch_size, seed, flip=flip)
-    sampler.set_epoch(epoch)
-    return read_batches(dataset, sampler, workers, stacked)

@@ -18,8 +18,8 @@ import math
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "nesterov", "adamw")
-SCHEDULES = ("cosine", "step", "constant")
+from ..options import OPTIMIZERS, SCHEDULES
+
 # Parameters of these layers are scales and shifts, not filters: decaying them
 # towards 0 only fights the normalisation.
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -118,16 +118,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Give every parameter group of ``optimizer`` the learning rate ``lr``."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def iterations_for(num_images: int, batch_size: int, epochs: int, min_iterations: int = 0) -> int:
-    """Training length in iterations: ``epochs`` passes, at least ``min_iterations``.
-
-    Small data sets (100-200 images) give few updates per epoch; the floor
-    gives them as many updates as the recipe needs to converge.
-    """
-    per_epoch = max(math.ceil(num_images / batch_size), 1)
-    return max(epochs * per_epoch, min_iterations)
 
 
 class ModelEMA:

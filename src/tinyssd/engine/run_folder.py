@@ -8,23 +8,20 @@ stops two trainings from writing into one folder at once.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import fcntl
+import io
 import json
 import logging
-import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import torch
 
+from ..checkpoint import save_checkpoint
 from ..errors import UsageError
-from .checkpoint import save_checkpoint
-
-if TYPE_CHECKING:
-    from .train import Fit
+from ..files import atomic_path, atomic_write
+from ..options import DEFAULT_THRESHOLD
 
 log = logging.getLogger("tinyssd")
 
@@ -59,6 +56,7 @@ class RunFolder:
     def __init__(self, path: Path, own: bool, main: bool = True) -> None:
         self.path = Path(path)
         self.main = main
+        self.config: dict[str, Any] = {}  # config.json, as written by ``start``
         self._lock: IO | None = None
         if not main:
             return
@@ -82,8 +80,10 @@ class RunFolder:
             raise UsageError(f"--out {self.path}: another training is writing there") from None
 
     def start(self, config: dict[str, Any]) -> None:
+        """``config.json``: the run's config, also stored in every checkpoint."""
+        self.config = config
         if self.main:
-            write_atomic(self.path / "config.json", json.dumps(config, indent=1))
+            atomic_write(self.path / "config.json", json.dumps(config, indent=1))
 
     def log_epoch(self, history: list[dict[str, Any]], epochs: int) -> None:
         """The last epoch's summary line; ``metrics.csv`` and ``curves.png`` of all of them."""
@@ -104,18 +104,27 @@ class RunFolder:
             row["images_per_s"],
         )
         write_metrics(self.path / "metrics.csv", history)
-        with replaced_atomically(self.path / "curves.png") as tmp:
+        with atomic_path(self.path / "curves.png") as tmp:
             plot_curves(history, tmp)
 
-    def save(self, fit: Fit, epoch: int, extra: dict[str, Any], best: bool) -> None:
-        """``last.safetensors``, and ``best.safetensors`` when ``best`` (or none exists yet).
+    def save(
+        self,
+        weights: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        epoch: int,
+        extra: dict[str, Any],
+        best: bool,
+        training_weights: torch.nn.Module | None = None,
+    ) -> None:
+        """``last.safetensors``, and ``best.safetensors`` when ``best`` (or none exists yet),
+        with ``start``'s config.
 
-        ``model.`` holds the weights to predict with (the EMA when kept), and
-        ``train.`` the optimiser's own when they differ.
+        ``weights`` are those to predict with (``model.``: the EMA when kept);
+        ``training_weights``, when they differ, the optimiser's own (``train.``).
         """
-        config = json.loads((self.path / "config.json").read_text())
-        training = fit.model if fit.ema is not None else None
-        args = (fit.eval_model, config, fit.optimizer, epoch, extra, training)
+        if not self.main:
+            return
+        args = (weights, self.config, optimizer, epoch, extra, training_weights)
         save_checkpoint(self.path / "last.safetensors", *args)
         if best or not (self.path / "best.safetensors").exists():
             save_checkpoint(self.path / "best.safetensors", *args)
@@ -135,39 +144,14 @@ class RunFolder:
             self._lock = None
 
 
-@contextlib.contextmanager
-def replaced_atomically(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path`` (same suffix) to write to; renamed over ``path``
-    when the block succeeds, removed when it fails (a full disk leaves no half file)."""
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary name beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``metrics.csv``: one row per epoch, the columns of METRIC_COLUMNS."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
+    atomic_write(path, text.getvalue())
 
 
 def save_val_predictions(
@@ -175,7 +159,7 @@ def save_val_predictions(
 ) -> None:
     """A grid of val images with their boxes of score >= DEFAULT_THRESHOLD drawn."""
     from ..data.base import read_image
-    from ..inference import DEFAULT_THRESHOLD, predict_dataset
+    from ..inference import predict_dataset
     from ..viz import draw_detections, save_grid
 
     subset_idx = list(range(min(count, len(dataset))))
@@ -186,7 +170,7 @@ def save_val_predictions(
         image = read_image(dataset.records[i].image)
         boxes, scores, labels = d["boxes"][keep], d["scores"][keep], d["labels"][keep]
         pictures.append(draw_detections(image, boxes, scores, labels, dataset.classes))
-    with replaced_atomically(path) as tmp:
+    with atomic_path(path) as tmp:
         save_grid(pictures, tmp)
 
 

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import TrainConfig, check, read_run_config, resolved_value
+from ..checkpoint import resolve_checkpoint, restore
+from ..config import RunConfig, TrainConfig, check, resolve_config
 from ..data import DetectionDataset
+from ..data.limits import DataLimits
 from ..errors import TinySSDError, UsageError
 from ..inference import autocast, evaluate_dataset, resolve_device, resolve_precision
 from ..losses import LossConfig, MultiBoxLoss
@@ -36,8 +38,7 @@ from ..models import PRESETS, SSD
 from ..models.prior import init_class_prior
 from . import distributed as dist
 from .allocator import freed_memory_kept
-from .checkpoint import resolve_checkpoint, restore
-from .finetune import backbone_freeze, check_finetune, init_model, start_from
+from .finetune import backbone_freeze, check_finetune, start_from
 from .inputs import (
     check_augment,
     default_workers,
@@ -49,7 +50,7 @@ from .inputs import (
     stack_dataset,
 )
 from .optim import ModelEMA, build_optimizer, lr_at, param_groups, set_lr
-from .run_folder import METRIC_COLUMNS, RunFolder, new_run_dir
+from .run_folder import METRIC_COLUMNS, RunFolder
 
 log = logging.getLogger("tinyssd")
 
@@ -69,59 +70,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_settings(cfg: TrainConfig) -> None:
+def check_settings(cfg: RunConfig) -> None:
     """Every option that can be checked without data: a UsageError naming it."""
     check(cfg)
     if cfg.model not in PRESETS:
         raise UsageError(f"--model {cfg.model!r}: choose from {', '.join(PRESETS)}")
     check_finetune(cfg)
     try:
-        LossConfig.parse(cfg.loss or "chapter")
+        LossConfig.parse(cfg.loss)
     except ValueError as e:
         raise UsageError(f"--loss {cfg.loss!r}: {e}") from None
     try:
-        check_augment(cfg.augment or "none")
+        check_augment(cfg.augment)
     except ValueError as e:
         raise UsageError(f"--augment {cfg.augment!r}: {e}") from None
-
-
-def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
-    """The run's config: a resumed run's own settings, then the given ones, then the recipe.
-
-    With ``resume``, a setting given that differs from the run's is logged; a
-    different data folder or model is a UsageError unless ``force``.
-    """
-    force = bool(overrides.pop("force", False))
-    resume = overrides.get("resume")
-    if not resume:
-        if overrides.get("init") and overrides.get("model") is None:
-            overrides["model"] = init_model(overrides["init"])  # --init's network by default
-        return TrainConfig(**overrides).resolved()
-    run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-    saved = TrainConfig.from_dict(read_run_config(run_dir))
-    given = TrainConfig(**overrides)
-    changed = {}
-    for name in overrides:
-        old = getattr(saved, name)
-        new = getattr(given, name)  # normalised (Path -> str)
-        if name not in ("resume", "out", "progress") and new is not None and new != old:
-            changed[name] = (old, new)
-    for name in ("data", "model"):
-        if name in changed and not force:
-            old, new = changed[name]
-            raise UsageError(
-                f"--resume {resume}: the run used --{name} {old}, not {new} "
-                "(pass --force to change it)"
-            )
-    for name, (old, new) in changed.items():
-        log.info("resume: %s changed from %s to %s", name, old, new)
-    kept = {k: v for k, v in saved.to_dict().items() if k not in ("resume", "out", "progress")}
-    kept.update({k: v for k, v in given.to_dict().items() if k in overrides})
-    kept["resume"], kept["out"] = str(resume), str(run_dir)
-    return TrainConfig(**kept).resolved()
-
-
-# ---------------------------------------------------------------------------- batches
 
 
 # ---------------------------------------------------------------------------- one step
@@ -334,7 +296,7 @@ def validate(
     return {"val_AP50": metrics["AP50"], "val_AP": metrics["AP"]}
 
 
-def should_stop(cfg: TrainConfig, row: dict) -> bool:
+def should_stop(cfg: RunConfig, row: dict) -> bool:
     """True once the val metric of ``--stop-ap50`` or ``--stop-ap`` reaches its target."""
     for key, target in (("val_AP50", cfg.stop_ap50), ("val_AP", cfg.stop_ap)):
         if target is not None and row.get(key, -1.0) >= target:
@@ -343,8 +305,11 @@ def should_stop(cfg: TrainConfig, row: dict) -> bool:
     return False
 
 
-def train(config: TrainConfig | None = None, **overrides: Any) -> Path:
-    """Train a detector; returns the run folder. Keywords are ``TrainConfig``'s fields.
+def train(
+    config: TrainConfig | None = None, *, limits: DataLimits | None = None, **overrides: Any
+) -> Path:
+    """Train a detector; returns the run folder. Keywords are ``TrainConfig``'s fields;
+    ``limits`` what the data readers accept (None: ``DataLimits.from_env()``).
 
     Example::
 
@@ -353,33 +318,34 @@ def train(config: TrainConfig | None = None, **overrides: Any) -> Path:
     """
     if config is not None:
         overrides = {**config.to_dict(), **overrides}
-    cfg = resolve_config(dict(overrides))
+    cfg = resolve_config(overrides)
     check_settings(cfg)
+    limits = limits if limits is not None else DataLimits.from_env()
     dist_ctx = dist.init_distributed()
     device = dist_ctx.device if dist_ctx.enabled else resolve_device(cfg.device)
     autocast_dtype = resolve_precision(cfg.precision, device)
     with freed_memory_kept(device.type == "cpu"):  # large activations: reuse heap memory
         try:
-            return _fit(cfg, dist_ctx, device, autocast_dtype)
+            return _fit(cfg, limits, dist_ctx, device, autocast_dtype)
         finally:
             dist_ctx.close()
 
 
 def _fit(
-    cfg: TrainConfig,
+    cfg: RunConfig,
+    limits: DataLimits,
     dist_ctx: dist.DistContext,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
 ) -> Path:
     resume_file = resolve_checkpoint(cfg.resume, prefer="last") if cfg.resume else None
     main = dist_ctx.is_main
-    out = Path(cfg.out) if cfg.out else new_run_dir()
-    run = RunFolder(out, own=resume_file is not None or bool(cfg.exist_ok), main=main)
-    cfg.out = str(out)
+    out = Path(cfg.out)
+    run = RunFolder(out, own=resume_file is not None or cfg.exist_ok, main=main)
     seed_everything(cfg.seed)
 
-    splits = read_splits(cfg)
-    config = model_config(cfg, splits.train)  # --anchors auto fits them to the training boxes
+    splits = read_splits(cfg, limits)
+    config = model_config(cfg, splits)  # --anchors auto fits them to the training boxes
     train_ds, val_ds = make_datasets(cfg, splits, config)
     model = SSD(len(train_ds.classes), config)
     if cfg.class_prior:
@@ -387,8 +353,7 @@ def _fit(
     start_from(model, cfg)  # --init / --pretrained weights (not when resuming)
     freeze = backbone_freeze(model, cfg)
     model = model.to(device).to(memory_format=torch.channels_last)
-    batch_size = resolved_value(cfg.batch_size)
-    global_batch = batch_size * dist_ctx.world_size
+    global_batch = cfg.batch_size * dist_ctx.world_size
     flip = flips_whole_batches(cfg.augment)
     sampler = dist.GlobalBatchSampler(
         len(train_ds), global_batch, cfg.seed, dist_ctx.rank, dist_ctx.world_size, flip
@@ -398,19 +363,19 @@ def _fit(
     fit = Fit(
         model=model,
         step_model=model,
-        loss_fn=MultiBoxLoss(LossConfig.parse(cfg.loss or "chapter")),
+        loss_fn=MultiBoxLoss(LossConfig.parse(cfg.loss)),
         optimizer=make_optimizer(model, cfg),
         lr_schedule=partial(
             lr_at,
             total=epochs * steps_per_epoch,
-            base_lr=resolved_value(cfg.lr),
-            warmup=min(cfg.warmup or 0, epochs * steps_per_epoch // 2),
-            schedule=cfg.schedule or "constant",
+            base_lr=cfg.lr,
+            warmup=min(cfg.warmup, epochs * steps_per_epoch // 2),
+            schedule=cfg.schedule,
         ),
         steps_per_epoch=steps_per_epoch,
         device=device,
         autocast_dtype=autocast_dtype,
-        grad_clip=cfg.grad_clip or 0.0,
+        grad_clip=cfg.grad_clip,
         ema=ModelEMA(model, cfg.ema, ema_ramp(epochs * steps_per_epoch)) if cfg.ema else None,
         scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16),
     )
@@ -438,13 +403,15 @@ def _fit(
         row |= train_one_epoch(fit, local_batches, epoch, epochs, cfg.progress and main)
         check_finite_weights(fit.eval_model, epoch, fit.optimizer.param_groups[0]["lr"])
         if main:
-            row |= validate(fit.eval_model, val_ds, batch_size, device)
+            row |= validate(fit.eval_model, val_ds, cfg.batch_size, device)
             state.epoch = epoch + 1
             state.history.append(row)
             improved = row.get("val_AP", -1.0) > state.best_ap or not val_ds
             state.best_ap = max(state.best_ap, row.get("val_AP", -1.0))
             run.log_epoch(state.history, epochs)
-            run.save(fit, state.epoch, state_extra(state, fit), best=improved)
+            training_weights = fit.model if fit.ema is not None else None
+            extra = state_extra(state, fit)
+            run.save(fit.eval_model, fit.optimizer, state.epoch, extra, improved, training_weights)
         if should_stop(cfg, row):
             break
     run.finish(fit.eval_model, val_ds, device)
@@ -457,11 +424,11 @@ def ema_ramp(total_steps: int) -> float:
     return float(min(max(total_steps / 10, 10), 2000))
 
 
-def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
+def epochs_for(cfg: RunConfig, steps_per_epoch: int) -> int:
     """``--epochs``, raised so that the run takes at least ``--min-steps`` steps and
     lowered so that it takes at most ``--max-steps`` (at least one epoch)."""
     per_epoch = max(steps_per_epoch, 1)
-    epochs = max(cfg.epochs or 1, math.ceil((cfg.min_steps or 0) / per_epoch))
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
     if cfg.max_steps:
         epochs = max(1, min(epochs, cfg.max_steps // per_epoch))
     if epochs != cfg.epochs:
@@ -476,15 +443,15 @@ def epochs_for(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return epochs
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """The optimiser of ``cfg``: every parameter decayed (the chapter) or not BN/bias."""
-    lr, weight_decay = resolved_value(cfg.lr), resolved_value(cfg.weight_decay)
-    params = list(model.parameters()) if cfg.norm_bias_decay else param_groups(model, weight_decay)
-    optimizer, momentum = resolved_value(cfg.optimizer), resolved_value(cfg.momentum)
-    return build_optimizer(params, optimizer, lr, momentum, weight_decay)
+    params = (
+        list(model.parameters()) if cfg.norm_bias_decay else param_groups(model, cfg.weight_decay)
+    )
+    return build_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
 
 
-def resume(path: Path, fit: Fit, cfg: TrainConfig) -> TrainState:
+def resume(path: Path, fit: Fit, cfg: RunConfig) -> TrainState:
     """Weights, EMA, optimiser and RNG states of a checkpoint put back in place."""
     ema_module = fit.ema.module if fit.ema is not None else None
     meta = restore(path, fit.model, fit.optimizer, rng=True, ema_model=ema_module)
@@ -509,7 +476,7 @@ def state_extra(state: TrainState, fit: Fit) -> dict[str, Any]:
     return extra
 
 
-def run_config(cfg: TrainConfig, model: SSD, classes: list[str], loss: LossConfig) -> dict:
+def run_config(cfg: RunConfig, model: SSD, classes: list[str], loss: LossConfig) -> dict:
     """Everything needed to rebuild the model and repeat the run (``config.json``)."""
     return {
         "model": cfg.model,

@@ -8,18 +8,19 @@ With NMS (the default) the graph's inputs are
 - ``images`` (B, 3, S, S) uint8 RGB pixels, already resized to S x S (export
   with ``input_dtype="float32"`` for 0-255 floats instead); the graph
   normalises them itself,
-- ``score_threshold``, ``iou_threshold``: float32 scalars (shape ``()``), as
-  ``Detector.predict``'s ``threshold`` and ``nms_threshold``,
+- ``score_threshold``, ``iou_threshold``: float32 scalars (shape ``()``), a
+  ``PostprocessConfig``'s ``score_threshold`` and ``nms_threshold``,
 
 and its outputs ``boxes`` (B, D, 4) float32 xyxy in the input's pixels,
 clipped to 0..S, ``scores`` (B, D) float32, ``labels`` (B, D) int64 in 1..C and
 ``num_detections`` (B,) int64: image b's detections are its first
 ``num_detections[b]`` rows, by descending score; the rows after them are
-zeros (label 0 = background). D is the ``max_detections`` export option. The
-selection is ``postprocess_detections``' (what ``Detector.predict`` returns):
-softmax; the ``topk_candidates`` best (anchor, class) pairs per image; those
-with score >= ``score_threshold`` go through ONNX ``NonMaxSuppression`` per
-class; the best D survivors are kept.
+zeros (label 0 = background). D is the ``max_detections`` of the export's
+``PostprocessConfig`` (as is ``topk_candidates``). The selection is
+``postprocess_detections``' (what ``Detector.predict`` returns): softmax; the
+``topk_candidates`` best (anchor, class) pairs per image; those with score >=
+``score_threshold`` go through ONNX ``NonMaxSuppression`` per class; the best D
+survivors are kept.
 
 Without NMS (``nms=False``) the only input is ``images`` and the outputs are
 ``boxes`` (B, A, 4) normalised xyxy and ``scores`` (B, A, K) class
@@ -38,13 +39,14 @@ import copy
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from ..boxes import decode_offsets
+from ..boxes import decode_offsets, scale_boxes
 from ..errors import UsageError
+from ..postprocess import EVAL_POSTPROCESS, PostprocessConfig, resolve_postprocess
 
 if TYPE_CHECKING:
     from ..models import SSDConfig
@@ -163,28 +165,27 @@ def fixed_size_copy(model: nn.Module, image_size: int) -> nn.Module:
 class DetectionWrapper(nn.Module):
     """SSD -> padded detections per image, ``postprocess_detections``' selection.
 
-    ``forward(images, score_threshold, iou_threshold)``: images Tensor[B, 3, S, S]
-    (uint8 or 0-255 float), thresholds Tensor[] -> ``boxes`` Tensor[B, D, 4] xyxy
-    in pixels of S, clipped to the image, ``scores`` Tensor[B, D], ``labels``
-    Tensor[B, D] (1..C, 0 in padding rows), ``num_detections`` Tensor[B]. Used
-    eagerly it gives what ``postprocess_detections`` gives, up to ties in score.
+    ``post`` gives ``topk_candidates`` and ``max_detections`` (D); its thresholds
+    are the graph's inputs. ``forward(images, score_threshold, iou_threshold)``:
+    images Tensor[B, 3, S, S] (uint8 or 0-255 float), thresholds Tensor[] ->
+    ``boxes`` Tensor[B, D, 4] xyxy in pixels of S, clipped to the image,
+    ``scores`` Tensor[B, D], ``labels`` Tensor[B, D] (1..C, 0 in padding rows),
+    ``num_detections`` Tensor[B]. Used eagerly it gives what
+    ``postprocess_detections`` gives, up to ties in score.
     """
 
     def __init__(
-        self,
-        model: nn.Module,
-        image_size: int,
-        topk_candidates: int = 400,
-        max_detections: int = 200,
+        self, model: nn.Module, image_size: int, post: PostprocessConfig | None = None
     ) -> None:
         super().__init__()
+        post = post if post is not None else PostprocessConfig()
         self.model = model
         self.image_size = image_size
         with torch.no_grad():
             anchors, cls_logits, _ = model(torch.zeros(1, 3, image_size, image_size))
         self.num_classes = cls_logits.shape[-1] - 1
-        self.topk = min(topk_candidates, anchors.shape[1] * self.num_classes)
-        self.max_detections = min(max_detections, self.topk)
+        self.topk = min(post.topk_candidates, anchors.shape[1] * self.num_classes)
+        self.max_detections = min(post.max_detections, self.topk)
 
     def forward(
         self, images: Tensor, score_threshold: Tensor, iou_threshold: Tensor
@@ -206,7 +207,8 @@ class DetectionWrapper(nn.Module):
         kept[selected[:, 0], selected[:, 2]] = True
         scores, order = torch.where(kept, top_scores, _NOT_CANDIDATE).topk(self.max_detections)
         valid = kept.gather(1, order)  # (B, D)
-        det_boxes = cand_boxes.gather(1, order[..., None].expand(-1, -1, 4)) * self.image_size
+        det_boxes = cand_boxes.gather(1, order[..., None].expand(-1, -1, 4))
+        det_boxes = scale_boxes(det_boxes, (self.image_size, self.image_size))
         return (
             torch.where(valid[..., None], det_boxes, 0.0),
             torch.where(valid, scores, 0.0),
@@ -221,14 +223,20 @@ def export_model(
     out: str | Path,
     opset: int = 17,
     nms: bool = True,
-    topk_candidates: int = 400,
-    max_detections: int = 200,
+    post: PostprocessConfig | None = None,
     input_dtype: str = "uint8",
+    **fields: Any,
 ) -> Path:
     """Write ``out`` (.onnx) for an SSD (float32) and its class names.
 
-    See the module docstring for the graph's inputs, outputs and metadata.
+    ``post`` (default ``PostprocessConfig()``) with any of its ``fields`` replaced
+    (``max_detections=50``) gives the graph's ``topk_candidates`` and
+    ``max_detections``. See the module docstring for the graph's inputs, outputs
+    and metadata.
     """
+    post = resolve_postprocess(post, **fields)
+    if post.class_agnostic:
+        raise ValueError("class_agnostic: the exported graph does per-class NMS")
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"input_dtype {input_dtype!r}: choose from {', '.join(INPUT_DTYPES)}")
     if opset < MIN_OPSET:
@@ -239,8 +247,10 @@ def export_model(
     example = torch.zeros(1, 3, size, size, dtype=INPUT_DTYPES[input_dtype])
     args: tuple[Tensor, ...]
     if nms:
-        wrapper: nn.Module = DetectionWrapper(model, size, topk_candidates, max_detections)
-        args = (example, torch.tensor(0.01), torch.tensor(0.45))  # thresholds: any example
+        wrapper: nn.Module = DetectionWrapper(model, size, post)
+        # the thresholds are inputs: any example values
+        thresholds = (EVAL_POSTPROCESS.score_threshold, EVAL_POSTPROCESS.nms_threshold)
+        args = (example, *map(torch.tensor, thresholds))
         inputs = ["images", "score_threshold", "iou_threshold"]
         outputs = ["boxes", "scores", "labels", "num_detections"]
     else:
@@ -291,9 +301,10 @@ def _add_metadata(path: Path, meta: dict[str, str]) -> Path:
     return path
 
 
-def export_onnx(weights: str | Path, out: str | Path, opset: int = 17, **options) -> Path:
-    """Write ``out`` (.onnx) for a checkpoint or run folder (``export_model``'s ``options``)."""
-    from ..api import Detector, load
+def export_onnx(weights: str | Path, out: str | Path, opset: int = 17, **options: Any) -> Path:
+    """Write ``out`` (.onnx) for a checkpoint or run folder (``export_model``'s ``options``:
+    ``nms``, ``post``, ``input_dtype`` and PostprocessConfig's fields)."""
+    from ..predict import Detector, load
 
     det = load(weights, device="cpu", precision="fp32")
     if not isinstance(det, Detector):

@@ -7,19 +7,68 @@ and replaces the sizes by quantiles of the training boxes' sizes, so every
 size serves an equal share of the boxes, and the ratios by quantiles of their
 aspect ratios.
 
-    config = fit_anchors(tiny_fpn(), box_wh)          # an SSDConfig
-    before, after = miss_rate(tiny_fpn(), boxes), miss_rate(config, boxes)
+    fit = fit_for_data(tiny_fpn(), boxes)   # what training and `data check --model` use
+    fit.config, fit.before, fit.after, fit.kept_preset
+
+:func:`fit_for_data` is ``--anchors auto``: a seeded sample of the boxes, the
+fit, and the preset's anchors kept where they match more boxes (as YOLO's
+AutoAnchor keeps its defaults when they fit well enough).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..anchors import AnchorGenerator, anchor_miss_rate, fit_anchor_ratios, fit_anchor_sizes
 from .config import SSDConfig
+
+# Training boxes the anchor fit looks at, at most: a seeded sample of a larger set.
+FIT_BOXES = 4000
+MIN_FIT_BOXES = 2  # with fewer, the preset's anchors are kept as they are
+
+
+class AnchorFit(NamedTuple):
+    """What ``--anchors auto`` chose, and why.
+
+    Attributes:
+        config: the config to train with: fitted anchors, or the preset's where
+            they match more boxes (or there are fewer than MIN_FIT_BOXES boxes).
+        boxes: boxes looked at (a seeded sample of at most FIT_BOXES).
+        before: share of them no preset anchor matches at IoU 0.5.
+        after: the same share for the fitted anchors (``before`` when not fitted).
+        kept_preset: ``config`` has the preset's anchors.
+    """
+
+    config: SSDConfig
+    boxes: int
+    before: float
+    after: float
+    kept_preset: bool
+
+
+def fit_for_data(config: SSDConfig, boxes: Tensor, seed: int = 0) -> AnchorFit:
+    """``--anchors auto``: ``config``'s anchors fitted to training ``boxes``, unless the
+    preset's match more of them.
+
+    Args:
+        boxes (Tensor[N, 4]): normalised xyxy training boxes; more than FIT_BOXES are
+            sampled (seeded by ``seed``): quantiles need no more, memory stays flat.
+    """
+    if len(boxes) > FIT_BOXES:
+        pick = torch.randperm(len(boxes), generator=torch.Generator().manual_seed(seed))
+        boxes = boxes[pick[:FIT_BOXES]]
+    before = miss_rate(config, boxes)
+    if len(boxes) < MIN_FIT_BOXES:
+        return AnchorFit(config, len(boxes), before, before, True)
+    fitted = fit_anchors(config, boxes[:, 2:] - boxes[:, :2])
+    after = miss_rate(fitted, boxes)
+    if after <= before:
+        return AnchorFit(fitted, len(boxes), before, after, False)
+    return AnchorFit(config, len(boxes), before, after, True)
 
 
 def fit_anchors(config: SSDConfig, wh: Tensor) -> SSDConfig:

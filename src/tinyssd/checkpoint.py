@@ -1,18 +1,20 @@
 """Checkpoints: one ``.safetensors`` file holding weights, optimiser, epoch, RNG and config.
 
-Tensors go in the safetensors body under prefixes (``model.``, ``optim.``,
-``rng.``); everything else (epoch, config, optimiser hyper-parameters, Python
-and NumPy RNG states, metric history) is JSON in the header's metadata. Files
-are written to a temporary name in the same folder and renamed over the old
-one, so a crash at any moment leaves the previous checkpoint intact.
+Tensors go in the safetensors body under prefixes (``model.``, ``train.``,
+``optim.``, ``rng.``); everything else (epoch, config, optimiser
+hyper-parameters, Python and NumPy RNG states, metric history) is JSON in the
+header's metadata. Files are written atomically (``files.atomic_path``), so a
+crash at any moment leaves the previous checkpoint intact.
+
+This module is the format, readable without the training package:
+``tinyssd.load`` and the exporter read with :func:`read_checkpoint`; training
+writes with :func:`save_checkpoint` and resumes with :func:`restore`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,7 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
-from ..errors import CheckpointError
+from .errors import CheckpointError
+from .files import atomic_path
 
 
 def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -82,7 +85,7 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
     training_model: torch.nn.Module | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temp file in the same folder, then rename).
+    """Write a checkpoint atomically (``files.atomic_path``).
 
     ``model`` holds the weights to predict with (``model.`` tensors: the EMA
     when training keeps one); ``training_model``, when given, the weights the
@@ -101,16 +104,8 @@ def save_checkpoint(
     rng_tensors, meta["rng"] = rng_state()
     tensors.update(rng_tensors)
     tensors = {k: v.cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"tinyssd": json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"tinyssd": json.dumps(meta)})
     return path
 
 
@@ -131,6 +126,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
 
 
 def split_state(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The tensors under ``prefix`` (``"model."``), the prefix taken off their names."""
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 

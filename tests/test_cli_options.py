@@ -1,0 +1,141 @@
+"""Every command's options come from a dataclass: help for each, README's defaults, no torch."""
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tinyssd.cli import build_parser, from_namespace
+from tinyssd.options import PostprocessConfig, PredictOptions, ServeOptions
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _commands(parser: argparse.ArgumentParser, words: tuple[str, ...] = ()) -> dict:
+    """Every (sub)command's parser by its words: ("data", "check") -> its parser."""
+    out = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out[(*words, name)] = sub
+                out.update(_commands(sub, (*words, name)))
+    return out
+
+
+COMMANDS = _commands(build_parser())
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {o: a for a in parser._actions for o in a.option_strings}
+
+
+def test_every_option_and_argument_of_every_command_has_help():
+    for words, parser in COMMANDS.items():
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help and action.help.strip(), f"tinyssd {' '.join(words)} {name}"
+
+
+def _readme_defaults() -> list[tuple[tuple[str, ...], str, str]]:
+    """(command words, --option, value) of each ``[--option value]`` that README's
+    "Command line" section writes with a literal value (not N, DIR, a|b, ...)."""
+    text = README.read_text().split("## Command line", 1)[1].split("\n## ", 1)[0]
+    lines = " ".join(text.replace("\\\n", " ").splitlines()).split("tinyssd ")[1:]
+    found = []
+    for line in lines:
+        tokens = line.split("#")[0].split("```")[0].split()
+        words: tuple[str, ...] = ()
+        while tokens and (*words, tokens[0]) in COMMANDS:
+            words, tokens = (*words, tokens[0]), tokens[1:]
+        depth = 0
+        for i, token in enumerate(tokens):
+            depth += token.count("[")
+            option = token.lstrip("[")
+            if depth and option.startswith("--") and i + 1 < len(tokens):
+                value = tokens[i + 1].rstrip("]")
+                literal = not re.search(r"[A-Z|\[\]]", value) and not value.startswith("-")
+                if literal and words:
+                    found.append((words, option.rstrip("]"), value))
+            depth -= token.count("]")
+    return found
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
+
+
+def test_readme_defaults_are_those_of_help():
+    found = _readme_defaults()
+    assert len(found) >= 15, found  # the section was parsed
+    for words, option, value in found:
+        command = f"tinyssd {' '.join(words)} {option}"
+        action = _options(COMMANDS[words]).get(option)
+        assert action is not None, f"README: {command}: no such option"
+        shown = re.search(r"\(default: ([^\s,)]+)", action.help or "")
+        assert shown, f"{command}: --help shows no default"
+        assert _same(shown.group(1), value), f"{command}: README {value}, --help {shown.group(1)}"
+
+
+def test_the_limits_help_states_the_readers_defaults():
+    from tinyssd.data.limits import DataLimits
+
+    help_text = {o: a.help for o, a in _options(COMMANDS[("data", "check")]).items()}
+    assert f"(default: {DataLimits().max_pixels}," in help_text["--max-pixels"]
+    assert f"(default: {DataLimits().max_boxes}," in help_text["--max-boxes"]
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_postprocessing_options_are_postprocess_configs_fields(command):
+    args = {"predict": ["x.png", "--weights", "w"], "serve": ["--weights", "w"]}[command]
+    parser = build_parser()
+    a = parser.parse_args([command, *args, "--threshold", "0.3", "--nms-threshold", "0.6"])
+    cls = {"predict": PredictOptions, "serve": ServeOptions}[command]
+    assert from_namespace(cls, a).post == PostprocessConfig(score_threshold=0.3, nms_threshold=0.6)
+    assert from_namespace(cls, parser.parse_args([command, *args])).post == PostprocessConfig()
+
+
+def test_the_device_choices_are_the_same_for_every_command():
+    devices = {
+        words: _options(parser)["--device"].choices
+        for words, parser in COMMANDS.items()
+        if "--device" in _options(parser)
+    }
+    assert len(devices) == 3 and len(set(devices.values())) == 1, devices
+
+
+def _run(code: str) -> None:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_help_of_every_command_imports_no_torch():
+    commands = [list(words) for words in COMMANDS]
+    _run(
+        "import sys\n"
+        "import tinyssd\n"
+        "assert 'torch' not in sys.modules, 'import tinyssd'\n"
+        "from tinyssd.cli import build_parser, main\n"
+        "build_parser()\n"
+        f"for words in [[], *{commands!r}]:\n"
+        "    try:\n"
+        "        main([*words, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    assert 'torch' not in sys.modules, words\n"
+    )
+
+
+def test_the_box_maths_imports_neither_torchvision_models_nor_matplotlib():
+    _run(
+        "import sys, tinyssd.boxes\n"
+        "loaded = [m for m in ('torchvision.models', 'matplotlib') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
