@@ -331,3 +331,62 @@ def test_parse_focal_giou_preset():
         LossConfig.parse("cls=focal,gamma=2,alpha=0.25,box=giou,normalize=positives,box_weight=2")
         == FOCAL_GIOU
     )
+
+
+def test_quality_focal_loss_is_the_focal_loss_when_the_quality_is_one():
+    from tinyssd.losses import focal_loss, quality_focal_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 3)
+    target = torch.tensor([0, 1, 2, 0, 2, 1])
+    torch.testing.assert_close(
+        quality_focal_loss(logits, target, torch.ones(6), 2.0, 0.25),
+        focal_loss(logits, target, 2.0, 0.25),
+    )
+
+
+def test_quality_focal_loss_pulls_a_positive_score_to_its_box_iou():
+    from tinyssd.losses import quality_focal_loss
+
+    # object class 1 with quality 0.6: the loss is smallest where p_1 = 0.6 (and p_bg = 0.4)
+    target, quality = torch.tensor([1]), torch.tensor([0.6])
+
+    def loss_at(p1: float) -> float:
+        logits = torch.tensor([[math.log(1 - p1), math.log(p1), -30.0]])
+        return float(quality_focal_loss(logits, target, quality, 2.0, None))
+
+    assert loss_at(0.6) < min(loss_at(0.5), loss_at(0.7), loss_at(0.95))
+    assert loss_at(0.6) == pytest.approx(0.0, abs=1e-6)  # the modulating term |q - p| is 0
+
+
+def test_the_iou_aware_target_equals_the_iou_of_the_decoded_box():
+    from tinyssd.boxes import encode_offsets
+    from tinyssd.losses import _box_quality
+
+    anchors = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]])
+    gt = torch.tensor([[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]])
+    pred = torch.tensor([[0.1, 0.1, 0.3, 0.5], [0.5, 0.5, 0.9, 0.9]])  # half of the first box
+    box_targets = encode_offsets(anchors, gt).reshape(1, -1)
+    box_deltas = encode_offsets(anchors, pred).reshape(1, -1)
+    positive = torch.tensor([[True, False]])
+    quality = _box_quality(box_deltas, box_targets, positive, anchors)
+    torch.testing.assert_close(quality, torch.tensor([[0.5, 0.0]]), atol=1e-5, rtol=0)
+
+
+def test_qfl_giou_trains_like_focal_giou_from_the_model_outputs():
+    from tinyssd.losses import QFL_GIOU, LossConfig, MultiBoxLoss
+
+    assert LossConfig.parse("qfl_giou") == QFL_GIOU
+    torch.manual_seed(0)
+    anchors = torch.rand(1, 8, 2).repeat(1, 1, 2) + torch.tensor([0.0, 0.0, 0.2, 0.2])
+    cls_logits = torch.randn(2, 8, 3, requires_grad=True)
+    box_deltas = torch.randn(2, 32, requires_grad=True)
+    cls_targets = torch.tensor([[0, 1, 0, 0, 2, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0, 2]])
+    box_mask = (cls_targets > 0)[..., None].expand(-1, -1, 4).reshape(2, -1).float()
+    box_targets = torch.randn(2, 32) * box_mask
+    out = MultiBoxLoss(QFL_GIOU)(
+        cls_logits, cls_targets, box_deltas, box_targets, box_mask, anchors
+    )
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and out["cls_loss"] > 0
+    assert cls_logits.grad is not None and box_deltas.grad.abs().sum() > 0

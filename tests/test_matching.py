@@ -251,3 +251,60 @@ def test_anchor_targets_keep_classes_1_to_c_and_agree_with_the_chapters_api():
     cls = ours[2]
     assert set(cls[cls > 0].unique().tolist()) <= set(targets[..., 0][targets[..., 0] > 0].tolist())
     assert cls.max() <= 3 and (cls > 0).any()
+
+
+def _two_maps():
+    """A 4x4 map of side-0.25 anchors (indices 0-15, row-major) and a 2x2 map of
+    side-0.5 anchors (16-19): one anchor per cell."""
+    from tinyssd.anchors import grid_anchors
+
+    return torch.cat([grid_anchors(4, 4, [0.25], [1.0]), grid_anchors(2, 2, [0.5], [1.0])])
+
+
+def test_grid_levels_reads_the_maps_back_from_the_anchor_order():
+    from tinyssd.anchors import AnchorGenerator, grid_levels
+
+    assert grid_levels(_two_maps()) == [16, 4]
+    anchors = AnchorGenerator([[0.2, 0.3], [0.5], [0.9]], [[1, 2], [1], [1]])(
+        [(3, 5), (2, 2), (1, 1)], "cpu"
+    )
+    assert grid_levels(anchors) == [3 * 5 * 3, 4, 1]
+
+
+def test_atss_gives_a_box_between_two_scales_an_anchor_on_each():
+    from tinyssd.matching import atss_match
+
+    # box (0, 0, 0.3, 0.4), centre (0.15, 0.2); topk 3 per map by centre distance:
+    #   4x4 map: anchors 0, 4, 1 with IoU 0.521, 0.259, 0.074
+    #   2x2 map: anchors 16, 18, 17 with IoU 0.480, 0, 0
+    # threshold = mean 0.222 + std 0.236 = 0.458: anchors 0 and 16, both centres inside.
+    # The chapter's rule (IoU >= 0.5, then each box's best) gives anchor 0 only.
+    anchors = _two_maps()
+    gt = torch.tensor([[[0.0, 0.0, 0.3, 0.4]]])
+    valid = torch.tensor([[True]])
+    matched = atss_match(anchors, gt, valid, topk=3)[0]
+    assert (matched >= 0).nonzero()[:, 0].tolist() == [0, 16]
+    assert (match_anchors(anchors, gt, valid)[0] >= 0).nonzero()[:, 0].tolist() == [0]
+
+
+def test_atss_leaves_no_box_without_an_anchor():
+    from tinyssd.matching import atss_match
+
+    # box (0, 0, 0.25, 0.5): candidates 0, 4, 1 (IoU 0.5, 0.5, 0) and 16, 18, 17 (0.5, 0, 0);
+    # threshold 0.25 + 0.274 = 0.524 is above every IoU: the box takes its best anchor, 0
+    # (the chapter's rule 2), where IoU >= 0.5 would have taken 0, 4 and 16.
+    anchors = _two_maps()
+    gt = torch.tensor([[[0.0, 0.0, 0.25, 0.5], [0.0, 0.0, 0.0, 0.0]]])
+    valid = torch.tensor([[True, False]])  # the padding row takes nothing
+    matched = atss_match(anchors, gt, valid, topk=3)[0]
+    assert (matched >= 0).nonzero()[:, 0].tolist() == [0]
+    assert matched[0] == 0
+
+
+def test_atss_anchor_targets_label_the_selected_anchors_with_their_class():
+    anchors = _two_maps()
+    targets = torch.tensor([[[2.0, 0.0, 0.0, 0.3, 0.4]]])
+    _, box_mask, cls_targets = anchor_targets(anchors, targets, assigner="atss")
+    assert cls_targets[0].nonzero()[:, 0].tolist() == [0, 16]
+    assert cls_targets[0, [0, 16]].tolist() == [2, 2]
+    assert box_mask.reshape(1, -1, 4)[0, :, 0].nonzero()[:, 0].tolist() == [0, 16]

@@ -52,6 +52,29 @@ def grid_anchors(
     return torch.cat((centres - half, centres + half), dim=-1).reshape(-1, 4)
 
 
+def grid_levels(anchors: Tensor) -> list[int]:
+    """How many anchors each feature map contributed, read back from ``AnchorGenerator``'s
+    order (maps concatenated; within a map, cells row-major): a map ends where the
+    (centre y, centre x) sequence steps back.
+
+    Two consecutive 1 x 1 maps share their one centre and are counted as one map
+    (ATSS then picks its candidates among both, which is what a single 1 x 1 map
+    of their anchors would give).
+
+    Args:
+        anchors (Tensor[A, 4] or Tensor[1, A, 4]): normalised xyxy.
+    Returns:
+        Anchors per map, summing to A.
+    """
+    anchors = anchors.reshape(-1, 4)
+    cx = (anchors[:, 0] + anchors[:, 2]) / 2
+    cy = (anchors[:, 1] + anchors[:, 3]) / 2
+    tol = 1e-6
+    back = (cy[1:] < cy[:-1] - tol) | ((cy[1:] - cy[:-1]).abs() <= tol) & (cx[1:] < cx[:-1] - tol)
+    starts = [0, *(back.nonzero()[:, 0] + 1).tolist(), len(anchors)]
+    return [b - a for a, b in zip(starts[:-1], starts[1:], strict=True)]
+
+
 def multibox_prior(data: Tensor, sizes: Sequence[float], ratios: Sequence[float]) -> Tensor:
     """The chapter's anchor boxes for the feature map ``data``.
 

@@ -2,9 +2,11 @@
 
     loss = cls_weight * L_cls + box_weight * L_box
 
-- ``cls``: ``ce`` (cross-entropy) or ``focal`` (softmax focal loss,
+- ``cls``: ``ce`` (cross-entropy), ``focal`` (softmax focal loss,
   ``-alpha_t (1 - p_t)^gamma log p_t``, alpha_t = ``alpha`` for objects and
-  ``1 - alpha`` for background).
+  ``1 - alpha`` for background) or ``qfl`` (quality focal loss: a positive's
+  class target is the IoU of its predicted box with its object, so scores rank
+  tight boxes first; ``quality_focal_loss``; needs ``anchors``).
 - ``box``: ``l1`` or ``smooth_l1`` with ``sigma`` (quadratic for |x| < 1/sigma^2)
   on the encoded offsets, or ``giou`` / ``diou`` / ``ciou``: 1 - (G/D/C)IoU of the
   decoded predicted box with its ground-truth box (needs ``anchors``), plus
@@ -27,8 +29,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
-from .boxes import decode_offsets
+from .boxes import decode_offsets, elementwise_box_iou
 
+CLS_LOSSES = ("ce", "focal", "qfl")
 BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 IOU_LOSSES = {
     "giou": generalized_box_iou_loss,
@@ -39,7 +42,7 @@ IOU_LOSSES = {
 
 @dataclass(frozen=True)
 class LossConfig:
-    cls: str = "ce"  # "ce" or "focal"
+    cls: str = "ce"  # "ce", "focal" or "qfl" (IoU-aware: the target is the box's IoU)
     gamma: float = 2.0  # focal: focusing exponent
     alpha: float | None = 0.25  # focal: weight of object anchors (None: no weighting)
     box: str = "l1"  # "l1", "smooth_l1", or on decoded boxes "giou", "diou", "ciou"
@@ -52,7 +55,7 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (
-            ("cls", ("ce", "focal")),
+            ("cls", CLS_LOSSES),
             ("box", BOX_LOSSES),
             ("normalize", ("anchors", "positives")),
         ):
@@ -69,6 +72,8 @@ class LossConfig:
             return LossConfig(box="smooth_l1", neg_pos=3.0, normalize="positives")
         if spec == "focal_giou":
             return FOCAL_GIOU
+        if spec == "qfl_giou":
+            return QFL_GIOU
         types = {f.name: f.type for f in fields(LossConfig)}
         kw: dict = {}
         for item in spec.split(","):
@@ -127,6 +132,33 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float, alpha: float | None
     return loss
 
 
+def quality_focal_loss(
+    logits: Tensor, target: Tensor, quality: Tensor, gamma: float, alpha: float | None
+) -> Tensor:
+    """Softmax quality focal loss per anchor (Li et al., 2020, with a background class).
+
+    A positive anchor's target puts ``quality`` (its predicted box's IoU with its
+    object, in [0, 1], no gradient) on its class and the rest on background; a
+    negative's puts 1 on background. The soft cross-entropy is scaled by
+    ``|q - p|^gamma`` of the target class, which for a negative is the focal
+    term ``(1 - p_bg)^gamma``: ``focal_loss`` is the case ``quality == 1``.
+
+    Args:
+        logits (Tensor[N, K]), target (Tensor[N] int64, 0 = background),
+        quality (Tensor[N]): IoU of each positive's decoded box (ignored for negatives).
+    Returns:
+        Tensor[N].
+    """
+    log_p = F.log_softmax(logits, dim=-1)
+    log_p_target = log_p.gather(1, target[:, None])[:, 0]
+    q = torch.where(target > 0, quality.to(log_p.dtype).clamp(0, 1), 1.0)
+    soft_ce = -(q * log_p_target + (1 - q) * log_p[:, 0])
+    loss = (q - log_p_target.exp()).abs() ** gamma * soft_ce
+    if alpha is not None:
+        loss = loss * torch.where(target > 0, alpha, 1 - alpha)
+    return loss
+
+
 def hard_negative_mask(cls_loss: Tensor, positive: Tensor, neg_pos: float) -> Tensor:
     """Anchors that count for the class loss: positives and the hardest negatives.
 
@@ -179,6 +211,9 @@ class MultiBoxLoss(nn.Module):
         logits, target = cls_logits.reshape(-1, num_classes).float(), cls_targets.reshape(-1)
         if c.cls == "focal":
             cls = focal_loss(logits, target, c.gamma, c.alpha)
+        elif c.cls == "qfl":
+            quality = _box_quality(box_deltas, box_targets, cls_targets > 0, anchors)
+            cls = quality_focal_loss(logits, target, quality.reshape(-1), c.gamma, c.alpha)
         else:
             cls = F.cross_entropy(logits, target, reduction="none")
         cls = cls.reshape(batch, num_anchors)
@@ -223,6 +258,39 @@ def positives_divisor(n_pos: Tensor) -> Tensor:
     return total.clamp(min=1) / dist.get_world_size()
 
 
+def _decoded_positives(
+    box_deltas: Tensor, box_targets: Tensor, positive: Tensor, anchors: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The predicted and target boxes of the positive anchors, decoded on them.
+
+    Returns:
+        (img, idx) (Tensor[P] each), pred (Tensor[P, 4]), gt (Tensor[P, 4]) xyxy.
+    """
+    if anchors is None:
+        raise ValueError("IoU-based losses decode boxes: pass anchors= to MultiBoxLoss")
+    batch, num_anchors = positive.shape
+    img, idx = positive.nonzero(as_tuple=True)  # (P,) each
+    anchors = anchors.reshape(-1, 4).float()[idx]
+    pred = decode_offsets(anchors, box_deltas.float().reshape(batch, num_anchors, 4)[img, idx])
+    gt = decode_offsets(anchors, box_targets.float().reshape(batch, num_anchors, 4)[img, idx])
+    return img, idx, pred, gt
+
+
+def _box_quality(
+    box_deltas: Tensor, box_targets: Tensor, positive: Tensor, anchors: Tensor | None
+) -> Tensor:
+    """IoU of each positive anchor's predicted box with its object (no gradient), 0 elsewhere.
+
+    Returns:
+        Tensor[B, A].
+    """
+    with torch.no_grad():
+        img, idx, pred, gt = _decoded_positives(box_deltas, box_targets, positive, anchors)
+        quality = box_targets.new_zeros(positive.shape, dtype=torch.float32)
+        quality[img, idx] = elementwise_box_iou(pred, gt)
+    return quality
+
+
 def _iou_loss_per_value(
     kind: str, box_deltas: Tensor, box_targets: Tensor, positive: Tensor, anchors: Tensor | None
 ) -> Tensor:
@@ -235,13 +303,8 @@ def _iou_loss_per_value(
     Returns:
         Tensor[B, 4A]: ``loss / 4`` on each of a positive anchor's 4 values, else 0.
     """
-    if anchors is None:
-        raise ValueError("IoU-family box losses decode boxes: pass anchors= to MultiBoxLoss")
     batch, num_anchors = positive.shape
-    img, idx = positive.nonzero(as_tuple=True)  # (P,) each
-    anchors = anchors.reshape(-1, 4).float()[idx]
-    pred = decode_offsets(anchors, box_deltas.reshape(batch, num_anchors, 4)[img, idx])
-    gt = decode_offsets(anchors, box_targets.reshape(batch, num_anchors, 4)[img, idx])
+    img, idx, pred, gt = _decoded_positives(box_deltas, box_targets, positive, anchors)
     out = box_deltas.new_zeros(batch, num_anchors)
     out[img, idx] = iou_box_loss(kind, pred, gt)
     return (out / 4).repeat_interleave(4, dim=1)
@@ -272,4 +335,9 @@ def chapter_loss(
 # ``models.prior.init_class_prior``: focal sums thousands of background anchors.
 FOCAL_GIOU = LossConfig(
     cls="focal", gamma=2.0, alpha=0.25, box="giou", normalize="positives", box_weight=2.0
+)
+
+# IoU-aware variant of the default: the class target of a positive is its box's IoU.
+QFL_GIOU = LossConfig(
+    cls="qfl", gamma=2.0, alpha=0.25, box="giou", normalize="positives", box_weight=2.0
 )

@@ -6,7 +6,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .anchors import grid_levels
 from .boxes import batched_box_iou, encode_offsets
+
+ASSIGNERS = ("max_iou", "atss")
 
 
 def match_anchors(
@@ -46,6 +49,67 @@ def match_anchors(
     matched = torch.where(best_iou >= iou_threshold, best_gt, -1)
     rows, anchors_won, boxes = _greedy_pairs(iou, gt_valid)
     matched[rows, anchors_won] = boxes
+    return matched
+
+
+def atss_match(anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, topk: int = 9) -> Tensor:
+    """Adaptive Training Sample Selection (Zhang et al., 2020), for a whole batch at once.
+
+    Per box: on every feature map, the ``topk`` anchors whose centres are nearest the
+    box's centre are candidates; the box's IoU threshold is the mean + standard
+    deviation of its candidates' IoUs, so a small box whose anchors all overlap it
+    little still gets its best ones, and a large box only its tight ones. A
+    candidate whose IoU reaches the threshold and whose centre lies inside the box
+    is positive; an anchor positive for several boxes takes the one it overlaps
+    most. A box left without a positive takes its best-IoU anchor (the chapter's
+    rule 2), so no object goes unlearnt.
+
+    Example (one map of 4 anchors, topk 3; one box whose centre is nearest anchors
+    0, 1, 2 with IoUs 0.7, 0.3, 0.0 and inside anchors 0 and 1)::
+
+        candidates 0, 1, 2: mean 0.33, std 0.35 -> threshold 0.68
+        matched = [0, -1, -1, -1]   (anchor 1: 0.3 < 0.68; anchor 3 is no candidate)
+
+    Args:
+        anchors (Tensor[A, 4]): normalised xyxy, in ``AnchorGenerator``'s order.
+        gt_boxes (Tensor[B, M, 4]): normalised xyxy.
+        gt_valid (Tensor[B, M] bool): False for padding rows.
+        topk: candidates per box on each map.
+    Returns:
+        Tensor[B, A] int64: the matched box index, -1 for background.
+    """
+    batch, num_gt = gt_valid.shape
+    num_anchors = len(anchors)
+    if num_gt == 0:
+        return torch.full((batch, num_anchors), -1, device=anchors.device)
+    iou = batched_box_iou(anchors, gt_boxes)  # (B, M, A)
+    iou = iou.masked_fill(~gt_valid[..., None], -1.0)
+    a_ctr = (anchors[:, :2] + anchors[:, 2:]) / 2  # (A, 2)
+    g_ctr = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, M, 2)
+    dist = (g_ctr[..., None, :] - a_ctr).square().sum(-1)  # (B, M, A)
+    candidates = []
+    start = 0
+    for count in grid_levels(anchors):
+        k = min(topk, count)
+        near = dist[..., start : start + count].topk(k, dim=-1, largest=False).indices
+        candidates.append(near + start)
+        start += count
+    cand = torch.cat(candidates, dim=-1)  # (B, M, K)
+    cand_iou = iou.gather(2, cand)
+    threshold = cand_iou.mean(dim=-1, keepdim=True) + cand_iou.std(dim=-1, keepdim=True)
+    ctr = a_ctr[cand]  # (B, M, K, 2)
+    inside = (ctr > gt_boxes[..., None, :2]).all(-1) & (ctr < gt_boxes[..., None, 2:]).all(-1)
+    positive = (cand_iou >= threshold) & inside & gt_valid[..., None]  # (B, M, K)
+    chosen = torch.full_like(iou, -1.0)  # (B, M, A): IoU where positive
+    chosen.scatter_(2, cand, torch.where(positive, cand_iou, -1.0))
+    best_iou, best_gt = chosen.max(dim=1)  # (B, A)
+    matched = torch.where(best_iou >= 0, best_gt, -1)
+    # a box with no positive (or whose positives all went to other boxes) takes its best anchor
+    has_anchor = torch.zeros_like(gt_valid)
+    img, anchor = (matched >= 0).nonzero(as_tuple=True)
+    has_anchor[img, matched[img, anchor]] = True
+    lonely_img, lonely_gt = (gt_valid & ~has_anchor).nonzero(as_tuple=True)
+    matched[lonely_img, iou[lonely_img, lonely_gt].argmax(dim=-1)] = lonely_gt
     return matched
 
 
@@ -112,7 +176,7 @@ def _best_anchors(iou: Tensor, gt_valid: Tensor, k: int) -> tuple[Tensor, Tensor
 
 
 def anchor_targets(
-    anchors: Tensor, targets: Tensor, iou_threshold: float = 0.5
+    anchors: Tensor, targets: Tensor, iou_threshold: float = 0.5, assigner: str = "max_iou"
 ) -> tuple[Tensor, Tensor, Tensor]:
     """What each anchor learns: box offsets, their mask and class.
 
@@ -120,6 +184,8 @@ def anchor_targets(
         anchors (Tensor[1, A, 4] or Tensor[A, 4]): normalised xyxy.
         targets (Tensor[B, M, 5]): rows (class 1..C, x1, y1, x2, y2), coordinates
             normalised; class 0 marks a padding row (``tinyssd.data.collate``'s rows).
+        assigner: ``max_iou`` (the chapter's ``match_anchors`` at ``iou_threshold``)
+            or ``atss`` (``atss_match``: a threshold per box from its candidates).
     Returns:
         box_targets (Tensor[B, 4A]): encoded offsets, 0 for background anchors.
         box_mask (Tensor[B, 4A]): 1.0 for the 4 values of a matched anchor, else 0.
@@ -129,7 +195,12 @@ def anchor_targets(
     if targets.shape[1] == 0:  # no boxes in the batch: one padding row keeps the shapes simple
         targets = targets.new_zeros((targets.shape[0], 1, 5))
     gt_class, gt_boxes = targets[..., 0], targets[..., 1:]
-    matched = match_anchors(anchors, gt_boxes, gt_class > 0, iou_threshold)  # (B, A)
+    if assigner == "atss":
+        matched = atss_match(anchors, gt_boxes, gt_class > 0)  # (B, A)
+    elif assigner == "max_iou":
+        matched = match_anchors(anchors, gt_boxes, gt_class > 0, iou_threshold)
+    else:
+        raise ValueError(f"assigner {assigner!r}: choose from {', '.join(ASSIGNERS)}")
     foreground = matched >= 0
     # encode only the few matched anchors (tens per image, of thousands) and scatter
     img, anchor = foreground.nonzero(as_tuple=True)  # (F,) each

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .coco import RECALL_THRESHOLDS, coco_metrics, flatten_inputs, summarize
-from .voc import voc_ap, voc_metrics
+from .threshold import best_f1_threshold, threshold_curves
+from .voc import voc_ap, voc_metrics, voc_outcomes
 
 __all__ = [
     "SUMMARY_KEYS",
@@ -70,7 +71,9 @@ def evaluate(
         VOC07_AP VOC_AP num_gt num_det``; ``pr_curves``: label -> ``recall``
         (101,) points, ``precision`` (101,) interpolated, ``scores`` (101,)
         score reaching each recall (IoU 0.5, all areas, 100 detections; their
-        mean precision is the class's AP50).
+        mean precision is the class's AP50); ``f1_threshold`` and ``f1``: the score
+        threshold that maximises F1 over all classes pooled (IoU 0.5) and that F1;
+        ``threshold_curves``: ``threshold precision recall f1`` (101,) pooled over classes.
     """
     inputs = flatten_inputs(predictions, targets)
     coco = coco_metrics(inputs)
@@ -79,6 +82,15 @@ def evaluate(
     result: dict = summarize(precision, recall)
     result["VOC07_mAP"] = _mean_ap([v["VOC07_AP"] for v in voc.values()])
     result["VOC_mAP"] = _mean_ap([v["VOC_AP"] for v in voc.values()])
+    true_pos, ignored = voc_outcomes(inputs)
+    num_gt = int(np.count_nonzero(~(inputs.gt_difficult | inputs.gt_crowd)))
+    counted = ~ignored
+    result["f1_threshold"], result["f1"] = best_f1_threshold(
+        inputs.dt_score[counted], true_pos[counted], num_gt
+    )
+    result["threshold_curves"] = threshold_curves(
+        inputs.dt_score[counted], true_pos[counted], num_gt
+    )
     result["per_class"], result["pr_curves"] = {}, {}
     for k, label in enumerate(int(v) for v in coco["labels"]):
         stats = summarize(precision[:, :, k : k + 1], recall[:, k : k + 1])
