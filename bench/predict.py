@@ -1,32 +1,41 @@
-"""Prediction latency: one image (decode + NMS included) and batch throughput, vs the chapter.
+"""Prediction speed and accuracy per backend: fp32, bf16, onnxruntime fp32 and int8, in one run.
 
-    python bench/predict.py [--out bench/results/predict.json]
+    python bench/predict.py [--weights RUN ...] [--train-epochs 30] [--repeats 50] [--out FILE]
 
-Prints JSON: median ms per single-image prediction for the chapter's
-``predict`` (d2l.multibox_detection), for tinyssd's ``Detector.predict``
-path (BatchNorm folded, channels_last, batched NMS; fp32 and bf16) and for
-the ONNX export run by onnxruntime (``OnnxDetector.predict``: decoding and NMS
-in the graph; fp32), and batch-32 images/s, all in this run.
+For each model (the runs given by ``--weights``, else short runs trained here on
+the bananas and BCCD when ``../shared/data`` has them) it exports the fp32 and
+the int8 graph (``tinyssd export [--int8]``, calibrated on
+``--calibration-images`` of the run's training images) and prints JSON, per
+backend: the median ms of one single-image prediction (resize, network,
+decoding, NMS; a 256 px synthetic image at the model's input size), batch-32
+images/s, and the val AP / AP50 as ``tinyssd eval`` scores them. Then the
+ratios that matter: int8 over onnxruntime fp32 (single-image speed-up) and the
+AP points int8 loses. Every figure is of this machine: the JSON names its CPU
+and whether it has AVX-512 VNNI / BF16 (int8 and bf16 speed depend on them).
+The chapter's ``predict`` (d2l) is timed as well, where its code is present.
 """
 
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
-from _common import chapter_module, emit
+from _common import BANANAS, SHARED, chapter_module, emit
 
 from tinyssd.engine import benchmark as B
-from tinyssd.models import build_model
-from tinyssd.models.fuse import fold_batchnorm
+
+DATA_SETS = {"bananas": BANANAS, "bccd": SHARED / "data" / "bccd" / "BCCD"}
 
 
-def median_ms(fn, repeats: int) -> float:
+def median_ms(fn: Callable[[], object], repeats: int) -> float:
     for _ in range(3):
         fn()
     times = []
@@ -37,54 +46,144 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def onnxruntime_predict_ms(model: torch.nn.Module, repeats: int) -> tuple[float, float] | None:
-    """``OnnxDetector.predict`` on one 256 px image and on a batch of 32, as
-    ``B.predict_latency_ms`` measures ``predict_batch`` (same synthetic images, score
-    threshold 0.01): (single-image ms, batch-32 ms); None without onnxruntime."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        print(f"onnxruntime row skipped: {e}", file=sys.stderr)
-        return None
-    from tinyssd.export.onnx import export_model
+def cpu() -> dict:
+    """The CPU's name and the instruction sets int8 and bf16 speed depend on."""
+    flags: set[str] = set()
+    name = platform.processor()
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+    return {"name": name, "has": [f for f in wanted if f in flags]}
+
+
+def train_short(name: str, data: Path, epochs: int, folder: Path) -> Path:
+    import tinyssd
+
+    print(f"training {name} for {epochs} epochs", file=sys.stderr)
+    return tinyssd.train(data=str(data), epochs=epochs, out=str(folder / name), progress=False)
+
+
+def val_split(run: Path, classes: list[str]):
+    from tinyssd.config import read_run_config
+    from tinyssd.data import load_split
+
+    train = read_run_config(run)
+    return load_split(train["data"], "val", train.get("format", "auto")).with_classes(classes)
+
+
+def torch_rows(run: Path, repeats: int) -> dict:
+    """fp32 and bf16 (where this CPU has it) through ``Detector``'s path."""
+    from tinyssd.data import DetectionDataset
+    from tinyssd.inference import bf16_supported, evaluate_dataset
+    from tinyssd.predict import load
+
+    det = load(run, device="cpu", precision="fp32")
+    size = det.image_size
+    dataset = DetectionDataset(val_split(run, det.classes), size, None)
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        if precision == "bf16" and not bf16_supported(torch.device("cpu")):
+            rows["tinyssd_bf16"] = {"skipped": "this CPU has no fast bf16 (fp32 is what runs)"}
+            continue
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        single = B.predict_latency_ms(det.model, size, repeats, 1, precision)
+        batch = B.predict_latency_ms(det.model, size, max(repeats // 10, 2), 32, precision)
+        metrics = evaluate_dataset(det.model, dataset, 32, "cpu", dtype)
+        rows[f"tinyssd_{precision}"] = row(single, batch, metrics)
+    return rows
+
+
+def onnx_rows(run: Path, folder: Path, repeats: int, calibration_images: int) -> dict:
+    """onnxruntime fp32 and int8 through ``OnnxDetector`` (decoding and NMS in the graph)."""
+    from tinyssd.commands import evaluate_predictor
+    from tinyssd.export.onnx import export_onnx
     from tinyssd.predict import OnnxDetector
 
-    with tempfile.TemporaryDirectory() as tmp:
-        det = OnnxDetector(export_model(model, ["object"], Path(tmp) / "model.onnx"))
-    image = B.synthetic_batch(1)[0][0]
-    batch = list(B.synthetic_batch(32)[0])  # 32 images, predicted as one batch
-    single = median_ms(lambda: det.predict(image, threshold=0.01), repeats)
-    return single, median_ms(lambda: det.predict(batch, threshold=0.01), 5)
+    graphs = {
+        "onnxruntime_fp32": export_onnx(run, folder / "fp32.onnx"),
+        "onnxruntime_int8": export_onnx(
+            run, folder / "int8.onnx", int8=True, calibration_images=calibration_images
+        ),
+    }
+    rows = {}
+    for name, path in graphs.items():
+        det = OnnxDetector(path)
+        images = list(B.synthetic_batch(32, det.image_size)[0])
+        single = median_ms(partial(det.predict, images[0], threshold=0.01), repeats)
+        batch = median_ms(partial(det.predict, images, threshold=0.01), max(repeats // 10, 2))
+        metrics = evaluate_predictor(det, val_split(run, det.classes).records)
+        rows[name] = row(single, batch, metrics)
+    return rows
+
+
+def row(single_ms: float, batch32_ms: float, metrics: dict) -> dict:
+    return {
+        "predict_ms": round(single_ms, 2),
+        "batch32_images_per_s": round(32e3 / batch32_ms, 1),
+        "val_AP": round(float(metrics["AP"]), 4),
+        "val_AP50": round(float(metrics["AP50"]), 4),
+    }
+
+
+def ratios(rows: dict) -> dict:
+    fp32, int8 = rows.get("onnxruntime_fp32"), rows.get("onnxruntime_int8")
+    if not fp32 or not int8:
+        return {}
+    return {
+        "int8_speedup_vs_onnxruntime_fp32": round(fp32["predict_ms"] / int8["predict_ms"], 2),
+        "int8_batch32_speedup_vs_onnxruntime_fp32": round(
+            int8["batch32_images_per_s"] / fp32["batch32_images_per_s"], 2
+        ),
+        "int8_AP_points_lost": round(100 * (fp32["val_AP"] - int8["val_AP"]), 2),
+        "int8_AP50_points_lost": round(100 * (fp32["val_AP50"] - int8["val_AP50"]), 2),
+    }
+
+
+def flat_keys(rows: dict) -> dict:
+    """``tinyssd_fp32_predict_ms``, ``onnxruntime_int8_batch32_images_per_s``, ...: one
+    model's timings under the names earlier versions of this script wrote."""
+    keys = ("predict_ms", "batch32_images_per_s")
+    return {f"{name}_{k}": row[k] for name, row in rows.items() for k in keys if k in row}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", nargs="*", default=[], help="run folders (default: train here)")
+    p.add_argument("--train-epochs", type=int, default=30, help="without --weights")
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--calibration-images", type=int, default=200)
     p.add_argument("--out")
     a = p.parse_args()
     torch.manual_seed(0)
-    result = {"threads": torch.get_num_threads(), "image_size": 256}
+    result: dict = {"cpu": cpu(), "threads": torch.get_num_threads()}
     chapter = chapter_module()
     if chapter is not None:
         net = chapter.TinySSD(num_classes=1).eval()
         x = B.synthetic_batch(1)[0].float()
         with torch.no_grad():
             result["chapter_predict_ms"] = median_ms(lambda: chapter.predict(net, x), a.repeats)
-
-    model = fold_batchnorm(build_model("tiny_ssd", 1))
-    for precision in ("fp32", "bf16"):
-        ms = B.predict_latency_ms(model, repeats=a.repeats, precision=precision)
-        result[f"tinyssd_{precision}_predict_ms"] = ms
-        batch_ms = B.predict_latency_ms(model, repeats=5, batch=32, precision=precision)
-        result[f"tinyssd_{precision}_batch32_images_per_s"] = 32e3 / batch_ms
-        if "chapter_predict_ms" in result:
-            result[f"speedup_{precision}_vs_chapter"] = result["chapter_predict_ms"] / ms
-    ort = onnxruntime_predict_ms(model, a.repeats)
-    if ort is not None:
-        result["onnxruntime_fp32_predict_ms"] = ort[0]
-        result["onnxruntime_fp32_batch32_images_per_s"] = 32e3 / ort[1]
-        result["speedup_onnxruntime_vs_tinyssd_fp32"] = result["tinyssd_fp32_predict_ms"] / ort[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {Path(w).name: Path(w) for w in a.weights}
+        if not runs:
+            runs = {
+                name: train_short(name, data, a.train_epochs, Path(tmp))
+                for name, data in DATA_SETS.items()
+                if data.is_dir()
+            }
+        if not runs:
+            raise SystemExit("bench/predict.py: no --weights and no shared data to train on")
+        for name, run in runs.items():
+            folder = Path(tmp) / f"graphs-{name}"
+            folder.mkdir()
+            rows = torch_rows(run, a.repeats)
+            rows |= onnx_rows(run, folder, a.repeats, a.calibration_images)
+            result[name] = {"weights": str(run), **rows, **ratios(rows)}
+            if name == next(iter(runs)):  # the flat keys bench/readme_table.py reads
+                result |= flat_keys(rows)
     emit(result, a.out)
 
 

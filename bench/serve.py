@@ -1,12 +1,16 @@
 """Throughput and latency of ``tinyssd serve`` under a bounded local load.
 
-    python bench/serve.py [--weights RUN] [--clients 8] [--seconds 20] [--out FILE]
+    python bench/serve.py [--weights RUN] [--clients 8] [--seconds 20] [--max-batch 8] [--out FILE]
 
-Starts ``tinyssd serve`` on a free 127.0.0.1 port, warms it up, then runs
-``--clients`` clients (threads, one keep-alive connection each) posting the same
-JPEG to ``POST /predict`` back to back for ``--seconds``. Prints JSON: requests/s,
-latency p50/p90/p99/max in ms (client side: upload, decode, predict, answer),
-and the error count (non-200 answers and failed requests; the goal is 0).
+Starts ``tinyssd serve --max-batch 1`` (one request at a time: the baseline), then
+``tinyssd serve --max-batch N`` (requests that arrive together predicted as one
+batch), each on a free 127.0.0.1 port; warms each up, then runs ``--clients``
+clients (threads, one keep-alive connection each) posting the same JPEG to
+``POST /predict`` back to back for ``--seconds``. Prints JSON per server:
+requests/s, latency p50/p90/p99/max in ms (client side: upload, decode,
+predict, answer), the error count (non-200 answers and failed requests; the goal
+is 0), and the server's batches; then the batched/baseline ratios of requests/s
+and p99, and whether both servers answer the same image alike.
 Without ``--weights`` it serves an untrained TinySSD of the default 256 px input,
 which costs what a trained one does (its boxes are meaningless; up to 200 per image).
 """
@@ -60,9 +64,12 @@ def photo_jpeg(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def start_server(weights: Path, threshold: float) -> tuple[subprocess.Popen, str]:
+def start_server(
+    weights: Path, threshold: float, max_batch: int, batch_wait_ms: float
+) -> tuple[subprocess.Popen, str]:
     """``tinyssd serve --port 0`` and its URL, read from its log line."""
     cmd = [sys.executable, "-m", "tinyssd", "serve", "--weights", str(weights), "--port", "0"]
+    cmd += ["--max-batch", str(max_batch), "--batch-wait-ms", str(batch_wait_ms)]
     process = subprocess.Popen(
         [*cmd, "--threshold", str(threshold)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -134,11 +141,49 @@ def run(url: str, body: bytes, clients: int, seconds: float) -> dict:
     }
 
 
+def serve_and_load(weights: Path, body: bytes, a: argparse.Namespace, max_batch: int) -> dict:
+    """One server's figures under the load, with its answer to ``body`` and its batches."""
+    process, url = start_server(weights, a.threshold, max_batch, a.batch_wait_ms)
+    try:
+        health = requests.get(f"{url}/health", timeout=TIMEOUT_S).json()
+        answer = requests.post(
+            f"{url}/predict", files={"file": ("photo.jpg", body)}, timeout=TIMEOUT_S
+        ).json()
+        result = run(url, body, a.clients, a.seconds)
+        predicted = requests.get(f"{url}/health", timeout=TIMEOUT_S).json()["predicted"]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    per_batch = predicted["requests"] / max(predicted["batches"], 1)
+    return {
+        **result,
+        "max_batch": max_batch,
+        "images_per_batch": round(per_batch, 2),
+        "device": health["device"],
+        "answer": answer,
+    }
+
+
+def same_answer(a: dict, b: dict) -> bool:
+    """The same boxes, labels and scores, up to float rounding (rows in score order)."""
+    if a["labels"] != b["labels"]:
+        return False
+    return bool(
+        np.allclose(a["boxes"], b["boxes"], atol=0.05)
+        and np.allclose(a["scores"], b["scores"], atol=1e-3)
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", help="run folder or checkpoint (default: untrained TinySSD)")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--max-batch", type=int, default=8, help="the batched server's --max-batch")
+    p.add_argument("--batch-wait-ms", type=float, default=2.0)
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--threshold", type=float, default=0.5)
@@ -147,25 +192,27 @@ def main() -> None:
     body = photo_jpeg(a.width, a.height)
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(a.weights) if a.weights else untrained_weights(Path(tmp))
-        process, url = start_server(weights, a.threshold)
-        try:
-            health = requests.get(f"{url}/health", timeout=TIMEOUT_S).json()
-            result = run(url, body, a.clients, a.seconds)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        baseline = serve_and_load(weights, body, a, 1)
+        batched = serve_and_load(weights, body, a, a.max_batch)
+    answers_equal = same_answer(baseline.pop("answer"), batched.pop("answer"))
     config = {
         "clients": a.clients,
         "seconds": a.seconds,
+        "batch_wait_ms": a.batch_wait_ms,
         "image": f"{a.width}x{a.height} JPEG, {len(body)} bytes",
         "weights": str(a.weights or "untrained tiny_ssd, 256 px input"),
         "threshold": a.threshold,
-        "device": health["device"],
+        "device": batched.pop("device"),
     }
-    emit({**config, **result}, a.out)
+    baseline.pop("device")
+    ratios = {
+        "requests_per_s_ratio": round(batched["requests_per_s"] / baseline["requests_per_s"], 2)
+        if baseline["requests_per_s"]
+        else None,
+        "p99_ratio": round(batched["latency_ms"]["p99"] / baseline["latency_ms"]["p99"], 2),
+        "answers_equal": answers_equal,
+    }
+    emit({**config, "baseline": baseline, "batched": batched, **ratios}, a.out)
 
 
 if __name__ == "__main__":

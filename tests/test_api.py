@@ -160,15 +160,21 @@ def test_one_default_threshold_for_the_api_and_the_cli():
 
     from tinyssd.cli import build_parser
     from tinyssd.options import DEFAULT_THRESHOLD
-    from tinyssd.postprocess import PostprocessConfig, resolve_postprocess
+    from tinyssd.postprocess import PostprocessConfig
+    from tinyssd.predict.base import resolve_for_model
 
-    # threshold=None (not given) means PostprocessConfig's score_threshold, the one default
+    # threshold=None (not given) everywhere means the model's own threshold (F1-optimal on
+    # val, stored at training), DEFAULT_THRESHOLD for a model without one
     api_default = inspect.signature(tinyssd.Detector.predict).parameters["threshold"].default
     files_default = inspect.signature(predict_files).parameters["threshold"].default
     cli_default = build_parser().parse_args(["predict", "x", "--weights", "w"]).threshold
-    assert api_default is None and files_default is None
-    assert resolve_postprocess(None, api_default) == PostprocessConfig()
-    assert PostprocessConfig().score_threshold == cli_default == DEFAULT_THRESHOLD
+    assert api_default is None and files_default is None and cli_default is None
+    assert PostprocessConfig().score_threshold is None
+    assert resolve_for_model(0.3, None, api_default).score_threshold == 0.3
+    assert resolve_for_model(0.3, None, 0.6).score_threshold == 0.6  # an explicit one wins
+    assert inspect.signature(tinyssd.Detector).parameters["score_threshold"].default == (
+        DEFAULT_THRESHOLD
+    )
 
 
 def test_a_postprocess_config_and_keywords_select_the_same_detections(detector):

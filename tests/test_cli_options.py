@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tinyssd.cli import build_parser, from_namespace
-from tinyssd.options import PostprocessConfig, PredictOptions, ServeOptions
+from tinyssd.options import PostprocessConfig, PredictOptions, ServeOptions, flag
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -139,3 +139,72 @@ def test_the_box_maths_imports_neither_torchvision_models_nor_matplotlib():
         "loaded = [m for m in ('torchvision.models', 'matplotlib') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
+
+
+def _readme_table(heading: str, first_cell: str) -> list[list[str]]:
+    """The cells of the README table under ``heading`` whose header row starts with
+    ``first_cell`` (header and rule rows left out)."""
+    lines = README.read_text().split(heading, 1)[1].splitlines()
+    start = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("|") and line.split("|")[1].strip() == first_cell
+    )
+    table = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("| "):
+            break
+        table.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    return table
+
+
+def _tokens(cell: str) -> list[str]:
+    return re.findall(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?|[A-Za-z_][\w]*", cell)
+
+
+def _says(token: str, value) -> bool:
+    if isinstance(value, bool):
+        return token.lower() == ("yes" if value else "no")
+    if isinstance(value, (int, float)):
+        try:
+            return float(token) == value
+        except ValueError:
+            return False
+    return token.lower() == str(value).lower()
+
+
+def test_the_readme_recipe_table_states_every_recipe_value():
+    from tinyssd.config import RECIPES
+
+    covered = set()
+    for option_cell, *cells in _readme_table("**Recipes.**", "option"):
+        names = [o.strip("`").removeprefix("--").replace("-", "_") for o in option_cell.split(", ")]
+        for recipe, cell in zip(("default", "chapter"), cells, strict=True):
+            tokens = _tokens(cell)
+            for name in names:  # each value in the cell, in the options' order
+                value = RECIPES[recipe][name]
+                at = next((i for i, t in enumerate(tokens) if _says(t, value)), None)
+                assert at is not None, f"README recipe table: --{flag(name)} {recipe}: {value}"
+                tokens = tokens[at + 1 :]
+        covered.update(names)
+    assert covered == set(RECIPES["default"]), set(RECIPES["default"]) - covered
+
+
+def test_the_readme_losses_table_marks_the_default_recipes_loss():
+    from tinyssd.config import RECIPES
+
+    table = _readme_table("## Losses", "option")
+    defaults = [row[0] for row in table if "(default" in row[0]]
+    assert defaults == [f"`{RECIPES['default']['loss']}` (default)"], defaults
+    chapter = [row[0] for row in table if "--recipe chapter" in row[0]]
+    assert chapter == [f"`{RECIPES['chapter']['loss']}` (`--recipe chapter`)"], chapter
+
+
+def test_model_help_lists_every_model():
+    from tinyssd.models import PRESETS
+    from tinyssd.options import MODEL_NAMES
+
+    assert MODEL_NAMES == tuple(PRESETS)
+    help_text = " ".join(_options(COMMANDS[("train",)])["--model"].help.split())
+    for name in PRESETS:
+        assert name in help_text, name

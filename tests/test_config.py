@@ -121,6 +121,14 @@ def test_the_readme_recipe_table_states_the_recipes_budget_and_ema():
     assert f"{d['max_steps']} steps | {c['batch_size']}, {c['epochs']}, 0, 0 |" in budget
     ema = rows["`--ema`"].split("|")[2].strip()
     assert ema.startswith(f"{d['ema']:g} (off" if d["ema"] == 0 else f"{d['ema']:g} (")
+    default_cell, chapter_cell = rows["`--assigner`"].split("|")[2:4]
+    assert default_cell.strip().startswith(f"`{d['assigner']}`")
+    assert chapter_cell.strip().startswith(f"`{c['assigner']}`")
+    patience = rows["`--patience`"].split("|")[2:4]
+    assert [cell.strip().split()[0] for cell in patience] == [
+        str(d["patience"]),
+        str(c["patience"]),
+    ]
 
 
 def test_the_resolved_config_is_frozen_with_every_recipe_field_set():

@@ -227,3 +227,17 @@ def test_an_image_too_large_for_pil_is_reported_not_raised(tmp_path, monkeypatch
     report = check_dataset(root)
     assert report.count(UNREADABLE_IMAGE) == 3
     assert "decompression bomb" in report.items[UNREADABLE_IMAGE][0]
+
+
+def test_plots_draw_the_labels_and_each_levels_matched_anchors(tmp_path, monkeypatch, capsys):
+    data = write_tiny_bananas(tmp_path / "data", n_train=6, n_val=2, size=64)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "check").mkdir(parents=True)  # an earlier check's: left alone
+    assert main(["data", "check", str(data), "--model", "tiny_ssd", "--plots"]) == 0
+    folder = tmp_path / "runs" / "check2"
+    names = ["labels.png", "anchors_1.png", "anchors_2.png", "anchors_3.png", "anchors_4.png"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names)
+    for name in names:
+        assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "plots: runs/check2/labels.png" in capsys.readouterr().out
+    assert not any((tmp_path / "runs" / "check").iterdir())

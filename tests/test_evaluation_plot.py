@@ -59,3 +59,33 @@ def test_table_has_every_class_its_counts_and_the_coco_numbers(result: dict) -> 
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"):
         value = result[key]
         assert f"{key} {value:.3f}" in table or (value == -1 and f"{key} -" in table)
+
+
+def test_the_class_table_shows_p_and_r_at_the_threshold_and_dashes_for_no_boxes() -> None:
+    from tinyssd.evaluation.plot import format_class_table
+
+    rows = [
+        {"class": "banana", "images": 2, "instances": 3, "precision": 0.5, "recall": 2 / 3,
+         "AP50": 0.61, "AP": 0.3},
+        {"class": "durian", "images": 0, "instances": 0, "precision": -1.0, "recall": -1.0,
+         "AP50": -1.0, "AP": -1.0},
+        {"class": "all", "images": 2, "instances": 3, "precision": 0.5, "recall": 2 / 3,
+         "AP50": 0.61, "AP": 0.3},
+    ]  # fmt: skip
+    lines = format_class_table(rows, 0.4321).splitlines()
+    assert lines[0].split() == ["class", "images", "instances", "P", "R", "AP50", "AP"]
+    assert lines[2].split() == ["banana", "2", "3", "0.500", "0.667", "0.610", "0.300"]
+    assert lines[3].split() == ["durian", "0", "0", "-", "-", "-", "-"]
+    assert lines[4].strip("-") == "" and lines[5].split()[0] == "all"
+    assert lines[-1].startswith("P and R at score >= 0.432 ")
+
+
+def test_confusion_matrix_and_threshold_curve_pngs(result: dict, tmp_path: Path) -> None:
+    from tinyssd.evaluation.plot import plot_confusion_matrix, plot_threshold_curves
+
+    matrix = np.array([[0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]])
+    path = plot_confusion_matrix(matrix, CLASSES, tmp_path / "confusion_matrix.png", 0.5)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    written = plot_threshold_curves(result["threshold_curves"], {}, CLASSES, tmp_path, 0.5)
+    assert [p.name for p in written] == ["P_curve.png", "R_curve.png", "F1_curve.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)

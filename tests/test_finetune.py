@@ -26,7 +26,7 @@ from tinyssd.engine.finetune import (
 from tinyssd.engine.train import train, train_step
 from tinyssd.errors import CheckpointError, UsageError
 from tinyssd.losses import LossConfig, MultiBoxLoss
-from tinyssd.models import build_model
+from tinyssd.models import SSD, build_model
 
 WEIGHTS = MobileNet_V3_Large_Weights.IMAGENET1K_V1
 
@@ -252,3 +252,99 @@ def test_tiny_bananas_checkpoint_initialises_itself_fully(tmp_path):
     run = _train(data, tmp_path / "a")
     report = load_matching(build_model("tiny_ssd", 1, image_size=64), run)
     assert report.kept == [] and report.summary().endswith("re-initialised: none")
+
+
+# ---------------------------------------------------------------------------- --pretrained coco
+
+COCO = "ssdlite320_mobilenet_v3_large"
+
+
+def _fake_coco_file(folder):
+    """torchvision's SSDlite320 with random weights, saved under its COCO file name."""
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    from tinyssd.models.coco import COCO_WEIGHTS, coco_config, convert_state_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(4)
+    tv = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)
+    path = folder / os.path.basename(COCO_WEIGHTS[COCO].url)
+    torch.save(tv.state_dict(), path)
+    return path, convert_state_dict(tv.state_dict(), SSD(90, coco_config(COCO)))
+
+
+def test_pretrained_coco_loads_all_but_the_class_heads_of_three_classes(offline):
+    from tinyssd.engine.finetune import load_coco
+    from tinyssd.models.coco import coco_config
+
+    _, coco = _fake_coco_file(offline)
+    torch.manual_seed(0)
+    model = SSD(3, coco_config(COCO))
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_coco(model, progress=False)
+    state = model.state_dict()
+    heads = [k for k in state if k.startswith("cls_heads.") and state[k].shape != coco[k].shape]
+    assert sorted(report.kept) == sorted(heads) and len(heads) == 12  # 6 maps, 1x1 weight + bias
+    for name in report.loaded:
+        torch.testing.assert_close(state[name], coco[name], rtol=0, atol=0)
+    for name in heads:
+        torch.testing.assert_close(state[name], fresh[name], rtol=0, atol=0)
+    assert report.summary().endswith("re-initialised: cls_heads.0-5")
+    assert report.summary().startswith(f"loaded {len(state) - 12} of {len(state)} tensors from ")
+
+
+def test_pretrained_coco_fine_tunes_three_classes_with_a_frozen_backbone(
+    offline, three_classes, tmp_path, caplog
+):
+    from tinyssd.predict import load
+
+    _, coco = _fake_coco_file(offline)
+    kw = dict(model=COCO, pretrained="coco", freeze="backbone", batch_size=8, lr=1e-3)
+    with caplog.at_level(logging.INFO, logger="tinyssd"):
+        run = _train(three_classes, tmp_path / "run", **kw)
+    lines = [m for m in caplog.messages if m.startswith("loaded ")]
+    assert len(lines) == 1 and "SSDLite320_MobileNet_V3_Large_Weights.COCO_V1" in lines[0]
+    assert lines[0].endswith("re-initialised: cls_heads.0-5")
+    tuned = _model_tensors(run / "last.safetensors")
+    trunk = [k for k in tuned if k.startswith("backbone.features.")]
+    assert trunk and all(torch.equal(tuned[k], coco[k]) for k in trunk)  # frozen, BN stats too
+    assert not torch.equal(tuned["bbox_heads.0.1.weight"], coco["bbox_heads.0.1.weight"])
+    ssd = read_checkpoint(run / "last.safetensors")[1]["config"]["ssd"]
+    assert ssd["backbone"] == "mobilenet_v3_large_reduced" and ssd["clip_anchors"]
+    assert ssd["pixel_mean"] == [127.5] * 3
+    assert len(load(run, device="cpu").classes) == 3  # predicts with the COCO geometry
+
+
+def test_pretrained_coco_offline_fails_in_one_line_before_reading_data(offline, tmp_path, capsys):
+    argv = ["train", "--data", str(tmp_path / "no-such-data"), "--model", COCO]
+    assert main([*argv, "--pretrained", "coco", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    name = "ssdlite320_mobilenet_v3_large_coco-a79551df.pth"
+    assert err.startswith(f"tinyssd: error: --pretrained: {name} is not in {offline} ")
+    assert "https://download.pytorch.org/models/" + name in err and "\n" not in err
+
+
+@pytest.mark.parametrize(
+    ("model", "extra", "message"),
+    [
+        ("tiny_fpn", {}, "--pretrained coco: --model tiny_fpn has no COCO weights"),
+        (COCO, {"anchors": "auto"}, "--anchors auto: --pretrained coco keeps COCO's anchors"),
+        ("ssd300_vgg16", {"image_size": 512}, "--image-size 512: ssd300_vgg16's COCO anchors"),
+    ],
+)
+def test_pretrained_coco_refuses_what_its_weights_cannot_start(model, extra, message, tmp_path):
+    with pytest.raises(UsageError, match=message):
+        train(model=model, pretrained="coco", data=str(tmp_path), progress=False, **extra)
+
+
+def test_pretrained_takes_imagenet_alone_or_a_value_and_old_configs_still_load():
+    from tinyssd.cli import build_parser
+    from tinyssd.config import TrainConfig
+
+    parser = build_parser()
+    assert parser.parse_args(["train", "--pretrained"]).pretrained == "imagenet"
+    assert parser.parse_args(["train", "--pretrained", "coco"]).pretrained == "coco"
+    assert parser.parse_args(["train", "--pretrained", "--epochs", "2"]).pretrained == "imagenet"
+    assert TrainConfig.from_dict({"pretrained": True}).pretrained == "imagenet"
+    assert TrainConfig.from_dict({"pretrained": False}).pretrained == "none"
+    assert TrainConfig(pretrained="coco", out="x").resolved().anchors == "fixed"

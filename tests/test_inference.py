@@ -71,3 +71,30 @@ def test_importing_the_maths_does_not_load_matplotlib_or_the_training_engine():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "want"),
+    [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_auto_takes_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, want):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert resolve_device("auto").type == want
+
+
+def test_mps_where_there_is_none_is_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(UsageError, match=r"^--device mps: no Apple GPU \(MPS\) is available"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == torch.device("mps")
+    assert resolve_precision("auto", torch.device("mps")) is None  # fp32 on Apple GPUs
+
+
+def test_every_device_choice_of_the_cli_is_resolved(monkeypatch):
+    from tinyssd.options import DEVICES
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert [resolve_device(d).type for d in DEVICES] == ["cuda", "cpu", "cuda", "mps"]

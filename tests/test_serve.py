@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,52 @@ def test_the_server_still_answers_after_bad_requests(url):
     assert post(url, png_bytes()).status_code == 200
 
 
+def answers_match(got: dict, alone: dict) -> None:
+    """The same detections, up to the float rounding of a batched forward pass: rows whose
+    scores tie within rounding may come in either order."""
+    assert (got["image"], got["width"], got["height"]) == (
+        alone["image"],
+        alone["width"],
+        alone["height"],
+    )
+    assert len(got["labels"]) == len(alone["labels"])
+    boxes, want_boxes = (
+        np.array(got["boxes"]).reshape(-1, 4),
+        np.array(alone["boxes"]).reshape(-1, 4),
+    )
+    far = np.abs(boxes[:, None] - want_boxes[None]).max(axis=-1)  # (n, n)
+    far[np.array(got["labels"])[:, None] != np.array(alone["labels"])[None]] = np.inf
+    match = far.argmin(axis=1) if len(far) else np.zeros(0, int)
+    assert sorted(match.tolist()) == list(range(len(match))), "not the same boxes and labels"
+    assert far[np.arange(len(match)), match].max(initial=0) <= 0.02
+    np.testing.assert_allclose(got["scores"], np.array(alone["scores"])[match], atol=2e-4)
+    assert [alone["names"][i] for i in match] == got["names"]
+
+
+def test_requests_that_arrive_together_are_batched_and_answered_as_alone(checkpoint):
+    server = Server(
+        ["--weights", str(checkpoint), "--precision", "fp32", "--threshold", str(THRESHOLD)]
+        + ["--max-batch", "4", "--batch-wait-ms", "500"]
+    )
+    try:
+        url = server.wait_healthy()
+        # images of different sizes and contents: each its own resize and answer
+        uploads = [(f"{i}.png", png_bytes(120 + 20 * i, 100 + 10 * i, seed=i)) for i in range(8)]
+        alone = [post(url, data, name).json() for name, data in uploads]  # one at a time
+        before = requests.get(f"{url}/health", timeout=TIMEOUT_S).json()["predicted"]
+        assert before == {"requests": 8, "batches": 8}
+        with ThreadPoolExecutor(len(uploads)) as pool:
+            together = list(pool.map(lambda u: post(url, u[1], u[0]).json(), uploads))
+        after = requests.get(f"{url}/health", timeout=TIMEOUT_S).json()["predicted"]
+    finally:
+        server.stop()
+    assert sum(len(a["boxes"]) for a in alone) > 0
+    for got, want in zip(together, alone, strict=True):
+        answers_match(got, want)
+    assert after["requests"] == 16
+    assert 2 <= after["batches"] - before["batches"] < 8  # at most 4 per batch, some shared
+
+
 def test_a_busy_port_is_a_one_line_error(checkpoint):
     import socket
 
@@ -245,6 +292,7 @@ def test_a_busy_port_is_a_one_line_error(checkpoint):
         (["--port", "70000"], "--port 70000: must be 0 (any free port) to 65535"),
         (["--threshold", "1.5"], "--threshold 1.5: must be in [0, 1]"),
         (["--max-upload-mb", "0"], "--max-upload-mb 0.0: must be positive"),
+        (["--batch-wait-ms", "-1"], "--batch-wait-ms -1.0: must be in 0..10000"),
     ],
 )
 def test_bad_options_are_one_line_errors(checkpoint, capsys, option, message):

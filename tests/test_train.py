@@ -63,7 +63,7 @@ def test_resume_continues_bit_exact(tiny_data, tmp_path, augment):
     whole = _train(tiny_data, tmp_path / "whole", epochs=3, augment=augment)
     _train(tiny_data, tmp_path / "part", epochs=1, augment=augment)
     resumed = _train(tiny_data, None, epochs=3, augment=augment, resume=str(tmp_path / "part"))
-    assert resumed == tmp_path / "part"
+    assert resumed.path == tmp_path / "part"
     a, meta_a = _weights(whole / "last.safetensors")
     b, meta_b = _weights(resumed / "last.safetensors")
     assert meta_a["epoch"] == meta_b["epoch"] == 3
@@ -91,7 +91,7 @@ def test_paths_may_be_given_as_path_objects(tiny_data, tmp_path):
         data=tiny_data, out=tmp_path / "run", epochs=1, batch_size=8, image_size=64, progress=False
     )
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["data"] == str(tiny_data) and run == tmp_path / "run"
+    assert config["train"]["data"] == str(tiny_data) and run.path == tmp_path / "run"
 
 
 def test_resume_takes_last_not_best_and_reports_changed_settings(tiny_data, tmp_path, caplog):
@@ -132,8 +132,8 @@ def test_an_existing_out_folder_is_not_overwritten(tiny_data, tmp_path):
 
 def test_runs_without_out_are_numbered(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert _train(tiny_data, None, epochs=1) == Path("runs/train")
-    assert _train(tiny_data, None, epochs=1) == Path("runs/train2")
+    assert _train(tiny_data, None, epochs=1).path == Path("runs/train")
+    assert _train(tiny_data, None, epochs=1).path == Path("runs/train2")
 
 
 def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_finite_checkpoint(tiny_data, tmp_path):
@@ -194,3 +194,44 @@ def test_the_allocator_setting_ends_with_training(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""  # a large tensor is mapped afresh again, not heap-kept
+
+
+def test_the_checkpoint_keeps_the_val_f1_threshold_and_predict_uses_it(tiny_data, tmp_path):
+    import tinyssd
+    from tinyssd.evaluation import evaluate
+    from tinyssd.inference import predict_dataset
+
+    run = _train(tiny_data, tmp_path / "run", epochs=2)
+    _, meta = read_checkpoint(run / "last.safetensors")
+    stored = meta["extra"]["score_threshold"]
+    det = tinyssd.load(run / "last.safetensors", precision="fp32")
+    assert det.score_threshold == pytest.approx(stored)
+    # it is the F1-optimal threshold of the saved weights on val, as evaluate() computes it
+    from tinyssd.data import DetectionDataset, load_split
+
+    val = DetectionDataset(load_split(tiny_data, "val"), 64)
+    preds = predict_dataset(det.model, val, 8)
+    targets = [val.targets_in_pixels(i) for i in range(len(val))]
+    assert evaluate(preds, targets)["f1_threshold"] == pytest.approx(stored, abs=1e-4)
+
+
+def test_patience_stops_when_val_ap_has_not_improved_for_that_many_epochs():
+    from dataclasses import replace
+
+    from tinyssd.config import TrainConfig
+    from tinyssd.engine.train import should_stop
+
+    cfg = replace(TrainConfig(out="unused").resolved(), patience=2)
+    history = [{"epoch": e + 1, "val_AP": ap} for e, ap in enumerate([0.1, 0.3, 0.3, 0.2])]
+    assert not should_stop(cfg, history[2], history[:3])  # 1 epoch since the best (epoch 2)
+    assert should_stop(cfg, history[3], history)  # 2 epochs since: stop
+    assert not should_stop(replace(cfg, patience=0), history[3], history)  # 0: never
+    no_val = [{"epoch": e + 1} for e in range(5)]
+    assert not should_stop(cfg, no_val[-1], no_val)  # without a val set nothing is measured
+
+
+def test_atss_assignment_trains_and_is_recorded(tiny_data, tmp_path):
+    run = _train(tiny_data, tmp_path / "run", epochs=1, assigner="atss")
+    assert json.loads((run / "config.json").read_text())["train"]["assigner"] == "atss"
+    weights, _ = _weights(run / "last.safetensors")
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())

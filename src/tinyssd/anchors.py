@@ -33,19 +33,26 @@ def grid_anchors(
     sizes: Sequence[float],
     ratios: Sequence[float],
     device: torch.device | str | None = None,
+    step: float | None = None,
+    clip: bool = False,
 ) -> Tensor:
     """Anchors of an ``height x width`` feature map, normalised xyxy.
 
-    Centres at ((j + 0.5) / width, (i + 0.5) / height); cells in row-major
-    order, the a anchors of a cell contiguous.
+    Centres at ((j + 0.5) / width, (i + 0.5) / height), or ``(j + 0.5) * step``
+    when ``step`` (a fraction of the image) is given, as torchvision's SSD300
+    places them (its steps 8..300 px of 300); ``clip`` caps anchor widths and
+    heights at 1 (torchvision's ``DefaultBoxGenerator(clip=True)``). Cells in
+    row-major order, the a anchors of a cell contiguous.
 
     Returns:
         Tensor[height * width * a, 4].
     """
     wh = cell_box_sizes(sizes, ratios).to(device)  # (a, 2)
+    if clip:
+        wh = wh.clamp(max=1.0)
     # multiply by the step (not divide by the count) to match the chapter bit for bit
-    cy = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * (1.0 / height)
-    cx = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * (1.0 / width)
+    cy = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * (step or 1.0 / height)
+    cx = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * (step or 1.0 / width)
     yy, xx = torch.meshgrid(cy, cx, indexing="ij")
     centres = torch.stack((xx, yy), dim=-1).reshape(-1, 1, 2)  # (h*w, 1, 2)
     half = wh[None] / 2  # (1, a, 2)
@@ -97,13 +104,26 @@ class AnchorGenerator:
     Args:
         sizes: per feature map, its anchor sizes.
         ratios: per feature map, its aspect ratios.
+        steps: per feature map, the distance between anchor centres as a fraction
+            of the image; empty: one cell (``grid_anchors``' ``step``).
+        clip: cap anchor widths and heights at 1 (``grid_anchors``' ``clip``).
     """
 
-    def __init__(self, sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]]):
+    def __init__(
+        self,
+        sizes: Sequence[Sequence[float]],
+        ratios: Sequence[Sequence[float]],
+        steps: Sequence[float] = (),
+        clip: bool = False,
+    ):
         if len(sizes) != len(ratios):
             raise ValueError(f"{len(sizes)} size lists but {len(ratios)} ratio lists")
+        if steps and len(steps) != len(sizes):
+            raise ValueError(f"{len(sizes)} size lists but {len(steps)} steps")
         self.sizes = [list(s) for s in sizes]
         self.ratios = [list(r) for r in ratios]
+        self.steps: list[float | None] = list(steps) if steps else [None] * len(sizes)
+        self.clip = clip
         self._cache: dict[tuple, Tensor] = {}
 
     def num_anchors_per_cell(self) -> list[int]:
@@ -119,8 +139,10 @@ class AnchorGenerator:
         if key not in self._cache:
             self._cache[key] = torch.cat(
                 [
-                    grid_anchors(h, w, s, r, device)
-                    for (h, w), s, r in zip(shapes, self.sizes, self.ratios, strict=True)
+                    grid_anchors(h, w, s, r, device, step, self.clip)
+                    for (h, w), s, r, step in zip(
+                        shapes, self.sizes, self.ratios, self.steps, strict=True
+                    )
                 ]
             )
         return self._cache[key]

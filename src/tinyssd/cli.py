@@ -106,6 +106,8 @@ def add_options(
             parser.add_argument(f.name, nargs=meta.get("nargs"), **kwargs)
         else:
             kwargs["required"] = default is MISSING
+            # nargs="?" with const: the option alone means const (--pretrained = imagenet)
+            kwargs.update({k: meta[k] for k in ("nargs", "const") if k in meta})
             parser.add_argument(f"--{field_flag(f)}", dest=_dest(f), **kwargs)
         if default is not MISSING:
             defaults[_dest(f)] = default
@@ -200,7 +202,18 @@ def _serve(a: argparse.Namespace) -> None:
     from .serve import serve
 
     limits = data_limits(o.limits)
-    serve(o.weights, o.host, o.port, o.device, o.precision, o.post, o.max_upload_mb, limits)
+    serve(
+        o.weights,
+        o.host,
+        o.port,
+        o.device,
+        o.precision,
+        o.post,
+        o.max_upload_mb,
+        limits,
+        max_batch=o.max_batch,
+        batch_wait_ms=o.batch_wait_ms,
+    )
 
 
 def _eval(a: argparse.Namespace) -> None:
@@ -227,6 +240,9 @@ def _export(a: argparse.Namespace) -> None:
         topk_candidates=o.topk_candidates,
         max_detections=o.max_detections,
         input_dtype=o.input_dtype,
+        int8=o.int8,
+        calibration=o.calibration,
+        calibration_images=o.calibration_images,
     )
     print(path)
 
@@ -253,6 +269,10 @@ def _data_check(a: argparse.Namespace) -> None:
     print(check_dataset(o.dir, o.format, limits).summary(first=o.first))
     if o.model:
         print(anchor_fit_summary(o.dir, o.format, o.model, o.image_size, limits))
+    if o.plots:
+        from .data.check import write_check_plots
+
+        print("plots:", *write_check_plots(o.dir, o.format, o.model, o.image_size, limits))
 
 
 def _data_convert(a: argparse.Namespace) -> None:

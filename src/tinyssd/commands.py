@@ -14,13 +14,14 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .data.base import IMAGE_SUFFIXES, read_image
+from .data.base import IMAGE_SUFFIXES, Record, read_image
 from .data.limits import DataLimits
 from .errors import DataError, UsageError
-from .files import atomic_write
+from .files import atomic_path, atomic_write
 from .options import DEMO_EPOCHS
-from .postprocess import PostprocessConfig, resolve_postprocess
+from .postprocess import PostprocessConfig
 from .predict import Detector, Predictor, detection_line, load, write_picture
+from .predict.base import resolve_for_model
 
 log = logging.getLogger("tinyssd")
 
@@ -82,14 +83,15 @@ def predict_files(
     """Predict each image file, draw its boxes into ``out/NAME.png``, yield a JSON-able dict.
 
     ``post``: the post-processing settings (default ``PostprocessConfig()``), with
-    ``threshold``, when given, as its ``score_threshold``; ``limits``: the pixel
+    ``threshold``, when given, as its ``score_threshold`` (else the model's own:
+    ``det.score_threshold``); ``limits``: the pixel
     budget of an image (default ``DataLimits.from_env()``).
     An unreadable image is logged, appended to ``skipped`` and passed over; the
     others are still predicted.
     """
-    post = resolve_postprocess(post, threshold)
     out = Path(out)
-    files = image_files(inputs)
+    files = image_files(inputs)  # DataError for a missing input before anything is loaded
+    post = resolve_for_model(det.score_threshold, post, threshold)
     for (f, _), picture in zip(files, picture_paths(files, out), strict=True):
         try:
             image = read_image(f, limits)
@@ -106,46 +108,133 @@ def predict_files(
         yield {"image": str(f), **detection_line(d, width, height), "picture": str(picture)}
 
 
+def evaluate_predictor(
+    det: Predictor,
+    records: Sequence[Record],
+    batch_size: int = 16,
+    limits: DataLimits | None = None,
+) -> dict:
+    """VOC and COCO metrics of any predictor (an exported ``.onnx`` too) on ``records``:
+    each image read at its full size and predicted with ``EVAL_POSTPROCESS`` (every score
+    >= 0.01), as ``tinyssd eval`` scores a checkpoint."""
+    from .evaluation import evaluate
+    from .postprocess import EVAL_POSTPROCESS
+
+    predictions: list[dict] = []
+    for start in range(0, len(records), batch_size):
+        images = [read_image(r.image, limits) for r in records[start : start + batch_size]]
+        predictions += det.predict(images, post=EVAL_POSTPROCESS)
+    targets = [
+        {"boxes": r.boxes, "labels": r.labels, "difficult": r.difficult, "iscrowd": r.iscrowd}
+        for r in records
+    ]
+    return evaluate(predictions, targets)
+
+
 def evaluate_run(
     weights: str | Path,
     data: str | Path,
     split: str = "val",
     format: str = "auto",
     json_out: str | Path | None = None,
-    out: str | Path = ".",
+    out: str | Path | None = None,
     quiet: bool = False,
     limits: DataLimits | None = None,
 ) -> dict:
-    """``tinyssd eval``: mAP of a trained detector on a split; prints the table, writes the
-    PR curves to ``out/pr_curve.png`` and, with ``json_out``, the metrics as JSON.
+    """``tinyssd eval``: mAP of a trained detector on a split; prints the tables, writes the
+    report into ``out`` (None: the first free ``runs/eval``, ``runs/eval2``, ...):
+    ``results.json`` (per class: images, instances, P and R at the model's score
+    threshold, AP50, AP), ``val_predictions.png``, ``confusion_matrix.png``, the P, R, F1
+    and PR curves; with ``json_out``, ``evaluate``'s whole result as JSON.
 
     Predictions are selected by ``tinyssd.postprocess.EVAL_POSTPROCESS`` (every
     score >= 0.01, as mAP needs). ``limits`` go to the reader (default
     ``DataLimits.from_env()``).
     """
     from .data import DetectionDataset, Report, load_split
-    from .evaluation import to_json
+    from .engine.run_folder import new_run_dir
+    from .evaluation import evaluate, to_json
     from .evaluation.plot import format_table, plot_pr_curves
-    from .inference import evaluate_dataset
+    from .inference import predict_dataset
 
     det = load(weights)
-    if not isinstance(det, Detector):
-        raise UsageError(f"{weights}: eval needs a checkpoint or run folder, not an exported graph")
     report = Report()
     split_data = load_split(data, split, format, report, limits)
     split_data = split_data.with_classes(det.classes)
-    dataset = DetectionDataset(split_data, det.image_size, None, report, limits=limits)
-    if report:
-        log.info("data check:\n%s", report.summary())
-    result = evaluate_dataset(det.model, dataset, 32, det.device)
+    if not isinstance(det, Detector):  # an exported graph (fp32 or int8), run by onnxruntime
+        if report:
+            log.info("data check:\n%s", report.summary())
+        result = evaluate_predictor(det, split_data.records, limits=limits)
+    else:
+        dataset = DetectionDataset(
+            split_data, det.image_size, None, report, limits=limits, tiling=det.tiling
+        )
+        if report:
+            log.info("data check:\n%s", report.summary())
+        predictions = predict_dataset(det.model, dataset, 32, det.device)
+        targets = [dataset.targets_in_pixels(i) for i in range(len(dataset))]
+        result = evaluate(predictions, targets)
     if not quiet:
         print(format_table(result, det.classes))
-    out = Path(out)
+    out = Path(out) if out is not None else new_run_dir("runs", "eval")
     out.mkdir(parents=True, exist_ok=True)
-    log.info("PR curves: %s", plot_pr_curves(result, det.classes, out / "pr_curve.png"))
+    if isinstance(det, Detector):
+        write_eval_report(det, dataset, predictions, targets, result, out, quiet)
+    else:
+        with atomic_path(out / "PR_curve.png") as tmp:
+            plot_pr_curves(result, det.classes, tmp)
+        log.info("PR curves: %s", out / "PR_curve.png")
+        log.info("the other pictures and results.json: eval the checkpoint, not the graph")
     if json_out:
         atomic_write(json_out, json.dumps(to_json(result), indent=1))
     return result
+
+
+def write_eval_report(
+    det: Detector,
+    dataset,
+    predictions: list[dict],
+    targets: list[dict],
+    result: dict,
+    out: Path,
+    quiet: bool = False,
+) -> list[Path]:
+    """``tinyssd eval``'s report at the model's score threshold: the class table printed,
+    ``results.json`` and the pictures written into ``out``, their list logged."""
+    from .engine.run_folder import save_val_predictions
+    from .evaluation.plot import format_class_table
+    from .evaluation.report import build_report, write_report
+
+    threshold = det.score_threshold
+    report = build_report(predictions, targets, det.classes, threshold, result)
+    if not quiet:
+        print(format_class_table(report.rows, threshold))
+    files = write_report(report, out)
+    files.append(
+        save_val_predictions(dataset, predictions, out / "val_predictions.png", 8, threshold)
+    )
+    log.info("report in %s: %s", out, ", ".join(p.name for p in files))
+    return files
+
+
+def demo_summary(det: Predictor, data: str | Path) -> str:
+    """The val figures a newcomer should see: AP, and what the drawn threshold keeps."""
+    from .data import DetectionDataset, load_split
+    from .evaluation import evaluate
+    from .inference import predict_dataset
+
+    if not isinstance(det, Detector):
+        raise UsageError("the demo's summary needs a checkpoint, not an exported graph")
+    val = DetectionDataset(load_split(data, "val"), det.image_size)
+    predictions = predict_dataset(det.model, val, 32, det.device)
+    targets = [val.targets_in_pixels(i) for i in range(len(val))]
+    result = evaluate(predictions, targets, score_threshold=det.score_threshold)
+    at = result["at_threshold"]
+    return (
+        f"val ({len(val)} images): AP50 {result['AP50']:.3f}, AP {result['AP']:.3f}; "
+        f"at the drawn threshold {at['threshold']:.2f} (F1-optimal on val): "
+        f"recall {at['recall']:.3f}, precision {at['precision']:.3f}"
+    )
 
 
 def demo(
@@ -162,10 +251,11 @@ def demo(
         out=str(out),
         exist_ok=True,  # the demo's own folder: `make demo` twice replaces its run
     )
-    det = load(run)
+    det = load(run.path)
     val_images = sorted((Path(data) / "bananas_val" / "images").iterdir())[:8]
     lines = list(predict_files(det, val_images, out=Path(out) / "predictions"))
-    print(f"\nrun folder:        {run}")
+    print(f"\n{demo_summary(det, data)}")
+    print(f"run folder:        {run}")
     print(f"training curves:   {Path(run) / 'curves.png'}")
     print(f"val predictions:   {Path(run) / 'val_predictions.png'}")
     print(f"predicted images:  {Path(out) / 'predictions'}/ ({len(lines)} PNGs)")

@@ -20,8 +20,20 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .options import DEVICES, FORMAT_CHOICES, OPTIMIZERS, PRECISIONS, SCHEDULES, flag, option
+from .errors import DataError, UsageError
+from .options import (
+    ASSIGNERS,
+    DEVICES,
+    FORMAT_CHOICES,
+    MODEL_NAMES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    flag,
+    option,
+)
+
+PRETRAINED = ("none", "imagenet", "coco")  # --pretrained: which torchvision weights to start from
 
 log = logging.getLogger("tinyssd")
 
@@ -48,12 +60,15 @@ RECIPES: dict[str, dict[str, Any]] = {
         "class_prior": 0.0,
         "augment": "none",
         "loss": "chapter",
+        "assigner": "max_iou",
+        "patience": 0,
     },
 }
 # tinyssd's recipe (docs/ABLATION.md measures each part): the strided-conv FPN
 # network with anchors fitted to the data, AdamW with warm-up and cosine decay,
-# no decay on BatchNorm/bias, focal + GIoU loss, flips; at least 1000 steps (small sets
-# need the updates: BCCD's 205 images reach val AP 0.422 with 1000, 0.402 with 600).
+# no decay on BatchNorm/bias, focal + GIoU loss, flips, ATSS assignment (BCCD val AP
+# 0.491 / AP75 0.470 with it, 0.422 / 0.354 with the chapter's rule); at least 1000
+# steps (small sets need the updates: BCCD reaches val AP 0.422 with 1000, 0.402 with 600).
 RECIPES["default"] = {
     "model": "tiny_fpn",
     "epochs": 40,
@@ -73,6 +88,8 @@ RECIPES["default"] = {
     "class_prior": 0.01,
     "augment": "flip",
     "loss": "focal_giou",
+    "assigner": "atss",
+    "patience": 0,
 }
 
 
@@ -88,7 +105,7 @@ class TrainConfig:
         "training recipe whose values fill the options not given",
         choices=tuple(RECIPES),
     )
-    model: str | None = option(None, "network preset (tiny_ssd, ssd300_vgg16, ...)")
+    model: str | None = option(None, f"network preset: {', '.join(MODEL_NAMES)}")
     epochs: int | None = option(None, "passes over the training set")
     min_steps: int | None = option(
         None,
@@ -115,6 +132,13 @@ class TrainConfig:
     )
     grad_clip: float | None = option(None, "clip the gradient norm to this (0: off)")
     image_size: int | None = option(None, "square input side in pixels; default: the model's")
+    tile: str | int | None = option(
+        None,
+        "train on SIZE x SIZE tiles of the images cut at native resolution and predict by "
+        "tiles + the whole image (large images, small objects); auto: when the training "
+        "images are >= 3x the input and their boxes small; 0: off (default: 0)",
+    )
+    tile_overlap: float = option(0.2, "share of a tile that neighbouring tiles overlap")
     anchors: str | None = option(
         None,
         "auto: anchor sizes and ratios fitted to the training boxes; fixed: the model's",
@@ -133,6 +157,15 @@ class TrainConfig:
         "chapter (CE + masked L1), ssd, or key=value list, e.g. box=smooth_l1,sigma=1,"
         "cls=focal,gamma=2,alpha=0.25,neg_pos=3,cls_weight=1,box_weight=1,normalize=positives",
     )
+    assigner: str | None = option(
+        None,
+        "which anchors learn a box: max_iou (IoU >= 0.5, then each box's best: the chapter's) "
+        "or atss (per box, a threshold from the IoUs of its nearest anchors on every map)",
+        choices=ASSIGNERS,
+    )
+    patience: int | None = option(
+        None, "stop when val AP has not improved for this many epochs (0: never)"
+    )
     out: str | None = option(
         None, "run folder (default: the first free runs/train, runs/train2, ...)"
     )
@@ -147,8 +180,14 @@ class TrainConfig:
         "run folder or checkpoint to start from: every tensor whose name and shape match "
         "is loaded, class heads of another class count are new (no optimiser or epoch state)",
     )
-    pretrained: bool = option(
-        False, "start the backbone from torchvision's ImageNet weights (downloads once)"
+    pretrained: str = option(
+        "none",
+        "start from torchvision's weights, downloaded once: imagenet (the backbone; the "
+        "value when none is given) or coco (the whole detector: ssd300_vgg16, "
+        "ssdlite320_mobilenet_v3_large)",
+        choices=PRETRAINED,
+        nargs="?",
+        const="imagenet",
     )
     freeze: str = option(
         "none", "train without updating these weights", choices=("none", "backbone")
@@ -175,6 +214,11 @@ class TrainConfig:
         choices=("auto", "ram", "disk", "none"),
     )
     progress: bool = option(True, "show a progress bar")
+    tensorboard: bool = option(
+        False,
+        "also log the epochs and the val picture as TensorBoard event files in the run folder "
+        "(pip install 'tinyssd[tensorboard]')",
+    )
     stop_ap50: float | None = option(None, "stop once val AP50 reaches this value")
     stop_ap: float | None = option(None, "stop once val COCO AP reaches this value")
 
@@ -183,6 +227,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, str(value))
+        if isinstance(self.pretrained, bool):  # config.json before --pretrained took a value
+            self.pretrained = "imagenet" if self.pretrained else "none"
 
     def resolved(self) -> RunConfig:
         """The run's config: the recipe's values where a field is None, a new run folder
@@ -190,6 +236,8 @@ class TrainConfig:
         if self.recipe not in RECIPES:
             raise UsageError(f"--recipe {self.recipe!r}: choose from {', '.join(RECIPES)}")
         values = self.to_dict()
+        if self.pretrained == "coco" and self.anchors is None:
+            values["anchors"] = "fixed"  # COCO's box heads predict from COCO's anchors
         values.update({k: v for k, v in RECIPES[self.recipe].items() if values[k] is None})
         if self.epochs is not None and self.min_steps is None:
             values["min_steps"] = 0  # epochs given: exactly that many, not the recipe's floor
@@ -199,6 +247,7 @@ class TrainConfig:
             from .engine.run_folder import new_run_dir
 
             values["out"] = str(new_run_dir())
+        values["tile"] = _resolved_tile(values)
         cfg = RunConfig(**values)
         check(cfg)
         return cfg
@@ -239,17 +288,21 @@ class RunConfig:
     ema: float
     grad_clip: float
     image_size: int | None  # None: the model's own
+    tile: int  # tile side in source pixels; 0: whole images (--tile auto resolved)
+    tile_overlap: float
     anchors: str
     class_prior: float
     augment: str
     loss: str
+    assigner: str
+    patience: int
     out: str  # the run folder
     exist_ok: bool
     seed: int
     resume: str | None
     force: bool
     init: str | None
-    pretrained: bool
+    pretrained: str  # none, imagenet or coco
     freeze: str
     freeze_epochs: int
     device: str
@@ -258,6 +311,7 @@ class RunConfig:
     workers: int | None  # None: engine.inputs.default_workers() of the machine that runs it
     cache: str
     progress: bool
+    tensorboard: bool
     stop_ap50: float | None
     stop_ap: float | None
 
@@ -280,6 +334,7 @@ def check(cfg: RunConfig) -> None:
         "max_steps",
         "grad_clip",
         "freeze_epochs",
+        "patience",
     )
     for name in nonnegative:
         value = getattr(cfg, name)
@@ -287,11 +342,45 @@ def check(cfg: RunConfig) -> None:
             raise UsageError(f"--{flag(name)} {value}: must be >= 0")
     if not 0 <= cfg.ema < 1:
         raise UsageError(f"--ema {cfg.ema}: must be in [0, 1)")
+    if not 0 <= cfg.tile_overlap < 1:
+        raise UsageError(f"--tile-overlap {cfg.tile_overlap}: must be in [0, 1)")
     for f in fields(TrainConfig):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
         if choices and value not in choices:
             raise UsageError(f"--{flag(f.name)} {value!r}: choose from {', '.join(choices)}")
+
+
+def _resolved_tile(values: dict[str, Any]) -> int:
+    """``--tile``'s side in pixels, 0 for none: ``auto`` decided from the training set
+    (:func:`tinyssd.data.tiles.auto_tile`, logged in one line)."""
+    tile = values["tile"]
+    if tile is None or str(tile).strip().lower() in ("0", "off", "none"):
+        return 0
+    if str(tile).strip().lower() != "auto":
+        try:
+            side = int(tile)
+        except ValueError:
+            raise UsageError(f"--tile {tile!r}: a size in pixels, auto or 0 (off)") from None
+        if side < 0:
+            raise UsageError(f"--tile {tile}: must be >= 0")
+        return side
+    if values["data"] is None:
+        log.info("--tile auto: the built-in synthetic set's images are small: no tiling")
+        return 0
+    from .data.tiles import auto_tile
+    from .models import PRESETS
+
+    if values["model"] not in PRESETS:
+        raise UsageError(f"--model {values['model']!r}: choose from {', '.join(PRESETS)}")
+    input_size = values["image_size"] or PRESETS[values["model"]]().image_size
+    try:
+        side, reason = auto_tile(values["data"], values["format"], input_size)
+    except DataError as e:
+        log.info("--tile auto: no tiling (%s)", e)
+        return 0
+    log.info("--tile auto: %s", reason)
+    return side
 
 
 def resolve_config(overrides: dict[str, Any]) -> RunConfig:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,13 +24,13 @@ __all__ = ["atomic_path", "atomic_write"]
 @contextlib.contextmanager
 def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix, so writers that choose a format by
-    suffix still do) to write to; renamed over ``path`` when the block succeeds."""
+    suffix still do) to write to; renamed over ``path`` when the block succeeds.
+
+    The temporary file is created by the writer, so it gets the permissions any
+    file written there gets (the umask's), not ``mkstemp``'s owner-only 0600.
+    """
     path = Path(path)
-    fd, name = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
-    os.close(fd)
-    tmp = Path(name)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
         yield tmp
         if fsync:

@@ -34,21 +34,34 @@ if TYPE_CHECKING:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda where available, else cpu; UsageError for a device that is not there."""
+    """``auto`` -> cuda where available, else mps (Apple GPUs) where available, else cpu;
+    UsageError for a device that is not there."""
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            name = "cuda"
+        else:
+            name = "mps" if _mps_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: no CUDA device is available")
+    if name.startswith("mps") and not _mps_available():
+        raise UsageError(f"--device {name}: no Apple GPU (MPS) is available on this machine")
     try:
         return torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r}: choose from {', '.join(DEVICES)}") from None
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 autocast is fast on ``device`` (AVX512-BF16/AMX CPUs, Ampere+ GPUs)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if device.type == "mps":
+        return False  # fp32 on Apple GPUs: bf16 autocast there is not checked by tinyssd
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
@@ -129,8 +142,17 @@ def predict_dataset(
     post: PostprocessConfig = EVAL_POSTPROCESS,
 ) -> list[dict[str, Tensor]]:
     """Detections for the images of ``dataset`` (all, or ``indices``) in their own pixels,
-    selected by ``post`` (by default the eval settings: every score >= 0.01)."""
+    selected by ``post`` (by default the eval settings: every score >= 0.01).
+
+    A dataset with ``tiling`` (the val set of a model trained on tiles) is predicted
+    by tiles and whole, merged (:func:`tinyssd.tiling.predict_tiled`), as the
+    predictors do.
+    """
     indices = list(range(len(dataset))) if indices is None else indices
+    if dataset.tiling is not None:
+        return _predict_dataset_tiled(
+            model, dataset, indices, batch_size, device, autocast_dtype, post
+        )
     out: list[dict[str, Tensor]] = []
     for idx, images in _dataset_batches(dataset, indices, batch_size, device):
         # DetectionDataset reads every record's size from its image header
@@ -141,6 +163,41 @@ def predict_dataset(
             {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in d.items()}
             for d in dets
         ]
+    return out
+
+
+def _predict_dataset_tiled(
+    model: torch.nn.Module,
+    dataset: DetectionDataset,
+    indices: list[int],
+    batch_size: int,
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None,
+    post: PostprocessConfig,
+) -> list[dict[str, Tensor]]:
+    """``predict_dataset`` for a dataset held at full resolution with ``tiling``."""
+    from .tiling import predict_tiled
+
+    def detect(batch: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+        with autocast(device, autocast_dtype):
+            dets = predict_batch(model, batch, sizes, post)
+        return [{k: v.float() if v.is_floating_point() else v for k, v in d.items()} for d in dets]
+
+    out = []
+    for start in range(0, len(indices), batch_size):  # a few full images held at a time
+        images = [dataset.load_image(i) for i in indices[start : start + batch_size]]
+        dets = predict_tiled(
+            detect,
+            images,
+            dataset.image_size,
+            dataset.tiling,
+            post.nms_threshold,
+            post.max_detections,
+            batch_size,
+            post.class_agnostic,
+        )
+        out += [{k: v.cpu() for k, v in d.items()} for d in dets]
     return out
 
 

@@ -8,8 +8,7 @@ from torch import Tensor
 
 from .anchors import grid_levels
 from .boxes import batched_box_iou, encode_offsets
-
-ASSIGNERS = ("max_iou", "atss")
+from .options import ASSIGNERS
 
 
 def match_anchors(

@@ -19,7 +19,7 @@ def option(default: Any, help: str, choices: tuple | None = None, **extra: Any) 
 
     ``default=MISSING``: a required option (or argument). ``extra`` keys the
     parser reads: ``flag`` (the option's name when not the field's),
-    ``positional`` (an argument, not an option), ``nargs``, ``positive`` (an
+    ``positional`` (an argument, not an option), ``nargs`` and ``const``, ``positive`` (an
     integer > 0, checked while parsing), ``only`` (of a nested settings
     dataclass: the fields offered as options).
     """
@@ -39,10 +39,20 @@ def field_flag(f: Field) -> str:
 
 # Names that options take, listed once (the modules that implement them check against these).
 FORMAT_NAMES = ("bananas", "voc", "coco", "yolo")  # data layouts, in detection order
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # mps: Apple GPUs; auto takes cuda, then mps
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
 SCHEDULES = ("cosine", "step", "constant")  # learning-rate decay over the steps
+ASSIGNERS = ("max_iou", "atss")  # which anchors learn a box (matching.anchor_targets)
+# --model: the keys of models.PRESETS, listed torch-free for --help (a test keeps them equal)
+MODEL_NAMES = (
+    "tiny_ssd",
+    "ssd300_vgg16",
+    "tiny_fpn",
+    "ssdlite320_mobilenet_v3_large",
+    "ssd_resnet18",
+    "ssd_resnet50",
+)
 
 # Score a box needs to be reported, drawn or printed (predict, serve, video, pictures)
 # when the checkpoint stores no threshold of its own.
@@ -56,8 +66,11 @@ class PostprocessConfig:
     """From scores and boxes to detections: the one home of these knobs, used by predict,
     eval, video, serve and the ONNX export alike."""
 
-    score_threshold: float = option(
-        DEFAULT_THRESHOLD, "score a box needs to be reported and drawn", flag="threshold"
+    score_threshold: float | None = option(
+        None,
+        "score a box needs to be reported and drawn; default: the model's own (the F1-optimal "
+        f"threshold on val, stored at training), else {DEFAULT_THRESHOLD}",
+        flag="threshold",
     )
     nms_threshold: float = option(0.45, "IoU above which NMS removes the lower-scored box")
     topk_candidates: int = option(400, "(anchor, class) pairs per image that go into NMS")
@@ -68,6 +81,8 @@ class PostprocessConfig:
         flags = {f.name: field_flag(f) for f in fields(self)}
         for name in ("score_threshold", "nms_threshold"):
             value = getattr(self, name)
+            if value is None and name == "score_threshold":
+                continue  # the model's own threshold, resolved by the predictor
             if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 1):
                 raise UsageError(f"--{flags[name]} {value!r}: must be in [0, 1]")
         for name in ("topk_candidates", "max_detections"):
@@ -83,7 +98,8 @@ class PostprocessConfig:
 # (``PostprocessConfig``, ``LimitsOptions``) offers its own fields as options.
 
 DEFAULT_MAX_UPLOAD_MB = 20.0  # tinyssd serve: larger uploads are refused with 413
-DEMO_EPOCHS = 12  # tinyssd demo / make demo: about 2 minutes on 2 cores
+DEFAULT_CALIBRATION_IMAGES = 200  # tinyssd export --int8: images its ranges are measured on
+DEMO_EPOCHS = 24  # tinyssd demo / make demo: about 2.5 minutes of training on 2 cores
 FORMAT_CHOICES = ("auto", *FORMAT_NAMES)  # --format: "auto" detects the layout
 
 
@@ -129,7 +145,9 @@ class PredictOptions:
         positional=True,
         nargs="+",
     )
-    weights: str = option(MISSING, f"{_WEIGHTS_HELP}, or an exported .onnx graph")
+    weights: str = option(
+        MISSING, f"{_WEIGHTS_HELP}, an exported .onnx graph, or coco:NAME (torchvision's COCO SSD)"
+    )
     post: PostprocessConfig = option(PostprocessConfig(), "post-processing")
     out: str = option("predictions", "folder for the drawn pictures")
     backend: str = option(
@@ -166,6 +184,14 @@ class ServeOptions:
         PostprocessConfig(), "post-processing; a request may pass ?threshold="
     )
     max_upload_mb: float = option(DEFAULT_MAX_UPLOAD_MB, "larger uploads are refused with 413")
+    max_batch: int = option(
+        8,
+        "requests that arrive together are predicted as one batch of up to this many",
+        positive=True,
+    )
+    batch_wait_ms: float = option(
+        2.0, "how long a request waits for others to join its batch (0: never waits)"
+    )
     limits: LimitsOptions = option(LimitsOptions(), "input limits", only=("max_pixels",))
 
 
@@ -178,7 +204,12 @@ class EvalOptions:
     split: str = option("val", "the split to evaluate on")
     format: str = option("auto", "data layout", choices=FORMAT_CHOICES)
     json: str | None = option(None, "write the metrics dict here (default: none)")
-    out: str = option(".", "folder for pr_curve.png")
+    out: str | None = option(
+        None,
+        "folder for the report: results.json, val_predictions.png, confusion_matrix.png, "
+        "P_curve.png, R_curve.png, F1_curve.png, PR_curve.png (default: the first free "
+        "runs/eval, runs/eval2, ...)",
+    )
     limits: LimitsOptions = option(LimitsOptions(), "input limits")
 
 
@@ -200,6 +231,17 @@ class ExportOptions:
         "uint8",
         "the graph's image type: uint8, or float32 0-255 values",
         choices=("uint8", "float32"),
+    )
+    int8: bool = option(
+        False, "quantize the backbone to int8 (static; tinyssd eval shows the cost)"
+    )
+    calibration: str | None = option(
+        None,
+        "with --int8: images to calibrate on, a run folder, data folder or image folder "
+        "(default: the run's own training images)",
+    )
+    calibration_images: int = option(
+        DEFAULT_CALIBRATION_IMAGES, "with --int8: images calibrated on", positive=True
     )
     overwrite: bool = option(False, "replace an existing --out file")
 
@@ -235,6 +277,12 @@ class CheckOptions:
         None, "also report how well this model's anchors fit the boxes (default: none)"
     )
     image_size: int | None = option(None, "with --model: its input side (default: the model's own)")
+    plots: bool = option(
+        False,
+        "draw labels.png (boxes per class, their sizes and centres) and, with --model, each "
+        "level's anchors and those matched to each box on a few training images, into the "
+        "first free runs/check, runs/check2, ...",
+    )
     limits: LimitsOptions = option(LimitsOptions(), "input limits")
 
 

@@ -105,7 +105,7 @@ def postprocess_detections(
     cls_logits: Tensor,
     box_deltas: Tensor,
     anchors: Tensor,
-    score_threshold: float = EVAL_POSTPROCESS.score_threshold,
+    score_threshold: float = EVAL_SCORE_THRESHOLD,
     nms_threshold: float = EVAL_POSTPROCESS.nms_threshold,
     topk_candidates: int = EVAL_POSTPROCESS.topk_candidates,
     max_detections: int = EVAL_POSTPROCESS.max_detections,

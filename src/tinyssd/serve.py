@@ -12,6 +12,9 @@ threshold (its ``PostprocessConfig``) for that request.
 that draws the boxes on the chosen image. Every error is JSON ``{"error": "..."}``
 with a 4xx status: 400 a request without an image, 413 an upload over the size
 limit or an image over the pixel budget, 422 a file that is not a readable image.
+Requests that arrive together are predicted as one batch (``BatchPredictor``:
+up to ``--max-batch`` images, the first waiting at most ``--batch-wait-ms`` for
+others); each answer is the one it gets alone, up to float rounding.
 Needs ``pip install 'tinyssd[serve]'``.
 """
 
@@ -20,9 +23,12 @@ Needs ``pip install 'tinyssd[serve]'``.
 import ipaddress
 import json
 import logging
+import queue
 import socket
 import tempfile
 import threading
+import time
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import replace
 from importlib import resources
@@ -112,22 +118,86 @@ def decode_upload(data: bytes, name: str, limits: "DataLimits | None" = None) ->
             raise DataError(str(e).replace(str(path), name)) from None
 
 
+def check_batching(max_batch: int, batch_wait_ms: float) -> None:
+    """UsageError (one line) for batching settings out of range."""
+    if max_batch < 1:
+        raise UsageError(f"--max-batch {max_batch}: must be >= 1")
+    if not 0 <= batch_wait_ms <= 10_000:
+        raise UsageError(f"--batch-wait-ms {batch_wait_ms}: must be in 0..10000")
+
+
+class BatchPredictor:
+    """Predicts images that arrive together as one batch, on one worker thread.
+
+    ``predict(image, post)`` queues the image and waits for its detections. The
+    worker takes the first queued image, waits at most ``batch_wait_ms`` for up to
+    ``max_batch - 1`` more, and predicts them together (one ``det.predict`` call
+    per distinct ``post``): the network runs once per batch, and each image gets
+    the detections it gets alone, up to float rounding. ``max_batch=1`` predicts
+    one image at a time, in arrival order. ``requests`` and ``batches`` count what
+    was predicted.
+    """
+
+    def __init__(self, det: "Predictor", max_batch: int = 8, batch_wait_ms: float = 2.0) -> None:
+        check_batching(max_batch, batch_wait_ms)
+        self.det = det
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_ms / 1e3
+        self.requests = 0
+        self.batches = 0
+        self._queue: queue.Queue[tuple[Any, PostprocessConfig, Future]] = queue.Queue()
+        threading.Thread(target=self._work, name="tinyssd-batches", daemon=True).start()
+
+    def predict(self, image: Any, post: PostprocessConfig) -> dict:
+        """``det.predict(image, post=post)[0]``, batched with the images queued meanwhile."""
+        done: Future = Future()
+        self._queue.put((image, post, done))
+        return done.result()
+
+    def _next_batch(self) -> list[tuple[Any, PostprocessConfig, Future]]:
+        batch = [self._queue.get()]
+        deadline = time.monotonic() + self.batch_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get(timeout=max(deadline - time.monotonic(), 0)))
+            except queue.Empty:
+                break
+        return batch
+
+    def _work(self) -> None:
+        while True:
+            batch = self._next_batch()
+            self.batches += 1
+            self.requests += len(batch)
+            for post in dict.fromkeys(p for _, p, _ in batch):  # in arrival order
+                same = [(image, done) for image, p, done in batch if p == post]
+                try:
+                    dets = self.det.predict([image for image, _ in same], post=post)
+                except Exception as e:  # answered as a 500 by the request, logged by uvicorn
+                    for _, done in same:
+                        done.set_exception(e)
+                    continue
+                for (_, done), d in zip(same, dets, strict=True):
+                    done.set_result(d)
+
+
 def predict_upload(
-    det: "Predictor",
+    predictor: BatchPredictor,
     data: bytes,
     name: str,
     post: PostprocessConfig,
     limits: "DataLimits | None" = None,
-    lock: "threading.Lock | None" = None,
+    decoding: "threading.Semaphore | None" = None,
 ) -> dict:
-    """Decode and predict one uploaded image; the JSON dict ``POST /predict`` answers."""
+    """Decode and predict one uploaded image; the JSON dict ``POST /predict`` answers.
+
+    ``decoding`` bounds the decoded images held at once (each up to the pixel budget).
+    """
     from .predict.output import detection_line
 
-    # One image at a time: a prediction uses every core, and one decoded image (up to the
-    # pixel budget) is in memory at once however many requests wait.
-    with lock if lock is not None else nullcontext():
+    with decoding if decoding is not None else nullcontext():
         image = decode_upload(data, name, limits)
-        d = det.predict(image, post=post)[0]
+        d = predictor.predict(image, post)
     width, height = int(image.shape[2]), int(image.shape[1])
     return {"image": name, **detection_line(d, width=width, height=height)}
 
@@ -137,11 +207,14 @@ def create_app(
     post: PostprocessConfig | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     limits: "DataLimits | None" = None,
+    max_batch: int = 8,
+    batch_wait_ms: float = 2.0,
 ) -> "FastAPI":
     """The FastAPI app of ``tinyssd serve``: ``GET /``, ``GET /health``, ``POST /predict``.
 
     ``post``: the post-processing settings (default ``PostprocessConfig()``);
-    ``limits``: the pixel budget of an upload (default ``DataLimits.from_env()``).
+    ``limits``: the pixel budget of an upload (default ``DataLimits.from_env()``);
+    ``max_batch``, ``batch_wait_ms``: how requests are batched (``BatchPredictor``).
     """
     fastapi = require("fastapi", "serve")
     require("python_multipart", "serve")  # Starlette parses uploads with it
@@ -150,12 +223,15 @@ def create_app(
     from fastapi.responses import HTMLResponse
 
     from .data.limits import DataLimits
+    from .predict.base import resolve_for_model
 
-    post = post if post is not None else PostprocessConfig()
+    post = resolve_for_model(det.score_threshold, post, None)  # the model's own by default
     # DataError (one line) for a bad $TINYSSD_MAX_PIXELS
     limits = limits if limits is not None else DataLimits.from_env()
     max_bytes = int(max_upload_mb * 1_000_000)
-    lock = threading.Lock()
+    predictor = BatchPredictor(det, max_batch, batch_wait_ms)
+    # decoded images held at once: a batch being predicted and the next one gathering
+    decoding = threading.BoundedSemaphore(2 * max_batch)
     app = fastapi.FastAPI(title="tinyssd", docs_url="/docs", redoc_url=None)
     app.add_middleware(UploadLimit, max_bytes=max_bytes)
     add_error_handlers(app)
@@ -167,6 +243,8 @@ def create_app(
         "threshold": post.score_threshold,
         "max_upload_bytes": max_bytes,
         "max_pixels": limits.max_pixels,
+        "max_batch": max_batch,
+        "batch_wait_ms": batch_wait_ms,
     }
 
     @app.get("/", response_class=HTMLResponse)
@@ -175,7 +253,10 @@ def create_app(
 
     @app.get("/health")
     def get_health() -> dict:
-        return health
+        return {
+            **health,
+            "predicted": {"requests": predictor.requests, "batches": predictor.batches},
+        }
 
     @app.post("/predict")
     async def predict(
@@ -184,7 +265,9 @@ def create_app(
     ) -> dict:
         data, name = await read_upload(request)
         asked = replace(post, score_threshold=threshold)
-        return await run_in_threadpool(predict_upload, det, data, name, asked, limits, lock)
+        return await run_in_threadpool(
+            predict_upload, predictor, data, name, asked, limits, decoding
+        )
 
     return app
 
@@ -293,11 +376,14 @@ def serve(
     post: PostprocessConfig | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     limits: "DataLimits | None" = None,
+    max_batch: int = 8,
+    batch_wait_ms: float = 2.0,
 ) -> None:
     """Serve a run folder, checkpoint or ``.onnx`` until Ctrl-C (``tinyssd serve``).
 
     ``post`` (default ``PostprocessConfig()``) selects the detections; ``limits``
-    (default ``DataLimits.from_env()``) bound an upload's pixels.
+    (default ``DataLimits.from_env()``) bound an upload's pixels; up to ``max_batch``
+    requests arriving within ``batch_wait_ms`` are predicted together.
     """
     from .predict import load
 
@@ -306,7 +392,9 @@ def serve(
         raise UsageError(f"--max-upload-mb {max_upload_mb}: must be positive")
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port}: must be 0 (any free port) to 65535")
-    app = create_app(load(weights, device, precision), post, max_upload_mb, limits)
+    check_batching(max_batch, batch_wait_ms)  # before the model loads
+    det = load(weights, device, precision)
+    app = create_app(det, post, max_upload_mb, limits, max_batch, batch_wait_ms)
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -223,10 +223,10 @@ def predict_video(
     """
     from tqdm import tqdm
 
-    from .postprocess import resolve_postprocess
+    from .predict.base import resolve_for_model
     from .predict.output import detection_line, drawn
 
-    post = resolve_postprocess(post, threshold)
+    post = resolve_for_model(det.score_threshold, post, threshold)
     source = str(source)
     container = _open_source(source)
     try:

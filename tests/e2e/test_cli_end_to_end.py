@@ -120,4 +120,4 @@ def test_eval_prints_table_and_writes_pr_curve_and_json(synth, run, tmp_path, ca
     assert 0.3 < metrics["AP50"] <= 1
     for name in json.loads((run / "config.json").read_text())["classes"]:
         assert name in table
-    assert (tmp_path / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "PR_curve.png").read_bytes()[:4] == b"\x89PNG"

@@ -18,7 +18,7 @@ import shutil
 import stat
 import threading
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,9 @@ class Record:
         labels (Tensor[M] int64): class ids 1..C (0 is background).
         difficult (Tensor[M] bool): VOC "difficult" (ignored by VOC evaluation).
         iscrowd (Tensor[M] bool): COCO crowd regions (ignored by COCO evaluation).
-        size: (height, width) if the annotation says it, else None.
+        size: (height, width) if the annotation says it, else None; of a tile, the tile's.
+        window: a tile of the image (``tinyssd train --tile``): (x1, y1, x2, y2) in the
+            image's pixels; the boxes and ``size`` are then the tile's. None: the whole image.
     """
 
     image: Path
@@ -73,6 +75,7 @@ class Record:
     difficult: Tensor
     iscrowd: Tensor
     size: tuple[int, int] | None = None
+    window: tuple[int, int, int, int] | None = None
 
     @staticmethod
     def make(
@@ -116,10 +119,7 @@ class Split:
             return self
         if set(self.classes) <= set(classes):
             new_label = torch.tensor([0] + [classes.index(n) + 1 for n in self.classes])
-            records = [
-                Record(r.image, r.boxes, new_label[r.labels], r.difficult, r.iscrowd, r.size)
-                for r in self.records
-            ]
+            records = [replace(r, labels=new_label[r.labels]) for r in self.records]
             return Split(records, list(classes), self.root)
         if len(self.classes) <= len(classes):
             log.warning("%s: class names %s differ from %s", self.root, self.classes, classes)
@@ -317,13 +317,13 @@ def clip_to_image(record: Record, size: tuple[int, int], report: Report) -> Reco
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     for i in (~keep).nonzero().flatten().tolist():
         report.add(BAD_BOX, record.image, f"{b[i].tolist()} is empty inside {w}x{h}")
-    return Record(
-        record.image,
-        clipped[keep],
-        record.labels[keep],
-        record.difficult[keep],
-        record.iscrowd[keep],
-        (h, w),
+    return replace(
+        record,
+        boxes=clipped[keep],
+        labels=record.labels[keep],
+        difficult=record.difficult[keep],
+        iscrowd=record.iscrowd[keep],
+        size=(h, w),
     )
 
 

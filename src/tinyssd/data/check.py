@@ -1,6 +1,7 @@
 """``tinyssd data check DIR``: read every split, decode every image, report each problem.
 
     $ tinyssd data check data/pets --first 5
+    $ tinyssd data check data/pets --model tiny_fpn --plots   # + labels.png, anchors_N.png
 
 reads the train, val and test splits present in the folder's layout, decodes
 every image (so truncated files are found), clips the boxes to the image and
@@ -18,7 +19,17 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import UsageError
 from . import FORMATS, load_split, resolve_format
-from .base import BAD_SPLIT, DataError, Report, Split, clip_to_image, escape_control, read_image
+from .base import (
+    BAD_SPLIT,
+    DataError,
+    Record,
+    Report,
+    Split,
+    clip_to_image,
+    escape_control,
+    read_image,
+)
+from .base import image_size as header_size
 from .dataset import normalised_boxes
 from .limits import DataLimits
 
@@ -149,3 +160,106 @@ def anchor_fit_summary(
         f"{fit.boxes} training boxes have no anchor with IoU >= 0.5; fitted to the data "
         f"(--anchors auto): {chosen}"
     )
+
+
+def write_check_plots(
+    root: str | Path,
+    format: str = "auto",
+    model: str | None = None,
+    image_size: int | None = None,
+    limits: DataLimits | None = None,
+    out: str | Path | None = None,
+    images: int = 4,
+) -> list[Path]:
+    """``tinyssd data check DIR --plots``: ``labels.png`` of the training boxes and, with
+    ``model``, ``anchors_1.png``, ... for the first ``images`` training images with boxes:
+    each level's anchors and those matched to each box (the anchors ``--anchors auto``
+    fits, matched as training does, IoU 0.5). Written into ``out`` (None: the first free
+    ``runs/check``, ``runs/check2``, ...); returns the paths."""
+    import torch
+
+    from ..boxes import normalise_boxes
+    from ..engine.run_folder import new_run_dir
+    from ..files import atomic_path
+    from ..viz import plot_labels
+
+    limits = limits or DataLimits.from_env()
+    split = load_split(root, "train", format, limits=limits)
+    folder = Path(out) if out is not None else new_run_dir("runs", "check")
+    folder.mkdir(parents=True, exist_ok=True)
+    sized = []  # (record, (height, width)) of the images whose header reads
+    for rec in split.records:
+        try:
+            sized.append((rec, rec.size or header_size(rec.image, limits)))
+        except DataError:
+            continue
+    boxes = [normalise_boxes(r.boxes, size).clamp(0, 1) for r, size in sized if len(r.boxes)]
+    labels = [r.labels for r, _ in sized if len(r.boxes)]
+    written = [folder / "labels.png"]
+    with atomic_path(written[0]) as tmp:
+        plot_labels(
+            torch.cat(boxes) if boxes else torch.zeros(0, 4),
+            torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
+            split.classes,
+            tmp,
+            title=f"{len(sized)} training images",
+        )
+    if model:
+        with_boxes = [(r, size) for r, size in sized if len(r.boxes)][:images]
+        written += _anchor_plots(root, format, model, image_size, limits, with_boxes, split, folder)
+    return written
+
+
+def _anchor_plots(
+    root: str | Path,
+    format: str,
+    model: str,
+    image_size: int | None,
+    limits: DataLimits,
+    records: list[tuple[Record, tuple[int, int]]],
+    split: Split,
+    folder: Path,
+) -> list[Path]:
+    """``anchors_N.png`` of ``records``: see :func:`write_check_plots`."""
+    import torch
+
+    from ..anchors import AnchorGenerator
+    from ..boxes import box_iou, normalise_boxes
+    from ..files import atomic_path
+    from ..matching import match_anchors
+    from ..models.anchor_fit import feature_shapes
+    from ..viz import plot_anchor_matches
+
+    config = fit_model_anchors(root, format, model, image_size, limits).config
+    shapes = feature_shapes(config, config.image_size)
+    generator = AnchorGenerator(
+        config.sizes, config.ratios, config.anchor_steps, config.clip_anchors
+    )
+    per_cell = generator.num_anchors_per_cell()
+    counts = [h * w * a for (h, w), a in zip(shapes, per_cell, strict=True)]
+    anchors = generator(shapes, "cpu")  # (A, 4), the levels one after the other
+    levels = list(anchors.split(counts))
+    written = []
+    for i, (rec, size) in enumerate(records, start=1):
+        gt = normalise_boxes(rec.boxes, size).clamp(0, 1)
+        matched = match_anchors(anchors, gt[None], torch.ones(1, len(gt), dtype=torch.bool))[0]
+        best_iou = box_iou(gt, anchors).amax(dim=1)
+        path = folder / f"anchors_{i}.png"
+        title = (
+            f"{rec.image.name}: {model} at {config.image_size} px, anchors as --anchors auto "
+            "fits them, matched at IoU 0.5 as in training"
+        )
+        with atomic_path(path) as tmp:
+            plot_anchor_matches(
+                read_image(rec.image, limits),
+                gt,
+                rec.labels,
+                levels,
+                matched,
+                split.classes,
+                tmp,
+                best_iou=best_iou,
+                title=title,
+            )
+        written.append(path)
+    return written

@@ -13,6 +13,10 @@ Where the decoded pixels live is the ``cache``:
 
 ``auto`` (:func:`resolve_cache`) takes ``ram`` when the decoded set fits
 :func:`ram_budget`, else ``none``.
+
+A record with a ``window`` (a tile, :func:`tinyssd.data.tiles.tile_split`) is that
+crop of its image, cut at native resolution after decoding; with ``ram`` each
+image is decoded once for all its tiles, and ``disk`` keeps the whole image.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import Tensor
 from ..boxes import normalise_boxes
 from ..files import atomic_path
 from ..images import resize_image
+from ..tiling import Tiling
 from .base import DataError, Record, Report, Split, clip_to_image, image_size, read_image
 from .limits import DataLimits
 
@@ -208,7 +213,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     loader workers too: they get it pickled with the dataset.
 
     Without a ``transform`` images are resized to S once, when decoded. ``images``
-    is a list (``ram``) or a sequence that decodes when indexed.
+    is a list (``ram``) or a sequence that decodes when indexed. With ``tiling`` (the
+    val set of a model trained on tiles) images are held at full resolution for
+    ``inference.predict_dataset`` to predict by tiles; ``dataset[i]`` stays S x S.
     """
 
     def __init__(
@@ -220,8 +227,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         *,
         cache: str = "ram",
         limits: DataLimits | None = None,
+        tiling: Tiling | None = None,
     ) -> None:
         self.classes = split.classes
+        self.tiling = tiling
+        # held as decoded (or cropped), not resized to S: for the transform, or to cut tiles
+        self.full_resolution = transform is not None or tiling is not None
         self.limits = limits or DataLimits.from_env()
         self.image_size = image_size
         self.transform = transform
@@ -229,6 +240,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.records: list[Record] = []
         self.images: Sequence[Tensor] = []
         self.disk: DiskCache | None = None
+        self.disk_whole = False  # the disk cache holds whole decoded images (to cut or keep)
         self.failed_reads: list[str] = []  # images that failed to decode in a loader
         if cache == "ram":
             self._read_all(split)
@@ -238,7 +250,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.cache == "ram" and cache != "ram":
             self._decode_kept()
         if self.cache == "disk":
-            self.disk = DiskCache(disk_cache_dir(split.root, None if transform else image_size))
+            self.disk_whole = self.full_resolution or any(r.window for r in self.records)
+            stored_size = None if self.disk_whole else image_size
+            self.disk = DiskCache(disk_cache_dir(split.root, stored_size))
         if self.cache != "ram":
             self.images = LazyImages(self)
         skipped = len(split.records) - len(self.records)
@@ -248,9 +262,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _read_all(self, split: Split) -> None:
         """Records and their images, every image decoded now."""
         images = []
+        decoded: tuple[Path, Tensor] | None = None  # the tiles of an image are consecutive
         for rec in split.records:
             try:
-                image = read_image(rec.image, self.limits)
+                if decoded is None or decoded[0] != rec.image:
+                    decoded = (rec.image, read_image(rec.image, self.limits))
+                image = _crop(decoded[1], rec)
             except DataError as e:
                 self.report.add_unreadable(rec.image, e)
                 continue
@@ -262,9 +279,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _decode_kept(self) -> None:
         """The images of the records read from headers, decoded now (those that fail dropped)."""
         records, images = [], []
+        decoded: tuple[Path, Tensor] | None = None
         for rec in self.records:
             try:
-                images.append(self._decode(rec.image))
+                if decoded is None or decoded[0] != rec.image:
+                    decoded = (rec.image, read_image(rec.image, self.limits))
+                images.append(self._stored(_crop(decoded[1], rec)))
             except DataError as e:
                 self.report.add_unreadable(rec.image, e)
                 continue
@@ -276,21 +296,27 @@ class DetectionDataset(torch.utils.data.Dataset):
         for rec in split.records:
             try:
                 size = image_size(rec.image, self.limits)
+                if rec.window is not None:
+                    size = _window_size(rec, size)
             except DataError as e:
                 self.report.add_unreadable(rec.image, e)
                 continue
             self.records.append(clip_to_image(rec, size, self.report))
 
     def _stored(self, image: Tensor) -> Tensor:
-        """What is held for a decoded image: resized to S, or as is for the transform."""
-        return image if self.transform is not None else resize_image(image, self.image_size)
+        """What is held for a decoded image (or tile): resized to S, or as is for the transform
+        or ``tiling``."""
+        return image if self.full_resolution else resize_image(image, self.image_size)
 
     def _decode(self, path: Path) -> Tensor:
         return self._stored(read_image(path, self.limits))
 
+    def _read(self, path: Path) -> Tensor:
+        return read_image(path, self.limits)
+
     def decoded_bytes(self) -> int:
         """Bytes the held images take (uint8): 3*S*S each, or 3*H*W with a transform."""
-        if self.transform is None:
+        if not self.full_resolution:
             return len(self.records) * 3 * self.image_size**2
         return sum(3 * h * w for h, w in map(_held_size, self.records))
 
@@ -303,8 +329,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.cache == "ram":
             return self.images[i]
         rec = self.records[i]
-        image = self.disk.load(rec.image, self._decode) if self.disk else self._decode(rec.image)
-        if self.transform is not None and tuple(image.shape[-2:]) != rec.size:
+        if self.disk is not None and not self.disk_whole:
+            image = self.disk.load(rec.image, self._decode)  # held resized to S
+        else:  # the whole image read (or cached), then cut to the record's window
+            full = self.disk.load(rec.image, self._read) if self.disk else self._read(rec.image)
+            image = self._stored(_crop(full, rec))
+        if self.full_resolution and tuple(image.shape[-2:]) != rec.size:
             raise DataError(f"{rec.image}: image is now {tuple(image.shape[-2:])}, was {rec.size}")
         return image
 
@@ -315,7 +345,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         rec, image = self.records[i], self.load_image(i)
         if self.transform is None:
             boxes = normalise_boxes(rec.boxes, _held_size(rec))
-            return image, {"boxes": boxes, "labels": rec.labels}
+            return resize_image(image, self.image_size), {"boxes": boxes, "labels": rec.labels}
         image, boxes, labels = self.transform(image, rec.boxes, rec.labels)
         return image, {"boxes": boxes, "labels": labels}
 
@@ -328,6 +358,25 @@ class DetectionDataset(torch.utils.data.Dataset):
             "difficult": rec.difficult,
             "iscrowd": rec.iscrowd,
         }
+
+
+def _window_size(rec: Record, size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a record's window inside an image of ``size``; DataError when the
+    window does not fit (the image changed since the tiles were cut)."""
+    assert rec.window is not None
+    x0, y0, x1, y1 = rec.window
+    if x1 > size[1] or y1 > size[0]:
+        raise DataError(f"{rec.image}: tile {rec.window} outside the {size[1]}x{size[0]} image")
+    return y1 - y0, x1 - x0
+
+
+def _crop(image: Tensor, rec: Record) -> Tensor:
+    """The record's window of a decoded ``Tensor[3, H, W]`` (the whole image without one)."""
+    if rec.window is None:
+        return image
+    _window_size(rec, (int(image.shape[-2]), int(image.shape[-1])))
+    x0, y0, x1, y1 = rec.window
+    return image[:, y0:y1, x0:x1].contiguous()
 
 
 def collate(batch: list[tuple[Tensor, dict[str, Tensor]]]) -> tuple[Tensor, Tensor]:

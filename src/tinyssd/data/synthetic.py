@@ -15,6 +15,8 @@ What an image holds:
   a random hue, so colour alone is not enough and shape must be learnt.
   Object size (the geometric mean of width and height) is 8%-60% of the image
   side, aspect ratio w/h 0.5-2, with a shading gradient across the object.
+  For large images with small objects (``bench/large_images.py``), ``objects``
+  and ``object_px`` set how many (at most) and how large in pixels.
 - occlusion: objects are painted in order and may overlap. An object that
   would be hidden by more than ``1 - MIN_VISIBLE`` of its area is not drawn
   at all, so every drawn object is labelled, and its box is the extent of its
@@ -79,6 +81,8 @@ def make_synthetic(
     classes: int = 3,
     seed: int = 0,
     size: int = 256,
+    objects: int = MAX_OBJECTS,
+    object_px: tuple[int, int] | None = None,
 ) -> Path:
     """Write the procedural data set into ``out_dir`` and return ``out_dir``.
 
@@ -87,11 +91,18 @@ def make_synthetic(
         classes: number of object classes, 1..6 (the first of ``SHAPES``).
         seed: images depend only on (seed, split, index), not on the counts.
         size: image side in pixels (square images).
+        objects: at most this many objects per image (1..objects, or none).
+        object_px: (smallest, largest) object size sqrt(w h) in pixels; None:
+            ``MIN_SCALE``..``MAX_SCALE`` of ``size``.
     """
     if not 1 <= classes <= len(SHAPES):
         raise DataError(f"classes={classes}: the synthetic set has 1 to {len(SHAPES)} classes")
     if size < 32:
         raise DataError(f"size={size}: the synthetic images need at least 32 pixels a side")
+    if object_px is not None and not 4 <= object_px[0] <= object_px[1] < size:
+        raise DataError(f"object_px={object_px}: need 4 <= smallest <= largest < size {size}")
+    if objects < 1:
+        raise DataError(f"objects={objects}: at least 1")
     if train < 0 or val < 0 or seed < 0:
         raise DataError(f"train={train}, val={val}, seed={seed}: must not be negative")
     out_dir = Path(out_dir)
@@ -101,7 +112,14 @@ def make_synthetic(
         images = split_dir(out_dir, split) / "images"
         images.mkdir(parents=True, exist_ok=True)
         _remove_stale_images(images, count)
-        draw = partial(_write_image, images, size=size, classes=classes)
+        draw = partial(
+            _write_image,
+            images,
+            size=size,
+            classes=classes,
+            objects=objects,
+            object_px=object_px,
+        )
         seeds = [[seed, split_id, i] for i in range(count)]
         with ThreadPoolExecutor(WORKERS) as pool:
             rows = [row for image_rows in pool.map(draw, range(count), seeds) for row in image_rows]
@@ -152,17 +170,21 @@ def ensure_synthetic(cache_dir: str | Path | None = None, **kw) -> Path:
 
 
 def render_image(
-    rng: np.random.Generator, size: int, classes: int
+    rng: np.random.Generator,
+    size: int,
+    classes: int,
+    max_objects: int = MAX_OBJECTS,
+    object_px: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, list[tuple[int, int, int, int, int]]]:
-    """One image and its objects.
+    """One image and its objects (at most ``max_objects``, sized as ``make_synthetic`` says).
 
     Returns:
         pixels (ndarray[size, size, 3] uint8) and one ``(label, x1, y1, x2, y2)``
         per drawn object: label 0-based, box in pixels, x2/y2 exclusive.
     """
     image = _background(rng, size)
-    count = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(1, MAX_OBJECTS + 1))
-    layout = [_sample_object(rng, size, classes) for _ in range(count)]
+    count = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(1, max_objects + 1))
+    layout = [_sample_object(rng, size, classes, object_px) for _ in range(count)]
     # Painting order decides occlusion: drop the objects hidden too much, then
     # the rest are at least MIN_VISIBLE visible (removing one only uncovers others).
     owner = _owner_map(layout, size)
@@ -187,13 +209,20 @@ def render_image(
 
 
 def _write_image(
-    folder: Path, index: int, seed: list[int], size: int, classes: int
+    folder: Path,
+    index: int,
+    seed: list[int],
+    size: int,
+    classes: int,
+    objects: int = MAX_OBJECTS,
+    object_px: tuple[int, int] | None = None,
 ) -> list[tuple[str, int, int, int, int, int]]:
     """Render image ``index`` from its own seed, save ``folder/<index>.png``, return its rows."""
-    pixels, objects = render_image(np.random.default_rng(seed), size, classes)
+    rng = np.random.default_rng(seed)
+    pixels, drawn = render_image(rng, size, classes, objects, object_px)
     name = f"{index}.png"
     Image.fromarray(pixels).save(folder / name, **PNG_OPTIONS)
-    return [(name, *obj) for obj in objects]
+    return [(name, *obj) for obj in drawn]
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -247,10 +276,15 @@ class _Object(NamedTuple):
     colour: np.ndarray  # [h, w, 3] float32: the shaded colour of each pixel
 
 
-def _sample_object(rng: np.random.Generator, size: int, classes: int) -> _Object:
+def _sample_object(
+    rng: np.random.Generator, size: int, classes: int, object_px: tuple[int, int] | None = None
+) -> _Object:
     """Draw class, size, aspect ratio, place and colour of one object."""
     label = int(rng.integers(classes))
-    scale = rng.uniform(MIN_SCALE, MAX_SCALE) * size
+    if object_px is None:
+        scale = rng.uniform(MIN_SCALE, MAX_SCALE) * size
+    else:
+        scale = rng.uniform(*object_px)
     ratio = np.exp(rng.uniform(np.log(MIN_RATIO), np.log(MAX_RATIO)))
     w = int(np.clip(round(scale * np.sqrt(ratio)), 4, size - 1))
     h = int(np.clip(round(scale / np.sqrt(ratio)), 4, size - 1))

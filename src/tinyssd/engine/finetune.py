@@ -2,34 +2,38 @@
 
     tinyssd train --data mydata --init runs/bananas                 # any tinyssd checkpoint
     tinyssd train --data mydata --model ssd_resnet18 --pretrained   # torchvision's ImageNet weights
+    tinyssd train --data mydata --model ssdlite320_mobilenet_v3_large --pretrained coco
     tinyssd train --data mydata --init runs/big --freeze backbone --freeze-epochs 3
 
 ``--init`` copies every tensor of a checkpoint's ``model.`` weights whose name
 and shape match the new network; class heads of another class count keep
 their fresh initialisation. Unlike ``--resume`` it takes no optimiser, epoch
-or RNG state. ``--pretrained`` loads the backbone's ImageNet weights through
-torchvision's weights API and cache (``$TORCH_HOME/hub/checkpoints``).
+or RNG state. ``--pretrained imagenet`` (or bare ``--pretrained``) loads the
+backbone's ImageNet weights, ``--pretrained coco`` torchvision's whole COCO
+detector (``models.coco``; the network then has torchvision's geometry,
+``models.coco.coco_config``), both through torchvision's weights API and
+cache (``$TORCH_HOME/hub/checkpoints``), fetched by :func:`check_finetune`
+before any data is read.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models import WeightsEnum
 
 from ..checkpoint import read_checkpoint, resolve_checkpoint, split_state
 from ..config import RunConfig
 from ..errors import CheckpointError, UsageError
 from ..models import PRESETS, SSD
+from ..models.coco import COCO_WEIGHTS, load_coco_weights
 from ..models.ssd import BACKBONES
+from ..models.weights import fetch_weights, read_weights, weights_file
 
 log = logging.getLogger("tinyssd")
 
@@ -41,6 +45,7 @@ __all__ = [
     "compact_names",
     "imagenet_weights",
     "init_model",
+    "load_coco",
     "load_imagenet_backbone",
     "load_matching",
     "start_from",
@@ -152,34 +157,6 @@ def imagenet_weights(model_name: str) -> WeightsEnum | None:
     return getattr(backbone, "imagenet_weights", None)
 
 
-def _weights_file(weights: WeightsEnum) -> Path:
-    """Where torchvision keeps (or would download) the weights: ``$TORCH_HOME/hub/checkpoints``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-
-
-def _read_imagenet(weights: WeightsEnum, progress: bool) -> dict[str, Tensor]:
-    """torchvision's state dict for ``weights`` (downloaded once, hash-checked when it is).
-
-    CheckpointError, one line, when it is neither cached nor downloadable, or unreadable.
-    """
-    file = _weights_file(weights)
-    cached = file.is_file()
-    try:
-        return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        # URLError and socket errors are OSErrors; a bad hash is a RuntimeError
-        reason = f"{type(e).__name__}: {e}".splitlines()[0]
-        if cached:
-            raise CheckpointError(
-                f"{file}: not a readable weights file ({reason}); delete it to download it again"
-            ) from None
-        raise CheckpointError(
-            f"--pretrained: {file.name} is not in {file.parent} and could not be downloaded "
-            f"({reason}); download {weights.url} and put it at {file} "
-            "(the folder is $TORCH_HOME/hub/checkpoints)"
-        ) from None
-
-
 def load_imagenet_backbone(model: SSD, progress: bool = True) -> LoadReport:
     """Load the backbone's ImageNet weights (torchvision's names) into ``model.backbone``.
 
@@ -189,36 +166,86 @@ def load_imagenet_backbone(model: SSD, progress: bool = True) -> LoadReport:
     weights = getattr(model.backbone, "imagenet_weights", None)
     if weights is None:
         raise UsageError(f"--pretrained: {model.config.name} has no ImageNet weights")
-    state = _read_imagenet(weights, progress)
+    state = read_weights(weights, "--pretrained", progress)
     own = model.backbone.state_dict()
-    matched = {k: v for k, v in state.items() if k in own} if isinstance(state, dict) else {}
+    matched = {k: v for k, v in state.items() if k in own}
     wrong = [k for k, v in matched.items() if v.shape != own[k].shape]
     if wrong or not matched:
         first = f"{wrong[0]} is {tuple(matched[wrong[0]].shape)}" if wrong else "no tensor fits"
         raise CheckpointError(
-            f"{_weights_file(weights)}: not the {weights} weights of this backbone ({first})"
+            f"{weights_file(weights)}: not the {weights} weights of this backbone ({first})"
         )
     model.backbone.load_state_dict({**own, **matched})
     loaded = [f"backbone.{k}" for k in matched]
     kept = [k for k in model.state_dict() if k not in set(loaded)]
-    return LoadReport(f"{weights} ({_weights_file(weights).name})", loaded, kept)
+    return LoadReport(f"{weights} ({weights_file(weights).name})", loaded, kept)
+
+
+def load_coco(model: SSD, progress: bool = True) -> LoadReport:
+    """torchvision's whole COCO detector put into ``model`` (built from ``coco_config``):
+    backbone, extras, box heads and, for 90 classes, the class heads; class heads of
+    another class count start afresh, as with ``--init``."""
+    if model.config.name not in COCO_WEIGHTS:
+        raise UsageError(f"--pretrained coco: {model.config.name} has no COCO weights")
+    kept, file = load_coco_weights(model, "--pretrained coco", progress)
+    weights = COCO_WEIGHTS[model.config.name]
+    loaded = [k for k in model.state_dict() if k not in set(kept)]
+    return LoadReport(f"{weights} ({file.name})", loaded, kept)
+
+
+def _pretrained_weights(cfg: RunConfig) -> WeightsEnum | None:
+    """The torchvision weights ``--pretrained`` asks for, or None."""
+    if cfg.pretrained == "coco":
+        return COCO_WEIGHTS[cfg.model]
+    if cfg.pretrained == "imagenet":
+        return imagenet_weights(cfg.model)
+    return None
 
 
 # ---------------------------------------------------------------------------- the run's start
 
 
 def check_finetune(cfg: RunConfig) -> None:
-    """UsageError for an ``--init`` / ``--pretrained`` / ``--freeze`` request no run can do."""
-    if cfg.init and cfg.pretrained:
+    """UsageError for an ``--init`` / ``--pretrained`` / ``--freeze`` request no run can do;
+    then the weights file ``--pretrained`` needs, fetched (downloaded once) so that a
+    missing one fails in one line before any data is read."""
+    pretrained = cfg.pretrained != "none"
+    if cfg.init and pretrained:
         raise UsageError("--init and --pretrained: give one (--init already sets the backbone)")
-    if cfg.pretrained and cfg.model in PRESETS and imagenet_weights(cfg.model) is None:
+    no_imagenet = cfg.model in PRESETS and imagenet_weights(cfg.model) is None
+    if cfg.pretrained == "imagenet" and no_imagenet:
         with_weights = [m for m in PRESETS if imagenet_weights(m) is not None]
         raise UsageError(
             f"--pretrained: --model {cfg.model} has no ImageNet weights "
-            f"(models with them: {', '.join(with_weights)})"
+            f"(models with them: {', '.join(with_weights)}; COCO detectors: --pretrained coco)"
         )
+    if cfg.pretrained == "coco":
+        _check_coco(cfg)
     if cfg.freeze_epochs and cfg.freeze != "backbone":
         raise UsageError(f"--freeze-epochs {cfg.freeze_epochs}: needs --freeze backbone")
+    weights = _pretrained_weights(cfg) if cfg.model in PRESETS else None
+    if weights is not None and not cfg.resume:
+        fetch_weights(weights, "--pretrained", cfg.progress)
+
+
+def _check_coco(cfg: RunConfig) -> None:
+    """``--pretrained coco`` needs a model torchvision trained on COCO, with its anchors."""
+    if cfg.model not in COCO_WEIGHTS:
+        raise UsageError(
+            f"--pretrained coco: --model {cfg.model} has no COCO weights "
+            f"(models with them: {', '.join(COCO_WEIGHTS)})"
+        )
+    if cfg.anchors != "fixed":
+        raise UsageError(
+            f"--anchors {cfg.anchors}: --pretrained coco keeps COCO's anchors, which its box "
+            "heads predict from (leave out --anchors)"
+        )
+    native = PRESETS[cfg.model]().image_size
+    if cfg.model == "ssd300_vgg16" and cfg.image_size not in (None, native):
+        raise UsageError(
+            f"--image-size {cfg.image_size}: ssd300_vgg16's COCO anchors are laid out for "
+            f"{native} px (torchvision's steps); leave out --image-size"
+        )
 
 
 def start_from(model: SSD, cfg: RunConfig) -> LoadReport | None:
@@ -226,10 +253,12 @@ def start_from(model: SSD, cfg: RunConfig) -> LoadReport | None:
 
     Does nothing for a resumed run: its checkpoint's weights replace these.
     """
-    if cfg.resume or not (cfg.init or cfg.pretrained):
+    if cfg.resume or not (cfg.init or cfg.pretrained != "none"):
         return None
     if cfg.init:
         report = load_matching(model, cfg.init)
+    elif cfg.pretrained == "coco":
+        report = load_coco(model, progress=cfg.progress)
     else:
         report = load_imagenet_backbone(model, progress=cfg.progress)
     log.info("%s", report.summary())

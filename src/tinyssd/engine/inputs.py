@@ -1,6 +1,6 @@
 """What training reads: the splits, the model's anchors fitted to them, the datasets, batches.
 
-splits = read_splits(cfg, limits)               # records only, no pixels yet
+splits = read_splits(cfg, limits)               # records only, no pixels yet (--tile: tiles)
 config = model_config(cfg, splits)              # preset, image size, --anchors auto
 train_ds, val_ds = make_datasets(cfg, splits, config)    # --cache ram / disk / none / auto
 sampler = GlobalBatchSampler(len(train_ds), 32, seed, rank, world_size)
@@ -27,6 +27,8 @@ from ..data.dataset import hflip, normalised_boxes
 from ..errors import DataError
 from ..models import PRESETS, SSDConfig
 from ..models.anchor_fit import fit_for_data
+from ..models.coco import coco_config
+from ..tiling import Tiling
 from .distributed import GlobalBatchSampler
 
 log = logging.getLogger("tinyssd")
@@ -43,7 +45,10 @@ class Splits(NamedTuple):
 def read_splits(cfg: RunConfig, limits: DataLimits | None = None) -> Splits:
     """The train and val records (val relabelled to train's classes); no image decoded.
 
-    ``limits``: the pixel budget and box limit (None: ``DataLimits.from_env()``).
+    With ``--tile`` the training records are the tiles of the large images
+    (:func:`data.tiles.tile_split`); val stays whole (predicted by tiles, see
+    :func:`make_datasets`). ``limits``: the pixel budget and box limit (None:
+    ``DataLimits.from_env()``).
     """
     root = cfg.data
     if root is None:
@@ -54,6 +59,10 @@ def read_splits(cfg: RunConfig, limits: DataLimits | None = None) -> Splits:
     report, limits = Report(), limits or DataLimits.from_env()
     train = load_split(root, "train", cfg.format, report, limits)
     val = load_split(root, "val", cfg.format, report, limits).with_classes(train.classes)
+    if cfg.tile:
+        from ..data.tiles import tile_split
+
+        train = tile_split(train, cfg.tile, cfg.tile_overlap, cfg.seed, limits)
     return Splits(root, train, val, report, limits)
 
 
@@ -63,7 +72,7 @@ def model_config(cfg: RunConfig, splits: Splits) -> SSDConfig:
 
     Logs the share of training boxes no anchor matches at IoU 0.5, before and after fitting.
     """
-    config = PRESETS[cfg.model]()
+    config = coco_config(cfg.model) if cfg.pretrained == "coco" else PRESETS[cfg.model]()
     config = replace(config, image_size=cfg.image_size or config.image_size)
     if cfg.anchors != "auto":
         return config
@@ -86,15 +95,18 @@ def make_datasets(
     cfg: RunConfig, splits: Splits, config: SSDConfig
 ) -> tuple[DetectionDataset, DetectionDataset]:
     """The datasets of the splits (train with its augmentation), their images held as
-    ``--cache`` says; log what was skipped."""
+    ``--cache`` says; log what was skipped. With ``--tile`` val images are held at full
+    resolution, to be predicted by tiles and whole as the trained model will be."""
     size = config.image_size
     transform = make_transform(cfg.augment, size, min(min(s) for s in config.sizes))
     cache = cfg.cache
     train_ds = DetectionDataset(
         splits.train, size, transform, splits.report, cache=cache, limits=splits.limits
     )
+    tiling = Tiling(cfg.tile, cfg.tile_overlap) if cfg.tile else None
+    val_cache = train_ds.cache  # --cache auto decides (and says) once, on train; val follows
     val_ds = DetectionDataset(
-        splits.val, size, None, splits.report, cache=cache, limits=splits.limits
+        splits.val, size, None, splits.report, cache=val_cache, limits=splits.limits, tiling=tiling
     )
     if splits.report:
         log.info("data check for %s:\n%s", splits.root, splits.report.summary())

@@ -14,7 +14,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,10 @@ from ..checkpoint import save_checkpoint
 from ..errors import UsageError
 from ..files import atomic_path, atomic_write
 from ..options import DEFAULT_THRESHOLD
+from .tensorboard import TensorBoardLog
+
+if TYPE_CHECKING:
+    from ..evaluation.report import EvalReport
 
 log = logging.getLogger("tinyssd")
 
@@ -57,6 +61,7 @@ class RunFolder:
         self.path = Path(path)
         self.main = main
         self.config: dict[str, Any] = {}  # config.json, as written by ``start``
+        self.tensorboard: TensorBoardLog | None = None  # --tensorboard: see ``start``
         self._lock: IO | None = None
         if not main:
             return
@@ -79,11 +84,14 @@ class RunFolder:
             self._lock = None
             raise UsageError(f"--out {self.path}: another training is writing there") from None
 
-    def start(self, config: dict[str, Any]) -> None:
-        """``config.json``: the run's config, also stored in every checkpoint."""
+    def start(self, config: dict[str, Any], tensorboard: bool = False) -> None:
+        """``config.json``: the run's config, also stored in every checkpoint; with
+        ``tensorboard``, event files in the run folder (``tinyssd[tensorboard]``)."""
         self.config = config
         if self.main:
             atomic_write(self.path / "config.json", json.dumps(config, indent=1))
+            if tensorboard:
+                self.tensorboard = TensorBoardLog(self.path)
 
     def log_epoch(self, history: list[dict[str, Any]], epochs: int) -> None:
         """The last epoch's summary line; ``metrics.csv`` and ``curves.png`` of all of them."""
@@ -104,6 +112,8 @@ class RunFolder:
             row["images_per_s"],
         )
         write_metrics(self.path / "metrics.csv", history)
+        if self.tensorboard is not None:
+            self.tensorboard.log_epoch(row)
         with atomic_path(self.path / "curves.png") as tmp:
             plot_curves(history, tmp)
 
@@ -129,15 +139,75 @@ class RunFolder:
         if best or not (self.path / "best.safetensors").exists():
             save_checkpoint(self.path / "best.safetensors", *args)
 
-    def finish(self, model: torch.nn.Module, val_ds, device: torch.device) -> None:
-        """``val_predictions.png``; release the folder."""
-        if self.main:
-            if len(val_ds):
-                save_val_predictions(model, val_ds, self.path / "val_predictions.png", device)
-            log.info("run folder: %s", self.path)
-        self.close()
+    def write_labels(self, dataset) -> Path | None:
+        """``labels.png``: the training boxes per class, their centres and sizes."""
+        if not self.main:
+            return None
+        from ..boxes import normalise_boxes
+        from ..viz import plot_labels
+
+        records = [r for r in dataset.records if len(r.boxes) and r.size]
+        boxes = [normalise_boxes(r.boxes, r.size).clamp(0, 1) for r in records]
+        labels = [r.labels for r in records]
+        path = self.path / "labels.png"
+        with atomic_path(path) as tmp:
+            plot_labels(
+                torch.cat(boxes) if boxes else torch.zeros(0, 4),
+                torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
+                dataset.classes,
+                tmp,
+                title=f"{len(dataset)} training images",
+            )
+        return path
+
+    def finish(
+        self,
+        model: torch.nn.Module,
+        val_ds,
+        device: torch.device,
+        threshold: float = DEFAULT_THRESHOLD,
+        extra: dict[str, Any] | None = None,
+    ) -> EvalReport | None:
+        """The report of ``model`` on val (logged; ``results.json`` with ``extra``, the
+        confusion matrix, the P/R/F1 curves, ``val_predictions.png``), P and R counted at
+        ``threshold``; the list of files; release the folder. Returns the report (None
+        without val images, or on other processes than the main one)."""
+        report = None
+        try:
+            if self.main:
+                report = self._report(model, val_ds, device, threshold, extra)
+                files = sorted(p.name for p in self.path.iterdir() if not p.name.startswith("."))
+                log.info("run folder %s: %s", self.path, ", ".join(files))
+        finally:
+            self.close()
+        return report
+
+    def _report(
+        self, model, val_ds, device: torch.device, threshold: float, extra: dict | None
+    ) -> EvalReport | None:
+        from ..evaluation.plot import format_class_table
+        from ..evaluation.report import build_report, write_report
+        from ..inference import predict_dataset
+
+        if not len(val_ds):
+            atomic_write(self.path / "results.json", json.dumps(extra or {}, indent=1))
+            log.info("no val images: results.json holds the training metrics only")
+            return None
+        predictions = predict_dataset(model, val_ds, 32, device)
+        targets = [val_ds.targets_in_pixels(i) for i in range(len(val_ds))]
+        report = build_report(predictions, targets, val_ds.classes, threshold)
+        log.info("%s", format_class_table(report.rows, threshold))
+        write_report(report, self.path, extra)
+        path = self.path / "val_predictions.png"
+        save_val_predictions(val_ds, predictions, path, threshold=threshold)
+        if self.tensorboard is not None:
+            self.tensorboard.add_picture("val_predictions", path)
+        return report
 
     def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
@@ -155,23 +225,50 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def save_val_predictions(
-    model: torch.nn.Module, dataset, path: Path, device: torch.device, count: int = 8
-) -> None:
-    """A grid of val images with their boxes of score >= DEFAULT_THRESHOLD drawn."""
-    from ..data.base import read_image
-    from ..inference import predict_dataset
-    from ..viz import draw_detections, save_grid
+    dataset,
+    predictions: list[dict[str, torch.Tensor]],
+    path: Path,
+    count: int = 8,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> Path:
+    """``val_predictions.png``: the first ``count`` val images, ground truth on the left,
+    the predictions scoring >= ``threshold`` on the right, and a caption that says the
+    threshold and, when nothing is drawn, why.
 
-    subset_idx = list(range(min(count, len(dataset))))
-    dets = predict_dataset(model, dataset, 32, device, indices=subset_idx)
-    pictures = []
-    for i, d in zip(subset_idx, dets, strict=True):
-        keep = d["scores"] >= DEFAULT_THRESHOLD
+    ``predictions[i]``: the detections of ``dataset``'s image i in its pixels.
+    """
+    from ..data.base import read_image
+    from ..viz import draw_detections, draw_ground_truth, save_pairs
+
+    pairs, drawn, best = [], 0, 0.0
+    for i, d in enumerate(predictions[:count]):
         image = read_image(dataset.records[i].image)
+        target = dataset.targets_in_pixels(i)
+        truth = draw_ground_truth(image, target["boxes"], target["labels"], dataset.classes)
+        keep = d["scores"] >= threshold
         boxes, scores, labels = d["boxes"][keep], d["scores"][keep], d["labels"][keep]
-        pictures.append(draw_detections(image, boxes, scores, labels, dataset.classes))
+        drawn += len(scores)
+        best = max([best, *d["scores"].tolist()])
+        pairs.append((truth, draw_detections(image, boxes, scores, labels, dataset.classes)))
+    caption = val_caption(len(pairs), drawn, threshold, best)
     with atomic_path(path) as tmp:
-        save_grid(pictures, tmp)
+        save_pairs(pairs, tmp, ("ground truth", f"predictions, score >= {threshold:.3f}"), caption)
+    return path
+
+
+def val_caption(images: int, drawn: int, threshold: float, best_score: float) -> str:
+    """What ``val_predictions.png`` says under its pictures: the threshold, and why
+    nothing is drawn when nothing is (``best_score``: the highest score predicted)."""
+    caption = (
+        f"{images} val images. Right: the {drawn} predictions with score >= {threshold:.3f} "
+        "(the model's threshold: F1-optimal on val; predict and serve use it too)."
+    )
+    if not drawn:
+        caption += (
+            f" No prediction reaches it on these images (highest score {best_score:.3f}):"
+            " the model is undertrained or the threshold too high (try --threshold)."
+        )
+    return caption
 
 
 def _fmt(v: float | None) -> str:

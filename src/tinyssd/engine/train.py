@@ -5,8 +5,11 @@
 
 The loop: get batch, forward, label anchors, loss, backward, step; after each
 epoch: evaluate on val, log, checkpoint, maybe stop. The run folder gets
-``config.json``, ``metrics.csv``, ``curves.png``, ``val_predictions.png``,
-``last.safetensors`` and ``best.safetensors`` (best val COCO AP).
+``config.json``, ``labels.png``, ``metrics.csv``, ``curves.png``,
+``last.safetensors`` and ``best.safetensors`` (best val COCO AP), and at the end
+the report of the best weights on val: ``results.json``, ``val_predictions.png``,
+``confusion_matrix.png``, ``P_curve.png``, ``R_curve.png``, ``F1_curve.png``,
+``PR_curve.png`` (and TensorBoard event files with ``--tensorboard``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import resolve_checkpoint, restore
+from ..checkpoint import read_checkpoint, resolve_checkpoint, restore, split_state
 from ..config import RunConfig, TrainConfig, check, resolve_config
 from ..data import DetectionDataset
 from ..data.limits import DataLimits
@@ -36,6 +38,7 @@ from ..losses import LossConfig, MultiBoxLoss
 from ..matching import anchor_targets
 from ..models import PRESETS, SSD
 from ..models.prior import init_class_prior
+from ..predict.base import model_threshold
 from . import distributed as dist
 from .allocator import freed_memory_kept
 from .finetune import backbone_freeze, check_finetune, start_from
@@ -50,11 +53,12 @@ from .inputs import (
     stack_dataset,
 )
 from .optim import ModelEMA, build_optimizer, lr_at, param_groups, set_lr
+from .report import TrainResult, default_logging, progress_bar, training_header
 from .run_folder import METRIC_COLUMNS, RunFolder
 
 log = logging.getLogger("tinyssd")
 
-__all__ = ["METRIC_COLUMNS", "TrainConfig", "train", "train_step"]
+__all__ = ["METRIC_COLUMNS", "TrainConfig", "TrainResult", "train", "train_step"]
 
 
 class TrainingError(TinySSDError):
@@ -110,16 +114,18 @@ def train_step(
     autocast_dtype: torch.dtype | None = None,
     grad_clip: float = 0.0,
     scaler: torch.amp.GradScaler | None = None,
+    assigner: str = "max_iou",
 ) -> Step:
     """One iteration: forward (channels_last, optional autocast), label anchors, loss,
     backward, (gradient clipping,) optimiser step; through ``scaler`` (fp16) if given.
 
     ``images`` (Tensor[B, 3, S, S]), ``targets`` (Tensor[B, M, 5]): ``collate``'s rows
-    (class 1..C, normalised xyxy; class 0 = padding)."""
+    (class 1..C, normalised xyxy; class 0 = padding); ``assigner``: which anchors learn
+    a box (``matching.anchor_targets``)."""
     images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, autocast_dtype):
         anchors, cls_logits, box_deltas = step_model(images)
-    box_targets, box_mask, cls_targets = anchor_targets(anchors, targets)
+    box_targets, box_mask, cls_targets = anchor_targets(anchors, targets, assigner=assigner)
     losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask, anchors)
     scaler = scaler or torch.amp.GradScaler(images.device.type, enabled=False)
     optimizer.zero_grad(set_to_none=True)
@@ -222,6 +228,7 @@ class Fit:
     grad_clip: float = 0.0
     ema: ModelEMA | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling
+    assigner: str = "max_iou"  # which anchors learn a box
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -237,18 +244,10 @@ def train_one_epoch(
     show_progress: bool,
 ) -> dict[str, float]:
     """The epoch's steps; returns its training metrics (a metrics.csv row's first half)."""
-    from tqdm import tqdm
-
     fit.model.train()
     meter = EpochMeter(fit.device)
-    bar = tqdm(
-        batch_iter,
-        total=fit.steps_per_epoch,
-        desc=f"epoch {epoch + 1}/{epochs}",
-        disable=not show_progress,
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
+    bar = progress_bar(
+        batch_iter, fit.steps_per_epoch, f"epoch {epoch + 1}/{epochs}", show_progress
     )
     for index, (images, targets) in enumerate(bar):
         t0 = time.perf_counter()
@@ -265,6 +264,7 @@ def train_one_epoch(
             fit.autocast_dtype,
             fit.grad_clip,
             fit.scaler,
+            fit.assigner,
         )
         check_finite(step, epoch, index, lr)
         if fit.ema is not None:
@@ -289,33 +289,70 @@ def train_one_epoch(
 def validate(
     model: torch.nn.Module, val_ds: DetectionDataset, batch_size: int, device: torch.device
 ) -> dict[str, float]:
-    """Val AP50 and COCO AP (fp32), or nothing for an empty val split."""
+    """Val AP50 and COCO AP (fp32), the score threshold that maximises F1 on val (what
+    predict, serve and the pictures use by default) and each class's AP (``val_class_AP``:
+    name -> AP, for TensorBoard), or nothing for an empty val split."""
     if not len(val_ds):
         return {}
     metrics = evaluate_dataset(model, val_ds, batch_size, device)
-    return {"val_AP50": metrics["AP50"], "val_AP": metrics["AP"]}
+    per_class = metrics["per_class"]
+    return {
+        "val_AP50": metrics["AP50"],
+        "val_AP": metrics["AP"],
+        "val_threshold": metrics["f1_threshold"],
+        "val_class_AP": {
+            name: per_class[label]["AP"]
+            for label, name in enumerate(val_ds.classes, start=1)
+            if label in per_class and per_class[label]["AP"] > -1
+        },
+    }
 
 
-def should_stop(cfg: RunConfig, row: dict) -> bool:
-    """True once the val metric of ``--stop-ap50`` or ``--stop-ap`` reaches its target."""
+def should_stop(cfg: RunConfig, row: dict, history: list[dict] | None = None) -> bool:
+    """True once the val metric of ``--stop-ap50`` or ``--stop-ap`` reaches its target, or
+    when val AP has not improved over its best for ``--patience`` epochs (``history``:
+    the epochs' rows so far, this one last)."""
     for key, target in (("val_AP50", cfg.stop_ap50), ("val_AP", cfg.stop_ap)):
         if target is not None and row.get(key, -1.0) >= target:
             log.info("%s %.3f >= %.3f: stopping", key, row[key], target)
+            return True
+    if cfg.patience and history:
+        aps = [r.get("val_AP", -1.0) for r in history]
+        best_epoch = max(range(len(aps)), key=lambda i: (aps[i], -i))  # the first best
+        if aps[best_epoch] >= 0 and len(aps) - 1 - best_epoch >= cfg.patience:
+            log.info(
+                "val AP has not improved for %d epochs (best %.3f at epoch %d; --patience %d): "
+                "stopping, best.safetensors kept",
+                len(aps) - 1 - best_epoch,
+                aps[best_epoch],
+                history[best_epoch]["epoch"],
+                cfg.patience,
+            )
             return True
     return False
 
 
 def train(
     config: TrainConfig | None = None, *, limits: DataLimits | None = None, **overrides: Any
-) -> Path:
-    """Train a detector; returns the run folder. Keywords are ``TrainConfig``'s fields;
-    ``limits`` what the data readers accept (None: ``DataLimits.from_env()``).
+) -> TrainResult:
+    """Train a detector; returns its run folder and metrics (a ``TrainResult``, which
+    stands for the folder where a path does). Keywords are ``TrainConfig``'s fields;
+    ``limits`` what the data readers accept (None: ``DataLimits.from_env()``). The
+    epochs' lines go to the ``tinyssd`` logger (on stderr if logging is not configured).
 
     Example::
 
         run = tinyssd.train(data="data/banana-detection", out="runs/bananas")
+        run.best["val_AP"], run.classes[0]["recall"], run / "results.json"
         run = tinyssd.train(resume="runs/bananas", epochs=40)   # continue, 40 in all
     """
+    with default_logging():
+        return _train(config, limits, overrides)
+
+
+def _train(
+    config: TrainConfig | None, limits: DataLimits | None, overrides: dict[str, Any]
+) -> TrainResult:
     if config is not None:
         overrides = {**config.to_dict(), **overrides}
     cfg = resolve_config(overrides)
@@ -337,7 +374,7 @@ def _fit(
     dist_ctx: dist.DistContext,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
-) -> Path:
+) -> TrainResult:
     resume_file = resolve_checkpoint(cfg.resume, prefer="last") if cfg.resume else None
     main = dist_ctx.is_main
     out = Path(cfg.out)
@@ -378,11 +415,18 @@ def _fit(
         grad_clip=cfg.grad_clip,
         ema=ModelEMA(model, cfg.ema, ema_ramp(epochs * steps_per_epoch)) if cfg.ema else None,
         scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16),
+        assigner=cfg.assigner,
     )
     state = TrainState()
     if resume_file is not None:
         state = resume(resume_file, fit, cfg)
-    run.start(run_config(cfg, model, train_ds.classes, fit.loss_fn.config))
+    run.start(run_config(cfg, model, train_ds.classes, fit.loss_fn.config), cfg.tensorboard)
+    if main:
+        header = training_header(
+            cfg.model, model, config.image_size, train_ds, val_ds, device, autocast_dtype
+        )
+        log.info("%s", header)
+        run.write_labels(train_ds)
 
     fit.step_model = dist_ctx.wrap(model)
     if cfg.compile:
@@ -401,6 +445,7 @@ def _fit(
         )
         row: dict[str, Any] = {"epoch": epoch + 1}
         row |= train_one_epoch(fit, local_batches, epoch, epochs, cfg.progress and main)
+        row["lr"] = fit.optimizer.param_groups[0]["lr"]
         check_finite_weights(fit.eval_model, epoch, fit.optimizer.param_groups[0]["lr"])
         if main:
             row |= validate(fit.eval_model, val_ds, cfg.batch_size, device)
@@ -412,10 +457,30 @@ def _fit(
             training_weights = fit.model if fit.ema is not None else None
             extra = state_extra(state, fit)
             run.save(fit.eval_model, fit.optimizer, state.epoch, extra, improved, training_weights)
-        if should_stop(cfg, row):
+        if should_stop(cfg, row, state.history if main else None):
             break
-    run.finish(fit.eval_model, val_ds, device)
-    return out
+    return finish_run(run, fit, val_ds, device, state)
+
+
+def finish_run(
+    run: RunFolder, fit: Fit, val_ds: DetectionDataset, device: torch.device, state: TrainState
+) -> TrainResult:
+    """The report on the weights ``tinyssd.load(run)`` takes (best.safetensors) at their
+    stored threshold, written into the run folder; the result of ``train``."""
+    final = state.history[-1] if state.history else {}
+    aps = [r.get("val_AP", -1.0) for r in state.history]
+    best = state.history[aps.index(max(aps))] if aps else {}
+    best_file = run.path / "best.safetensors"
+    model = fit.eval_model
+    if run.main and best_file.is_file():
+        tensors, meta = read_checkpoint(best_file)
+        model.load_state_dict(split_state(tensors, "model."))
+        best = next((r for r in state.history if r["epoch"] == meta["epoch"]), best)
+    threshold = model_threshold(best.get("val_threshold"))
+    extra = {"weights": "best.safetensors", "epoch": best.get("epoch"), "final": final}
+    report = run.finish(model, val_ds, device, threshold, {**extra, "best": best})
+    rows = report.rows if report is not None else []
+    return TrainResult(run.path, final, best, rows, threshold if report is not None else None)
 
 
 def ema_ramp(total_steps: int) -> float:
@@ -471,6 +536,9 @@ def resume(path: Path, fit: Fit, cfg: RunConfig) -> TrainState:
 
 def state_extra(state: TrainState, fit: Fit) -> dict[str, Any]:
     extra: dict[str, Any] = {"history": state.history, "best_ap": state.best_ap}
+    last = state.history[-1] if state.history else {}
+    if "val_threshold" in last:  # this epoch's F1-optimal threshold goes with its weights
+        extra["score_threshold"] = last["val_threshold"]
     if fit.ema is not None:
         extra["ema_updates"] = fit.ema.updates
     return extra

@@ -1,10 +1,12 @@
-"""Reading ``evaluate``'s result: per-class precision-recall curves, and a text table."""
+"""Reading ``evaluate``'s result: precision-recall and score-threshold curves, the confusion
+matrix, and text tables."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from . import SUMMARY_KEYS
@@ -75,4 +77,103 @@ def format_table(result: dict, classes: Sequence[str]) -> str:
         f"VOC  mAP (11-point) {_number(result['VOC07_mAP'])}  "
         f"mAP (all points) {_number(result['VOC_mAP'])}",
     ]
+    return "\n".join(lines)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, classes: Sequence[str], path: str | Path, threshold: float
+) -> Path:
+    """PNG of ``confusion.confusion_matrix`` (rows predicted, columns true, index 0 the
+    background), each column normalised to 1 as Ultralytics draws it, with the counts."""
+    path = Path(path)
+    names = ["background", *classes]
+    totals = matrix.sum(axis=0, keepdims=True)
+    shares = matrix / np.maximum(totals, 1)
+    side = max(4.0, 0.7 * len(names) + 2.5)
+    fig = Figure(figsize=(side + 1, side))
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true column")
+    ticks = range(len(names))
+    ax.set_xticks(ticks, names, rotation=45, ha="right")
+    ax.set_yticks(ticks, names)
+    ax.set(xlabel="true", ylabel="predicted")
+    if len(names) <= 30:  # counts stay readable
+        for (row, col), count in np.ndenumerate(matrix):
+            if count:
+                colour = "white" if shares[row, col] > 0.5 else "black"
+                ax.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    ax.set_title(f"Confusion matrix at score >= {threshold:.2f}, IoU 0.5")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+CURVE_FILES = {"precision": "P_curve.png", "recall": "R_curve.png", "f1": "F1_curve.png"}
+
+
+def plot_threshold_curves(
+    pooled: dict[str, np.ndarray],
+    per_class: dict[int, dict[str, np.ndarray]],
+    classes: Sequence[str],
+    folder: str | Path,
+    threshold: float,
+    at_threshold: dict[str, float] | None = None,
+) -> list[Path]:
+    """``P_curve.png``, ``R_curve.png``, ``F1_curve.png`` in ``folder``: precision, recall and
+    F1 against the score threshold, per class (thin) and all classes pooled (thick; the
+    ``threshold_curves`` of ``evaluate``), the chosen ``threshold`` marked and the pooled
+    values there (``at_threshold``: ``precision recall f1``, exact where the 101-point
+    curves fall between; else read from the curves) in the legend.
+
+    Written through ``atomic_path``; returns the paths.
+    """
+    from ..files import atomic_path
+
+    written = []
+    for key, name in CURVE_FILES.items():
+        fig = Figure(figsize=(6, 4.5))
+        ax = fig.add_subplot()
+        for label, curve in sorted(per_class.items()):
+            ax.plot(curve["threshold"], curve[key], lw=1, label=_class_name(classes, label))
+        at = int(np.argmin(np.abs(pooled["threshold"] - threshold)))
+        value = (at_threshold or {}).get(key, float(pooled[key][at]))
+        title = {"precision": "Precision", "recall": "Recall", "f1": "F1"}[key]
+        ax.plot(
+            pooled["threshold"],
+            pooled[key],
+            lw=3,
+            color="black",
+            label=f"all classes: {value:.2f} at {threshold:.3f}",
+        )
+        ax.axvline(threshold, color="grey", ls="--", lw=1)
+        ax.set(xlabel="score threshold", ylabel=title, xlim=(0, 1), ylim=(0, 1.02))
+        ax.set_title(f"{title} against the score threshold (IoU 0.5)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left" if key != "precision" else "lower right", fontsize="small")
+        fig.tight_layout()
+        path = Path(folder) / name
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+        written.append(path)
+    return written
+
+
+def format_class_table(rows: Sequence[dict], threshold: float) -> str:
+    """The report's table: one row per class and ``all`` (``report.class_rows``'s dicts:
+    ``class images instances precision recall AP50 AP``), P and R at ``threshold``."""
+    width = max([len("class"), *(len(r["class"]) for r in rows)])
+    header = (
+        f"{'class':<{width}} {'images':>7} {'instances':>9} {'P':>6} {'R':>6} {'AP50':>6} {'AP':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        if r["class"] == "all":
+            lines.append("-" * len(header))
+        lines.append(
+            f"{r['class']:<{width}} {r['images']:>7} {r['instances']:>9} "
+            f"{_number(r['precision']):>6} {_number(r['recall']):>6} "
+            f"{_number(r['AP50']):>6} {_number(r['AP']):>6}"
+        )
+    lines.append(f"P and R at score >= {threshold:.3f} (IoU 0.5); AP50 and AP: COCO's")
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
     tinyssd export --weights runs/bananas --out bananas.onnx           # detections
     tinyssd export --weights runs/bananas --out raw.onnx --no-nms      # boxes + scores
+    tinyssd export --weights runs/bananas --out int8.onnx --int8       # int8 backbone
 
 With NMS (the default) the graph's inputs are
 
@@ -30,7 +31,10 @@ probabilities (background at 0), the inputs of any NMS.
 ``classes[i - 1]``), ``image_size`` (S), ``pixel_mean`` and ``pixel_std``
 (JSON lists, applied inside the graph: feed 0-255 pixels), ``input_range``,
 ``model`` (preset name), ``nms`` (``true``/``false``) and, with NMS,
-``topk_candidates`` and ``max_detections``.
+``topk_candidates`` and ``max_detections``; for a model trained on tiles
+(``tinyssd train --tile``) ``tile`` and ``tile_overlap``; an int8 graph (``--int8``,
+``export/quantize.py``) has the same inputs, outputs and metadata, plus
+``quantization`` (what was quantized, calibrated on which images).
 """
 
 from __future__ import annotations
@@ -46,10 +50,13 @@ from torch import Tensor, nn
 
 from ..boxes import decode_offsets, scale_boxes
 from ..errors import UsageError
+from ..options import DEFAULT_CALIBRATION_IMAGES
 from ..postprocess import EVAL_POSTPROCESS, PostprocessConfig, resolve_postprocess
+from ..tiling import Tiling
 
 if TYPE_CHECKING:
     from ..models import SSDConfig
+    from ..predict import Detector
 
 MIN_OPSET = 17  # the oldest tested; NonMaxSuppression and TopK as used here need 11
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
@@ -225,14 +232,16 @@ def export_model(
     nms: bool = True,
     post: PostprocessConfig | None = None,
     input_dtype: str = "uint8",
+    tiling: Tiling | None = None,
     **fields: Any,
 ) -> Path:
     """Write ``out`` (.onnx) for an SSD (float32) and its class names.
 
     ``post`` (default ``PostprocessConfig()``) with any of its ``fields`` replaced
     (``max_detections=50``) gives the graph's ``topk_candidates`` and
-    ``max_detections``. See the module docstring for the graph's inputs, outputs
-    and metadata.
+    ``max_detections``. ``tiling``: the model was trained on tiles (its ``tile`` and
+    ``tile_overlap`` go into the metadata, for ``OnnxDetector`` to predict by tiles).
+    See the module docstring for the graph's inputs, outputs and metadata.
     """
     post = resolve_postprocess(post, **fields)
     if post.class_agnostic:
@@ -263,6 +272,7 @@ def export_model(
         # from a symbolic and needs no onnxscript; its deprecation notices are not for users.
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shapes fixed
         torch.onnx.export(
             wrapper.eval(),
             args,
@@ -287,6 +297,10 @@ def export_model(
             "topk_candidates": str(wrapper.topk),
             "max_detections": str(wrapper.max_detections),
         }
+    if tiling is not None:  # trained on tiles: OnnxDetector predicts large images by tiles
+        meta |= {"tile": str(tiling.tile), "tile_overlap": repr(float(tiling.overlap))}
+    if post.score_threshold is not None:  # the default threshold of the graph's predictor
+        meta["score_threshold"] = repr(float(post.score_threshold))
     return _add_metadata(out, meta)
 
 
@@ -301,12 +315,57 @@ def _add_metadata(path: Path, meta: dict[str, str]) -> Path:
     return path
 
 
-def export_onnx(weights: str | Path, out: str | Path, opset: int = 17, **options: Any) -> Path:
+def export_onnx(
+    weights: str | Path,
+    out: str | Path,
+    opset: int = 17,
+    int8: bool = False,
+    calibration: str | Path | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    **options: Any,
+) -> Path:
     """Write ``out`` (.onnx) for a checkpoint or run folder (``export_model``'s ``options``:
-    ``nms``, ``post``, ``input_dtype`` and PostprocessConfig's fields)."""
+    ``nms``, ``post``, ``input_dtype`` and PostprocessConfig's fields).
+
+    ``int8``: the graph quantized to int8 (``export/quantize.py``), calibrated on
+    ``calibration_images`` images of ``calibration`` (a run folder, a data folder
+    or a folder of images; None: the training images of the run ``weights`` is from).
+    """
     from ..predict import Detector, load
 
     det = load(weights, device="cpu", precision="fp32")
     if not isinstance(det, Detector):
         raise UsageError(f"{weights}: already an exported graph; export a checkpoint or run folder")
+    options.setdefault("tiling", det.tiling)  # trained on tiles: in the metadata
+    if options.get("post") is None or options["post"].score_threshold is None:
+        options.setdefault("score_threshold", det.score_threshold)  # the model's own
+    if int8:
+        return _export_int8(det, weights, out, opset, calibration, calibration_images, options)
     return export_model(det.model, det.classes, out, opset=opset, **options)
+
+
+def _export_int8(
+    det: Detector,
+    weights: str | Path,
+    out: str | Path,
+    opset: int,
+    calibration: str | Path | None,
+    count: int,
+    options: dict[str, Any],
+) -> Path:
+    """The fp32 graph written to a temporary file, quantized into ``out``."""
+    import tempfile
+
+    from ..files import atomic_path
+    from .quantize import calibration_images, quantize_graph
+
+    if not options.get("nms", True):
+        raise UsageError("--int8 --no-nms: the int8 graph is exported with NMS")
+    files, source = calibration_images(weights, calibration, count)  # fails early, in one line
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="tinyssd-int8-") as folder:
+        fp32 = export_model(det.model, det.classes, Path(folder) / "fp32.onnx", opset, **options)
+        with atomic_path(out) as tmp:
+            quantize_graph(fp32, tmp, files, source)
+    return out

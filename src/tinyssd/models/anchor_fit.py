@@ -97,5 +97,8 @@ def feature_shapes(config: SSDConfig, image_size: int) -> list[tuple[int, int]]:
 def miss_rate(config: SSDConfig, boxes: Tensor, image_size: int | None = None) -> float:
     """Share of ``boxes`` (Tensor[N, 4] normalised xyxy) whose best anchor IoU is < 0.5."""
     shapes = feature_shapes(config, image_size or config.image_size)
-    anchors = AnchorGenerator(config.sizes, config.ratios)(shapes, "cpu")
+    generator = AnchorGenerator(
+        config.sizes, config.ratios, config.anchor_steps, config.clip_anchors
+    )
+    anchors = generator(shapes, "cpu")
     return anchor_miss_rate(anchors, boxes)

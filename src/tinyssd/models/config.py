@@ -19,6 +19,10 @@ class SSDConfig:
     pixel_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # subtracted from 0-255 pixels
     pixel_std: tuple[float, float, float] = (1.0, 1.0, 1.0)  # then divided by this
     head: str = "conv"  # class and box heads: "conv" (3x3) or "separable" (SSDlite's)
+    # per map: distance between anchor centres, a fraction of the image (torchvision's
+    # SSD300 steps / 300); empty: one cell of the map
+    anchor_steps: tuple[float, ...] = ()
+    clip_anchors: bool = False  # anchor widths and heights capped at 1 (torchvision's clip)
 
     def anchors_per_cell(self) -> list[int]:
         return [len(s) + len(r) - 1 for s, r in zip(self.sizes, self.ratios, strict=True)]
@@ -31,8 +35,9 @@ class SSDConfig:
         fields: dict[str, Any] = {
             k: tuple(map(tuple, v)) if k in ("sizes", "ratios") else v for k, v in d.items()
         }
-        for k in ("channels", "pixel_mean", "pixel_std"):
-            fields[k] = tuple(fields[k])
+        for k in ("channels", "pixel_mean", "pixel_std", "anchor_steps"):
+            if k in fields:
+                fields[k] = tuple(fields[k])
         return SSDConfig(**fields)
 
 

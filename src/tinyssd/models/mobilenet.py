@@ -7,9 +7,11 @@ the second the last feature layer (960, stride 32), then four extra blocks
 256 and 128 channels. At 320 px the maps are 20, 10, 5, 3, 2, 1.
 
 Unlike torchvision's SSDlite built without pretrained weights, the tail is
-never reduced, so ``--pretrained`` (ImageNet weights, loaded into
+never reduced, so ``--pretrained imagenet`` (ImageNet weights, loaded into
 ``features``) and ``--init`` see the same network either way. The tensors
 under ``features.`` are named exactly as in ``torchvision.models.mobilenet_v3_large``.
+``ReducedMobileNetV3Backbone`` is the network torchvision trained on COCO
+(``--pretrained coco``): the last stage at half width, 480 channels instead of 960.
 """
 
 from __future__ import annotations
@@ -97,16 +99,19 @@ def _c4_position(features: nn.Sequential) -> int:
 class MobileNetV3Backbone(nn.Module):
     """Six maps of ``SSDLITE_CHANNELS``: S/16, S/32, then four halvings (20..1 at 320 px)."""
 
-    imagenet_weights: ClassVar[WeightsEnum] = MobileNet_V3_Large_Weights.IMAGENET1K_V1
+    imagenet_weights: ClassVar[WeightsEnum | None] = MobileNet_V3_Large_Weights.IMAGENET1K_V1
+    reduced_tail: ClassVar[bool] = False  # last stage at half width (torchvision's option)
 
     def __init__(self) -> None:
         super().__init__()
-        self.features = mobilenet_v3_large(norm_layer=norm_layer).features
+        net = mobilenet_v3_large(norm_layer=norm_layer, reduced_tail=self.reduced_tail)
+        self.features = net.features
         normal_init(self.features)  # torchvision's SSDlite does so when not pretrained
         self.c4 = _c4_position(self.features)
         if self.features[self.c4].use_res_connect:
             raise ValueError("MobileNetV3's C4 block must not be residual")
-        channels = SSDLITE_CHANNELS
+        last = cast(Conv2dNormActivation, self.features[-1]).out_channels
+        channels = (SSDLITE_CHANNELS[0], last, *SSDLITE_CHANNELS[2:])
         self.extras = nn.ModuleList(
             [extra_block(channels[i], channels[i + 1]) for i in range(1, len(channels) - 1)]
         )
@@ -127,3 +132,15 @@ class MobileNetV3Backbone(nn.Module):
             x = extra(x)
             feats.append(x)
         return feats
+
+
+class ReducedMobileNetV3Backbone(MobileNetV3Backbone):
+    """torchvision's COCO-trained SSDlite backbone: the last stage at half width, so the
+    second map has 480 channels (``SSDLITE_REDUCED_CHANNELS``); no ImageNet weights."""
+
+    imagenet_weights = None
+    reduced_tail = True
+
+
+# Channels of the six maps of ReducedMobileNetV3Backbone.
+SSDLITE_REDUCED_CHANNELS = (672, 480, 512, 256, 256, 128)

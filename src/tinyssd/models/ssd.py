@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..anchors import AnchorGenerator
 from .config import PRESETS, SSDConfig, tiny_ssd
-from .mobilenet import MobileNetV3Backbone, SeparableConv2d
+from .mobilenet import MobileNetV3Backbone, ReducedMobileNetV3Backbone, SeparableConv2d
 from .resnet import ResNet18Backbone, ResNet50Backbone
 from .ssd300 import VGG16Backbone
 from .tiny import TinyBackbone
@@ -20,6 +20,7 @@ BACKBONES = {
     "vgg16": VGG16Backbone,
     "tiny_fpn": TinyFPNBackbone,
     "mobilenet_v3_large": MobileNetV3Backbone,
+    "mobilenet_v3_large_reduced": ReducedMobileNetV3Backbone,  # COCO SSDlite's
     "resnet18": ResNet18Backbone,
     "resnet50": ResNet50Backbone,
 }
@@ -77,7 +78,9 @@ class SSD(nn.Module):
         self.bbox_heads = nn.ModuleList(
             [bbox_predictor(c, a, config.head) for c, a in zip(config.channels, per_cell)]
         )
-        self.anchor_generator = AnchorGenerator(config.sizes, config.ratios)
+        self.anchor_generator = AnchorGenerator(
+            config.sizes, config.ratios, config.anchor_steps, config.clip_anchors
+        )
         self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), False)
 

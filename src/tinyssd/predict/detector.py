@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from ..checkpoint import read_checkpoint, resolve_weights, split_state
 from ..errors import CheckpointError, UsageError
@@ -19,8 +20,10 @@ from ..images import ImageLike
 from ..inference import autocast, predict_batch, resolve_device, resolve_precision
 from ..models import SSD, SSDConfig
 from ..models.fuse import fold_batchnorm
-from ..postprocess import PostprocessConfig, resolve_postprocess
-from .base import MIN_SCORE, input_batch, with_names
+from ..options import DEFAULT_THRESHOLD
+from ..postprocess import PostprocessConfig
+from ..tiling import Tiling
+from .base import min_score, model_threshold, predict_images, resolve_for_model, with_names
 
 if TYPE_CHECKING:
     from .onnx_detector import OnnxDetector
@@ -32,7 +35,12 @@ class Detector:
     """A trained SSD with its class names, ready to predict on images of any size."""
 
     def __init__(
-        self, model: SSD, classes: Sequence[str], device: torch.device, precision: str = "auto"
+        self,
+        model: SSD,
+        classes: Sequence[str],
+        device: torch.device,
+        precision: str = "auto",
+        score_threshold: float = DEFAULT_THRESHOLD,
     ) -> None:
         # BatchNorm folded into the convolutions: same outputs, fewer passes over memory
         self.model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)
@@ -40,6 +48,10 @@ class Detector:
         self.classes = list(classes)
         self.device = device
         self.image_size = model.config.image_size
+        self.tiling: Tiling | None = None  # trained on tiles: set by load from the config
+        self.score_threshold = score_threshold  # predict's default: F1-optimal on val
+        # predict's default NMS settings (torchvision's for its COCO detectors)
+        self.default_post = PostprocessConfig()
 
     @torch.inference_mode()
     def predict(
@@ -54,27 +66,35 @@ class Detector:
         ``images``: one image or a list of them (paths, PIL images, uint8
         ``[3, H, W]`` tensors, uint8 ``[H, W, 3]`` arrays), or a 4-D batch
         (tensor ``[B, 3, H, W]`` or array ``[B, H, W, 3]``). ``post`` (default
-        ``PostprocessConfig()``: threshold 0.5) with ``threshold`` and any other of
-        its fields given here (``nms_threshold=0.6``) replaced selects the detections.
+        ``PostprocessConfig()``) with ``threshold`` and any other of its fields given
+        here (``nms_threshold=0.6``) replaced selects the detections; a threshold
+        not given is the model's own, ``self.score_threshold`` (F1-optimal on val).
 
         Returns:
             per image ``boxes`` Tensor[N, 4] xyxy in that image's pixels,
             ``scores`` Tensor[N], ``labels`` Tensor[N] (1..C), ``names`` list[str].
         """
-        post = resolve_postprocess(post, threshold, **fields)
-        batch, sizes = input_batch(images, self.image_size)
-        batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        min_score = max(post.score_threshold, MIN_SCORE)
-        with autocast(self.device, self.autocast_dtype):
-            dets = predict_batch(self.model, batch, sizes, post, score_threshold=min_score)
+        post = resolve_for_model(
+            self.score_threshold, post or self.default_post, threshold, **fields
+        )
+        lowest = min_score(post)
+
+        def detect(batch: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+            batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.autocast_dtype):
+                return predict_batch(self.model, batch, sizes, post, score_threshold=lowest)
+
+        dets = predict_images(detect, images, self.image_size, self.tiling, post)
         return [with_names(d, self.classes) for d in dets]
 
 
 def load(
     run_or_file: str | Path, device: str = "auto", precision: str = "auto"
 ) -> Detector | OnnxDetector:
-    """A Detector from a run folder (its best checkpoint), a checkpoint file, or an
-    exported ``.onnx`` file (run by onnxruntime on the CPU: ``OnnxDetector``).
+    """A Detector from a run folder (its best checkpoint), a checkpoint file, an
+    exported ``.onnx`` file (run by onnxruntime on the CPU: ``OnnxDetector``), or
+    ``coco:ssd300_vgg16`` / ``coco:ssdlite320_mobilenet_v3_large``: torchvision's
+    COCO detector (``models.coco``; fetched once into ``$TORCH_HOME/hub/checkpoints``).
 
     ``precision``: ``"bf16"`` runs the network under bf16 autocast (about twice
     as fast on CPUs with bf16 support; scores differ from fp32 in the second or
@@ -83,6 +103,19 @@ def load(
     """
     if str(run_or_file).lower().endswith(".onnx"):
         return load_onnx(run_or_file, device, precision)
+    if str(run_or_file).startswith("coco:"):  # torchvision's COCO detector, 90 classes
+        from dataclasses import replace
+
+        from ..models.coco import COCO_POSTPROCESS, load_coco_detector
+
+        name = str(run_or_file).removeprefix("coco:")
+        coco, classes = load_coco_detector(name)
+        log.info("loaded %s (torchvision's COCO weights)", run_or_file)
+        det = Detector(coco, classes, resolve_device(device), precision)
+        # torchvision's NMS, top-k and detection count; the threshold stays the drawn one
+        # (0.5): threshold=COCO_POSTPROCESS[name].score_threshold gives torchvision's list
+        det.default_post = replace(COCO_POSTPROCESS[name], score_threshold=None)
+        return det
     path = resolve_weights(run_or_file)
     tensors, meta = read_checkpoint(path)
     log.info("loaded %s (epoch %s)", path, meta.get("epoch", "?"))
@@ -90,10 +123,16 @@ def load(
         cfg = meta["config"]
         model = SSD(cfg["num_classes"], SSDConfig.from_dict(cfg["ssd"]))
         model.load_state_dict(split_state(tensors, "model."))
+        tiling = Tiling.from_config(cfg.get("train") or {})  # trained with --tile
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot rebuild the model ({first})") from None
-    return Detector(model, cfg["classes"], resolve_device(device), precision)
+    stored = meta.get("extra", {}).get("score_threshold") if isinstance(meta, dict) else None
+    detector = Detector(
+        model, cfg["classes"], resolve_device(device), precision, model_threshold(stored)
+    )
+    detector.tiling = tiling
+    return detector
 
 
 def load_onnx(path: str | Path, device: str = "auto", precision: str = "auto") -> OnnxDetector:

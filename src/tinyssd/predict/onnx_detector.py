@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ..boxes import normalise_boxes, scale_boxes
 from ..images import ImageLike
-from ..postprocess import PostprocessConfig, resolve_postprocess
-from .base import MIN_SCORE, input_batch, with_names
+from ..postprocess import PostprocessConfig
+from ..tiling import Tiling
+from .base import min_score, model_threshold, predict_images, resolve_for_model, with_names
 
 # numpy dtype fed to the graph, by the ONNX type of its ``images`` input
 _INPUT_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32}
@@ -63,6 +65,8 @@ class OnnxDetector:
         self.classes: list[str] = json.loads(meta["classes"])
         self.image_size = int(meta["image_size"])
         self.max_detections = int(meta["max_detections"])
+        self.tiling = Tiling.from_config(meta)  # exported from a model trained with --tile
+        self.score_threshold = model_threshold(meta.get("score_threshold"))
         self._input_dtype = _INPUT_DTYPES[self.session.get_inputs()[0].type]
 
     def predict(
@@ -81,7 +85,7 @@ class OnnxDetector:
             ValueError: ``max_detections`` beyond the exported one, or
                 ``class_agnostic`` (the graph's NMS is per class).
         """
-        post = resolve_postprocess(post, threshold, **fields)
+        post = resolve_for_model(self.score_threshold, post, threshold, **fields)
         if post.max_detections > self.max_detections:
             raise ValueError(
                 f"max_detections {post.max_detections}: {self.path} was exported with "
@@ -89,25 +93,31 @@ class OnnxDetector:
             )
         if post.class_agnostic:
             raise ValueError(f"class_agnostic: {self.path} does per-class NMS in its graph")
-        batch, sizes = input_batch(images, self.image_size)
-        boxes, scores, labels, counts = self.session.run(
-            None,
-            {
-                "images": batch.numpy().astype(self._input_dtype, copy=False),
-                "score_threshold": np.array(max(post.score_threshold, MIN_SCORE), np.float32),
-                "iou_threshold": np.array(post.nms_threshold, np.float32),
-            },
-        )
-        side = (self.image_size, self.image_size)
-        out = []
-        for b, size in enumerate(sizes):
-            n = min(int(counts[b]), post.max_detections)
-            # pixels of S -> normalised -> this image's pixels (exact when S is a power of 2)
-            pixels = scale_boxes(normalise_boxes(torch.from_numpy(boxes[b, :n]), side), size)
-            detections = {
-                "boxes": pixels,
-                "scores": torch.from_numpy(scores[b, :n]),
-                "labels": torch.from_numpy(labels[b, :n]),
-            }
-            out.append(with_names(detections, self.classes))
-        return out
+        lowest = min_score(post)
+
+        def detect(batch: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+            boxes, scores, labels, counts = self.session.run(
+                None,
+                {
+                    "images": batch.numpy().astype(self._input_dtype, copy=False),
+                    "score_threshold": np.array(lowest, np.float32),
+                    "iou_threshold": np.array(post.nms_threshold, np.float32),
+                },
+            )
+            side = (self.image_size, self.image_size)
+            out = []
+            for b, size in enumerate(sizes):
+                n = min(int(counts[b]), post.max_detections)
+                # pixels of S -> normalised -> this image's pixels (exact when S is a power of 2)
+                pixels = scale_boxes(normalise_boxes(torch.from_numpy(boxes[b, :n]), side), size)
+                out.append(
+                    {
+                        "boxes": pixels,
+                        "scores": torch.from_numpy(scores[b, :n]),
+                        "labels": torch.from_numpy(labels[b, :n]),
+                    }
+                )
+            return out
+
+        dets = predict_images(detect, images, self.image_size, self.tiling, post)
+        return [with_names(d, self.classes) for d in dets]
