@@ -111,18 +111,28 @@ def save_checkpoint(
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(tensors, metadata) of a checkpoint; CheckpointError naming the file if it is not one."""
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    return tensors, meta
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata (epoch, config, extra) without reading its tensors;
+    CheckpointError naming the file if it is not a tinyssd checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
     if "tinyssd" not in header:
         raise CheckpointError(f"{path}: not a tinyssd checkpoint (no tinyssd metadata)")
-    return tensors, json.loads(header["tinyssd"])
+    return json.loads(header["tinyssd"])
 
 
 def split_state(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

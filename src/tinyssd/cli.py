@@ -164,9 +164,11 @@ class SkippedInputs(Exception):
 def _predict(a: argparse.Namespace) -> None:
     o = from_namespace(PredictOptions, a)
     from .commands import predict_files
+    from .engine.run_folder import new_run_dir
     from .predict import load
     from .video import is_video_source, predict_video
 
+    out = o.out if o.out is not None else str(new_run_dir("runs", "predict"))
     weights = o.weights
     if o.backend == "onnx" and not weights.lower().endswith(".onnx"):
         weights = _exported_copy(weights)
@@ -175,10 +177,10 @@ def _predict(a: argparse.Namespace) -> None:
     skipped: list[str] = []
     if images:
         limits = data_limits(o.limits)
-        for line in predict_files(det, images, o.out, o.post, skipped, limits):
+        for line in predict_files(det, images, out, o.post, skipped, limits):
             print(json.dumps(line), flush=True)
     for source in (s for s in o.inputs if is_video_source(s)):
-        for line in predict_video(det, source, o.out, o.post, max_frames=o.max_frames):
+        for line in predict_video(det, source, out, o.post, max_frames=o.max_frames):
             print(json.dumps(line), flush=True)
     if skipped:
         raise SkippedInputs(f"{len(skipped)} unreadable image(s) skipped (listed above)")
@@ -221,7 +223,17 @@ def _eval(a: argparse.Namespace) -> None:
     from .commands import evaluate_run
 
     limits = data_limits(o.limits)
-    evaluate_run(o.weights, o.data, o.split, o.format, o.json, o.out, limits=limits)
+    evaluate_run(
+        o.weights,
+        o.data,
+        o.split,
+        o.format,
+        o.json,
+        o.out,
+        limits=limits,
+        classes_map=o.classes_map,
+        force=o.force,
+    )
 
 
 def _export(a: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .data.base import IMAGE_SUFFIXES, Record, read_image
+from .data.base import IMAGE_SUFFIXES, Record, Split, read_image
 from .data.limits import DataLimits
 from .errors import DataError, UsageError
 from .files import atomic_path, atomic_write
@@ -140,6 +140,8 @@ def evaluate_run(
     out: str | Path | None = None,
     quiet: bool = False,
     limits: DataLimits | None = None,
+    classes_map: str | None = None,
+    force: bool = False,
 ) -> dict:
     """``tinyssd eval``: mAP of a trained detector on a split; prints the tables, writes the
     report into ``out`` (None: the first free ``runs/eval``, ``runs/eval2``, ...):
@@ -149,7 +151,9 @@ def evaluate_run(
 
     Predictions are selected by ``tinyssd.postprocess.EVAL_POSTPROCESS`` (every
     score >= 0.01, as mAP needs). ``limits`` go to the reader (default
-    ``DataLimits.from_env()``).
+    ``DataLimits.from_env()``). Data whose class names are not all the model's is a
+    UsageError unless ``classes_map`` (``"OLD=NEW,..."``: the data's names to the
+    model's) or ``force`` (labels scored by position) says how to pair them.
     """
     from .data import DetectionDataset, Report, load_split
     from .engine.run_folder import new_run_dir
@@ -160,7 +164,7 @@ def evaluate_run(
     det = load(weights)
     report = Report()
     split_data = load_split(data, split, format, report, limits)
-    split_data = split_data.with_classes(det.classes)
+    split_data = match_classes(split_data, det.classes, classes_map, force)
     if not isinstance(det, Detector):  # an exported graph (fp32 or int8), run by onnxruntime
         if report:
             log.info("data check:\n%s", report.summary())
@@ -188,6 +192,55 @@ def evaluate_run(
     if json_out:
         atomic_write(json_out, json.dumps(to_json(result), indent=1))
     return result
+
+
+def parse_classes_map(text: str) -> dict[str, str]:
+    """``--classes-map``'s ``"OLD=NEW,..."`` as a dict; UsageError naming the bad item."""
+    pairs: dict[str, str] = {}
+    for item in text.split(","):
+        old, sep, new = (part.strip() for part in item.partition("="))
+        if not sep or not old or not new:
+            raise UsageError(f"--classes-map: {item!r} is not OLD=NEW (e.g. --classes-map dog=cat)")
+        if old in pairs:
+            raise UsageError(f"--classes-map: {old!r} is mapped twice")
+        pairs[old] = new
+    return pairs
+
+
+def match_classes(
+    split: Split, classes: list[str], classes_map: str | None = None, force: bool = False
+) -> Split:
+    """``split`` labelled by the model's ``classes``, matched by name.
+
+    ``classes_map`` (``"OLD=NEW,..."``) renames the data's classes first. Names still
+    not among ``classes`` are a UsageError naming both lists, unless ``force``: then
+    labels are scored by position (data label i as the model's class i), with a warning.
+    """
+    names = list(split.classes)
+    if classes_map:
+        renames = parse_classes_map(classes_map)
+        for old, new in renames.items():
+            if old not in names:
+                raise UsageError(f"--classes-map: {old!r} is not a class of the data {names}")
+            if new not in classes:
+                raise UsageError(f"--classes-map: {new!r} is not a class of the model {classes}")
+        names = [renames.get(n, n) for n in names]
+    if set(names) <= set(classes):
+        return Split(split.records, names, split.root).with_classes(classes)
+    if not force:
+        raise UsageError(
+            f"{split.root}: class names {names} differ from the model's {classes} "
+            "(pass --classes-map DATA=MODEL,... to pair them, or --force to score by position)"
+        )
+    if len(names) > len(classes):
+        raise UsageError(
+            f"--force: the data has {len(names)} classes {names}, the model only "
+            f"{len(classes)} {classes}; pair them with --classes-map"
+        )
+    log.warning(
+        "--force: the data's classes %s scored by position as the model's %s", names, classes
+    )
+    return Split(split.records, list(classes), split.root)
 
 
 def write_eval_report(

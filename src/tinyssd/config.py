@@ -171,6 +171,12 @@ class TrainConfig:
     )
     exist_ok: bool = option(False, "allow --out to be an existing non-empty folder")
     seed: int = option(0, "seed of every random choice (CPU runs repeat bit for bit)")
+    val_fraction: float | None = option(
+        None,
+        "split this share of the training images off as val, for data whose val split is "
+        "its training split (a flat VOC folder); seeded by --seed, stratified by class "
+        "(default: off)",
+    )
     resume: str | None = option(
         None, "run folder (its last.safetensors) or checkpoint file to continue from"
     )
@@ -299,6 +305,7 @@ class RunConfig:
     out: str  # the run folder
     exist_ok: bool
     seed: int
+    val_fraction: float | None  # share of the training images split off as val; None: off
     resume: str | None
     force: bool
     init: str | None
@@ -340,6 +347,8 @@ def check(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value < 0:
             raise UsageError(f"--{flag(name)} {value}: must be >= 0")
+    if cfg.val_fraction is not None and not 0 <= cfg.val_fraction < 1:
+        raise UsageError(f"--val-fraction {cfg.val_fraction}: must be in [0, 1)")
     if not 0 <= cfg.ema < 1:
         raise UsageError(f"--ema {cfg.ema}: must be in [0, 1)")
     if not 0 <= cfg.tile_overlap < 1:
@@ -399,6 +408,8 @@ def resolve_config(overrides: dict[str, Any]) -> RunConfig:
 
             overrides["model"] = init_model(overrides["init"])
         return TrainConfig(**overrides).resolved()
+    if not Path(resume).exists():
+        raise UsageError(f"--resume {resume}: no such run folder or checkpoint file")
     run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     saved = TrainConfig.from_dict(read_run_config(run_dir))
     given = TrainConfig(**overrides)

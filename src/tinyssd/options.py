@@ -149,7 +149,10 @@ class PredictOptions:
         MISSING, f"{_WEIGHTS_HELP}, an exported .onnx graph, or coco:NAME (torchvision's COCO SSD)"
     )
     post: PostprocessConfig = option(PostprocessConfig(), "post-processing")
-    out: str = option("predictions", "folder for the drawn pictures")
+    out: str | None = option(
+        None,
+        "folder for the drawn pictures (default: the first free runs/predict, runs/predict2, ...)",
+    )
     backend: str = option(
         "torch",
         "run the network in PyTorch or through onnxruntime (a .onnx --weights is onnx)",
@@ -209,6 +212,14 @@ class EvalOptions:
         "folder for the report: results.json, val_predictions.png, confusion_matrix.png, "
         "P_curve.png, R_curve.png, F1_curve.png, PR_curve.png (default: the first free "
         "runs/eval, runs/eval2, ...)",
+    )
+    classes_map: str | None = option(
+        None,
+        "DATA=MODEL,...: pair the data's class names with the model's where they differ "
+        "(default: they must match)",
+    )
+    force: bool = option(
+        False, "score data whose class names differ from the model's by position (a warning)"
     )
     limits: LimitsOptions = option(LimitsOptions(), "input limits")
 

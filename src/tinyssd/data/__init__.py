@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -75,6 +76,48 @@ def load_split(
     return reader(Path(root), split, report if report is not None else Report(), limits)
 
 
+def has_own_val(root: str | Path, format: str = "auto") -> bool:
+    """Whether the data set at ``root`` has a val split read from other files than train's
+    (a flat VOC folder is both: it has none)."""
+    sources = FORMATS[resolve_format(root, format)].splits(Path(root))
+    return "val" in sources and sources["val"] != sources.get("train")
+
+
+def split_off_val(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(train, val): about ``fraction`` of ``split``'s images drawn as val, seeded.
+
+    Stratified by each image's rarest class (images without boxes form their own
+    group), so that a class of few images still has some in val where it can: with
+    ``fraction`` 0.25, 8 images of ``a`` and 4 of ``b`` give 2 and 1 val images.
+    At least one image goes to each side; fewer than 2 images is a DataError.
+    """
+    records = split.records
+    if len(records) < 2:
+        raise DataError(f"{split.root}: {len(records)} training image(s) are too few to split")
+    counts: dict[int, int] = {}
+    for rec in records:
+        for label in rec.labels.tolist():
+            counts[label] = counts.get(label, 0) + 1
+    groups: dict[int, list[int]] = {}
+    for i, rec in enumerate(records):
+        key = min(rec.labels.tolist(), key=lambda label: (counts[label], label), default=0)
+        groups.setdefault(key, []).append(i)
+    rng = random.Random(seed)
+    val_index: list[int] = []
+    for key in sorted(groups):
+        members = groups[key]
+        rng.shuffle(members)
+        val_index += members[: round(fraction * len(members))]
+    if not val_index:
+        val_index = [rng.randrange(len(records))]
+    if len(val_index) == len(records):
+        val_index.pop()
+    chosen = set(val_index)
+    train = [r for i, r in enumerate(records) if i not in chosen]
+    val = [r for i, r in enumerate(records) if i in chosen]
+    return Split(train, split.classes, split.root), Split(val, split.classes, split.root)
+
+
 __all__ = [
     "FORMATS",
     "DataError",
@@ -86,6 +129,7 @@ __all__ = [
     "Split",
     "collate",
     "detect_format",
+    "has_own_val",
     "is_bananas",
     "is_coco",
     "is_voc",
@@ -100,6 +144,7 @@ __all__ = [
     "read_voc",
     "read_yolo",
     "resolve_format",
+    "split_off_val",
     "write_coco",
     "write_voc",
     "write_yolo",

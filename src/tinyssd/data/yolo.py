@@ -336,8 +336,8 @@ def write_yolo(root: str | Path, split: str, records: list[Record], classes: lis
         rec = clip_to_image(rec, (h, w), Report())
         rows = []
         for label, (x1, y1, x2, y2) in zip(rec.labels.tolist(), rec.boxes.tolist()):
-            values = ((x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h)
-            rows.append(" ".join([str(label - 1), *map(_fmt, values)]) + "\n")
+            (cx, bw), (cy, bh) = _centre_and_extent(x1, x2, w), _centre_and_extent(y1, y2, h)
+            rows.append(f"{label - 1} {cx} {cy} {bw} {bh}\n")
         (labels_dir / f"{stem}.txt").write_text("".join(rows), encoding="utf-8")
     data = {k: v for k, v in (_data_yaml(root) or {}).items() if k != "names"}
     data.update({split: f"images/{split}", "names": list(classes)})
@@ -345,6 +345,18 @@ def write_yolo(root: str | Path, split: str, records: list[Record], classes: lis
         yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )
     return root
+
+
+def _centre_and_extent(lo: float, hi: float, size: int) -> tuple[str, str]:
+    """A pixel interval [lo, hi] inside [0, size] as YOLO's normalised centre and extent,
+    written so that the edges read back (centre -+ extent / 2) stay inside [0, 1]:
+    rounding each to 8 decimals alone can put an edge at -2e-9 (-2.4e-06 px)."""
+    centre = _fmt((lo + hi) / 2 / size)
+    c = float(centre)
+    extent = _fmt(min((hi - lo) / size, 2 * c, 2 * (1 - c)))
+    while float(extent) > 0 and (c - float(extent) / 2 < 0 or c + float(extent) / 2 > 1):
+        extent = _fmt(float(extent) - 1e-8)  # one step of the last written decimal
+    return centre, extent
 
 
 def _fmt(value: float) -> str:

@@ -15,16 +15,25 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
 
 from ..config import RunConfig
-from ..data import DataLimits, DetectionDataset, Report, Split, collate, load_split
+from ..data import (
+    DataLimits,
+    DetectionDataset,
+    Report,
+    Split,
+    collate,
+    has_own_val,
+    load_split,
+    split_off_val,
+)
 from ..data.base import UNREADABLE_IMAGE
 from ..data.dataset import hflip, normalised_boxes
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..models import PRESETS, SSDConfig
 from ..models.anchor_fit import fit_for_data
 from ..models.coco import coco_config
@@ -58,12 +67,38 @@ def read_splits(cfg: RunConfig, limits: DataLimits | None = None) -> Splits:
         log.info("no --data given: training on the built-in synthetic data set at %s", root)
     report, limits = Report(), limits or DataLimits.from_env()
     train = load_split(root, "train", cfg.format, report, limits)
-    val = load_split(root, "val", cfg.format, report, limits).with_classes(train.classes)
+    if cfg.val_fraction:
+        train, val = split_val(root, cfg, train)
+    else:
+        val = load_split(root, "val", cfg.format, report, limits).with_classes(train.classes)
     if cfg.tile:
         from ..data.tiles import tile_split
 
         train = tile_split(train, cfg.tile, cfg.tile_overlap, cfg.seed, limits)
     return Splits(root, train, val, report, limits)
+
+
+def split_val(root: str, cfg: RunConfig, train: Split) -> tuple[Split, Split]:
+    """``--val-fraction``: val drawn from the training images of data that has no val
+    split of its own; UsageError where it has one."""
+    if has_own_val(root, cfg.format):
+        raise UsageError(
+            f"--val-fraction {cfg.val_fraction}: {root} has its own val split "
+            "(leave the option out to use it)"
+        )
+    n = len(train.records)
+    train, val = split_off_val(train, cast(float, cfg.val_fraction), cfg.seed)
+    log.info(
+        "--val-fraction %g: %d of %d training images split off as val (seed %d, stratified "
+        "by each image's rarest class); train %d images, val %d",
+        cfg.val_fraction,
+        len(val.records),
+        n,
+        cfg.seed,
+        len(train.records),
+        len(val.records),
+    )
+    return train, val
 
 
 def model_config(cfg: RunConfig, splits: Splits) -> SSDConfig:

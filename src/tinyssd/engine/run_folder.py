@@ -2,7 +2,8 @@
 
 A run writes only into a folder it owns: a new one (``runs/train``,
 ``runs/train2``, ... as Ultralytics names them), an empty one, its own when
-resumed, or an existing one the user allowed with ``--exist-ok``. A lock file
+resumed, one where a run stopped before its first checkpoint, or an existing
+one the user allowed with ``--exist-ok``. A lock file
 stops two trainings from writing into one folder at once.
 """
 
@@ -54,6 +55,11 @@ def new_run_dir(parent: str | Path = "runs", name: str = "train") -> Path:
     return parent / (name if i == 1 else f"{name}{i}")
 
 
+def stopped_before_checkpoint(path: Path) -> bool:
+    """``path`` is a run folder (its ``config.json``) that holds no checkpoint yet."""
+    return (path / "config.json").is_file() and not any(path.glob("*.safetensors"))
+
+
 class RunFolder:
     """The run folder of one training; only the main process writes to it."""
 
@@ -67,6 +73,11 @@ class RunFolder:
             return
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"--out {self.path}: exists and is not a folder")
+        if self.path.is_dir() and not own and stopped_before_checkpoint(self.path):
+            log.info(
+                "--out %s: a run stopped there before its first checkpoint; starting again", path
+            )
+            own = True
         if self.path.is_dir() and not own and any(p.name != LOCK_NAME for p in self.path.iterdir()):
             raise UsageError(
                 f"--out {self.path}: folder exists and is not empty "

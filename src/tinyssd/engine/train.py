@@ -14,6 +14,7 @@ the report of the best weights on val: ``results.json``, ``val_predictions.png``
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import read_checkpoint, resolve_checkpoint, restore, split_state
+from ..checkpoint import read_checkpoint, read_metadata, resolve_checkpoint, restore, split_state
 from ..config import RunConfig, TrainConfig, check, resolve_config
 from ..data import DetectionDataset
 from ..data.limits import DataLimits
@@ -54,7 +55,7 @@ from .inputs import (
 )
 from .optim import ModelEMA, build_optimizer, lr_at, param_groups, set_lr
 from .report import TrainResult, default_logging, progress_bar, training_header
-from .run_folder import METRIC_COLUMNS, RunFolder
+from .run_folder import METRIC_COLUMNS, RunFolder, stopped_before_checkpoint
 
 log = logging.getLogger("tinyssd")
 
@@ -229,6 +230,7 @@ class Fit:
     ema: ModelEMA | None = None
     scaler: torch.amp.GradScaler | None = None  # fp16: loss scaling
     assigner: str = "max_iou"  # which anchors learn a box
+    global_batch: int = 0  # images per step, all processes together
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -375,10 +377,13 @@ def _fit(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
 ) -> TrainResult:
-    resume_file = resolve_checkpoint(cfg.resume, prefer="last") if cfg.resume else None
+    resume_file = resume_checkpoint(cfg.resume) if cfg.resume else None
+    global_batch = cfg.batch_size * dist_ctx.world_size
+    if resume_file is not None and (done := finished_run(cfg, resume_file, global_batch)):
+        return done
     main = dist_ctx.is_main
     out = Path(cfg.out)
-    run = RunFolder(out, own=resume_file is not None or cfg.exist_ok, main=main)
+    run = RunFolder(out, own=bool(cfg.resume) or cfg.exist_ok, main=main)
     seed_everything(cfg.seed)
 
     splits = read_splits(cfg, limits)
@@ -390,7 +395,6 @@ def _fit(
     start_from(model, cfg)  # --init / --pretrained weights (not when resuming)
     freeze = backbone_freeze(model, cfg)
     model = model.to(device).to(memory_format=torch.channels_last)
-    global_batch = cfg.batch_size * dist_ctx.world_size
     flip = flips_whole_batches(cfg.augment)
     sampler = dist.GlobalBatchSampler(
         len(train_ds), global_batch, cfg.seed, dist_ctx.rank, dist_ctx.world_size, flip
@@ -416,6 +420,7 @@ def _fit(
         ema=ModelEMA(model, cfg.ema, ema_ramp(epochs * steps_per_epoch)) if cfg.ema else None,
         scaler=torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16),
         assigner=cfg.assigner,
+        global_batch=global_batch,
     )
     state = TrainState()
     if resume_file is not None:
@@ -489,14 +494,15 @@ def ema_ramp(total_steps: int) -> float:
     return float(min(max(total_steps / 10, 10), 2000))
 
 
-def epochs_for(cfg: RunConfig, steps_per_epoch: int) -> int:
+def epochs_for(cfg: RunConfig, steps_per_epoch: int, quiet: bool = False) -> int:
     """``--epochs``, raised so that the run takes at least ``--min-steps`` steps and
-    lowered so that it takes at most ``--max-steps`` (at least one epoch)."""
+    lowered so that it takes at most ``--max-steps`` (at least one epoch); logged when
+    it is not ``--epochs`` unless ``quiet``."""
     per_epoch = max(steps_per_epoch, 1)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
     if cfg.max_steps:
         epochs = max(1, min(epochs, cfg.max_steps // per_epoch))
-    if epochs != cfg.epochs:
+    if epochs != cfg.epochs and not quiet:
         log.info(
             "%d steps per epoch: training %d epochs instead of %d (--min-steps %d, --max-steps %d)",
             steps_per_epoch,
@@ -534,8 +540,52 @@ def resume(path: Path, fit: Fit, cfg: RunConfig) -> TrainState:
     return TrainState(meta["epoch"], extra.get("history", []), extra.get("best_ap", -1.0))
 
 
+def resume_checkpoint(resume: str) -> Path | None:
+    """The checkpoint ``--resume`` continues from; None for a run folder that stopped
+    before its first checkpoint (it starts again from epoch 1 with its settings)."""
+    folder = Path(resume)
+    if folder.is_dir() and stopped_before_checkpoint(folder):
+        log.info("%s: stopped before its first checkpoint; starting it again", resume)
+        return None
+    return resolve_checkpoint(folder, prefer="last")
+
+
+def finished_run(cfg: RunConfig, resume_file: Path, global_batch: int) -> TrainResult | None:
+    """A resumed run that has trained all the epochs ``cfg`` asks for: said in one line
+    and returned as it is, without reading the data; else None."""
+    meta = read_metadata(resume_file)
+    extra = meta.get("extra", {})
+    steps_per_epoch = extra.get("steps_per_epoch")
+    if steps_per_epoch is None or extra.get("global_batch") != global_batch:
+        return None  # the epochs to train are known only once the data is read
+    epochs = epochs_for(cfg, steps_per_epoch, quiet=True)
+    if meta["epoch"] < epochs:
+        return None
+    log.info(
+        "%s: finished at epoch %d of %d; pass --epochs M to train further",
+        cfg.resume,
+        meta["epoch"],
+        epochs,
+    )
+    history = extra.get("history", [])
+    aps = [r.get("val_AP", -1.0) for r in history]
+    best = history[aps.index(max(aps))] if aps else {}
+    try:
+        classes = json.loads((Path(cfg.out) / "results.json").read_text())["classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        classes = []
+    final = history[-1] if history else {}
+    return TrainResult(Path(cfg.out), final, best, classes, best.get("val_threshold"))
+
+
 def state_extra(state: TrainState, fit: Fit) -> dict[str, Any]:
-    extra: dict[str, Any] = {"history": state.history, "best_ap": state.best_ap}
+    extra: dict[str, Any] = {
+        "history": state.history,
+        "best_ap": state.best_ap,
+        # with the epoch, what tells a later --resume whether the run is finished
+        "steps_per_epoch": fit.steps_per_epoch,
+        "global_batch": fit.global_batch,
+    }
     last = state.history[-1] if state.history else {}
     if "val_threshold" in last:  # this epoch's F1-optimal threshold goes with its weights
         extra["score_threshold"] = last["val_threshold"]
