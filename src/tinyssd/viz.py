@@ -139,6 +139,35 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
     return path
 
 
+def write_labels_picture(
+    sized: Sequence[tuple[Any, tuple[int, int]]], classes: Sequence[str], path: str | Path
+) -> Path:
+    """``labels.png`` of a training set, written atomically: what ``data check --plots``
+    and the start of a run draw.
+
+    Args:
+        sized: per image its record (``boxes`` Tensor[M, 4] xyxy pixels, ``labels``
+            Tensor[M]) and its (height, width).
+    """
+    import torch
+
+    from .boxes import normalise_boxes
+    from .files import atomic_path
+
+    kept = [(r, size) for r, size in sized if len(r.boxes)]
+    boxes = [normalise_boxes(r.boxes, size).clamp(0, 1) for r, size in kept]
+    labels = [r.labels for r, _ in kept]
+    with atomic_path(path) as tmp:
+        plot_labels(
+            torch.cat(boxes) if boxes else torch.zeros(0, 4),
+            torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
+            classes,
+            tmp,
+            title=f"{len(sized)} training images",
+        )
+    return Path(path)
+
+
 def plot_labels(
     boxes: Tensor, labels: Tensor, classes: Sequence[str], path: str | Path, title: str = ""
 ) -> Path:

@@ -176,12 +176,8 @@ def write_check_plots(
     each level's anchors and those matched to each box (the anchors ``--anchors auto``
     fits, matched as training does, IoU 0.5). Written into ``out`` (None: the first free
     ``runs/check``, ``runs/check2``, ...); returns the paths."""
-    import torch
-
-    from ..boxes import normalise_boxes
     from ..engine.run_folder import new_run_dir
-    from ..files import atomic_path
-    from ..viz import plot_labels
+    from ..viz import write_labels_picture
 
     limits = limits or DataLimits.from_env()
     split = load_split(root, "train", format, limits=limits)
@@ -193,17 +189,7 @@ def write_check_plots(
             sized.append((rec, rec.size or header_size(rec.image, limits)))
         except DataError:
             continue
-    boxes = [normalise_boxes(r.boxes, size).clamp(0, 1) for r, size in sized if len(r.boxes)]
-    labels = [r.labels for r, _ in sized if len(r.boxes)]
-    written = [folder / "labels.png"]
-    with atomic_path(written[0]) as tmp:
-        plot_labels(
-            torch.cat(boxes) if boxes else torch.zeros(0, 4),
-            torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
-            split.classes,
-            tmp,
-            title=f"{len(sized)} training images",
-        )
+    written = [write_labels_picture(sized, split.classes, folder / "labels.png")]
     if model:
         with_boxes = [(r, size) for r, size in sized if len(r.boxes)][:images]
         written += _anchor_plots(root, format, model, image_size, limits, with_boxes, split, folder)

@@ -154,22 +154,10 @@ class RunFolder:
         """``labels.png``: the training boxes per class, their centres and sizes."""
         if not self.main:
             return None
-        from ..boxes import normalise_boxes
-        from ..viz import plot_labels
+        from ..viz import write_labels_picture
 
-        records = [r for r in dataset.records if len(r.boxes) and r.size]
-        boxes = [normalise_boxes(r.boxes, r.size).clamp(0, 1) for r in records]
-        labels = [r.labels for r in records]
-        path = self.path / "labels.png"
-        with atomic_path(path) as tmp:
-            plot_labels(
-                torch.cat(boxes) if boxes else torch.zeros(0, 4),
-                torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64),
-                dataset.classes,
-                tmp,
-                title=f"{len(dataset)} training images",
-            )
-        return path
+        sized = [(r, r.size) for r in dataset.records if r.size]
+        return write_labels_picture(sized, dataset.classes, self.path / "labels.png")
 
     def finish(
         self,
