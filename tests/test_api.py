@@ -222,3 +222,27 @@ def test_load_says_which_checkpoint_it_took(tmp_path, caplog):
     caplog.set_level("INFO", logger="tinyssd")
     tinyssd.load(tmp_path, device="cpu")
     assert f"loaded {ckpt}" in caplog.text
+
+
+def test_the_demo_prints_the_runs_own_val_report_at_its_stored_threshold(tmp_path):
+    from tinyssd.commands import demo_summary
+    from tinyssd.engine.report import TrainResult
+
+    rows = [
+        {"class": "disc", "images": 9, "instances": 12, "precision": 1.0, "recall": 0.5},
+        {
+            "class": "all",
+            "images": 10,
+            "instances": 20,
+            "precision": 0.9,
+            "recall": 0.85,
+            "AP50": 0.93,
+            "AP": 0.67,
+        },
+    ]
+    line = demo_summary(TrainResult(tmp_path, classes=rows, threshold=0.43))
+    assert line == (
+        "val (10 images): AP50 0.930, AP 0.670; at the drawn threshold 0.43 (F1-optimal "
+        "on val): recall 0.850, precision 0.900"
+    )
+    assert demo_summary(TrainResult(tmp_path)) == "no val report: the data has no val images"

@@ -47,23 +47,3 @@ def test_evaluate_reports_the_threshold_that_keeps_the_hits_and_drops_the_misses
     result = evaluate([pred], [gt])
     assert result["f1_threshold"] == pytest.approx(0.35)
     assert result["f1"] == pytest.approx(1.0)
-
-
-def test_precision_and_recall_at_a_threshold_count_what_it_keeps():
-    from tinyssd.evaluation.threshold import precision_recall_at
-
-    scores = np.array([0.9, 0.8, 0.6, 0.4, 0.3])
-    true_pos = np.array([1, 1, 0, 1, 0], bool)
-    assert precision_recall_at(scores, true_pos, 4, 0.6) == (pytest.approx(2 / 3), 0.5)
-    assert precision_recall_at(scores, true_pos, 4, 0.95) == (1.0, 0.0)
-
-
-def test_evaluate_reports_precision_and_recall_at_the_given_threshold():
-    gt = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), "labels": np.array([1, 1])}
-    pred = {
-        "boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float),
-        "scores": np.array([0.7, 0.35]),
-        "labels": np.array([1, 1]),
-    }
-    at = evaluate([pred], [gt], score_threshold=0.5)["at_threshold"]
-    assert at == {"threshold": 0.5, "precision": 1.0, "recall": 0.5}

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .data.base import IMAGE_SUFFIXES, Record, Split, read_image
 from .data.limits import DataLimits
@@ -22,6 +23,9 @@ from .options import DEMO_EPOCHS
 from .postprocess import PostprocessConfig
 from .predict import Detector, Predictor, detection_line, load, write_picture
 from .predict.base import resolve_for_model
+
+if TYPE_CHECKING:
+    from .engine.report import TrainResult
 
 log = logging.getLogger("tinyssd")
 
@@ -270,23 +274,16 @@ def write_eval_report(
     return files
 
 
-def demo_summary(det: Predictor, data: str | Path) -> str:
-    """The val figures a newcomer should see: AP, and what the drawn threshold keeps."""
-    from .data import DetectionDataset, load_split
-    from .evaluation import evaluate
-    from .inference import predict_dataset
-
-    if not isinstance(det, Detector):
-        raise UsageError("the demo's summary needs a checkpoint, not an exported graph")
-    val = DetectionDataset(load_split(data, "val"), det.image_size)
-    predictions = predict_dataset(det.model, val, 32, det.device)
-    targets = [val.targets_in_pixels(i) for i in range(len(val))]
-    result = evaluate(predictions, targets, score_threshold=det.score_threshold)
-    at = result["at_threshold"]
+def demo_summary(run: TrainResult) -> str:
+    """The val figures a newcomer should see, from the run's own end report (the best
+    weights, P and R at their stored threshold: ``results.json``'s ``all`` row)."""
+    pooled = next((row for row in run.classes if row["class"] == "all"), None)
+    if pooled is None or run.threshold is None:
+        return "no val report: the data has no val images"
     return (
-        f"val ({len(val)} images): AP50 {result['AP50']:.3f}, AP {result['AP']:.3f}; "
-        f"at the drawn threshold {at['threshold']:.2f} (F1-optimal on val): "
-        f"recall {at['recall']:.3f}, precision {at['precision']:.3f}"
+        f"val ({pooled['images']} images): AP50 {pooled['AP50']:.3f}, AP {pooled['AP']:.3f}; "
+        f"at the drawn threshold {run.threshold:.2f} (F1-optimal on val): "
+        f"recall {pooled['recall']:.3f}, precision {pooled['precision']:.3f}"
     )
 
 
@@ -307,7 +304,7 @@ def demo(
     det = load(run.path)
     val_images = sorted((Path(data) / "bananas_val" / "images").iterdir())[:8]
     lines = list(predict_files(det, val_images, out=Path(out) / "predictions"))
-    print(f"\n{demo_summary(det, data)}")
+    print(f"\n{demo_summary(run)}")
     print(f"run folder:        {run}")
     print(f"training curves:   {Path(run) / 'curves.png'}")
     print(f"val predictions:   {Path(run) / 'val_predictions.png'}")

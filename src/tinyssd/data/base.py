@@ -20,6 +20,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +77,18 @@ class Record:
     iscrowd: Tensor
     size: tuple[int, int] | None = None
     window: tuple[int, int, int, int] | None = None
+
+    def with_boxes(self, boxes: Tensor, keep: Tensor, **changes: Any) -> Record:
+        """This record with the boxes ``boxes[keep]`` (``boxes``: Tensor[M, 4], this record's
+        boxes moved or clipped) and their labels and flags; other fields from ``changes``."""
+        return replace(
+            self,
+            boxes=boxes[keep],
+            labels=self.labels[keep],
+            difficult=self.difficult[keep],
+            iscrowd=self.iscrowd[keep],
+            **changes,
+        )
 
     @staticmethod
     def make(
@@ -317,14 +330,7 @@ def clip_to_image(record: Record, size: tuple[int, int], report: Report) -> Reco
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     for i in (~keep).nonzero().flatten().tolist():
         report.add(BAD_BOX, record.image, f"{b[i].tolist()} is empty inside {w}x{h}")
-    return replace(
-        record,
-        boxes=clipped[keep],
-        labels=record.labels[keep],
-        difficult=record.difficult[keep],
-        iscrowd=record.iscrowd[keep],
-        size=(h, w),
-    )
+    return record.with_boxes(clipped, keep, size=(h, w))
 
 
 def read_text(path: str | Path, max_bytes: int | None = None) -> str:

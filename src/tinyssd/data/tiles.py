@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-from dataclasses import replace
 from statistics import median
 
 from ..tiling import Tiling, tile_windows, visible_in_window
@@ -89,15 +88,7 @@ def _tile_record(rec: Record, window: list[int]) -> Record:
 
     clipped, keep = visible_in_window(rec.boxes, torch.tensor(window), MIN_VISIBLE)
     x0, y0, x1, y1 = window
-    return replace(
-        rec,
-        boxes=clipped[keep],
-        labels=rec.labels[keep],
-        difficult=rec.difficult[keep],
-        iscrowd=rec.iscrowd[keep],
-        size=(y1 - y0, x1 - x0),
-        window=(x0, y0, x1, y1),
-    )
+    return rec.with_boxes(clipped, keep, size=(y1 - y0, x1 - x0), window=(x0, y0, x1, y1))
 
 
 def choose_tile(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .coco import RECALL_THRESHOLDS, coco_metrics, flatten_inputs, summarize
-from .threshold import best_f1_threshold, precision_recall_at, threshold_curves
+from .threshold import best_f1_threshold, threshold_curves
 from .voc import voc_ap, voc_metrics, voc_outcomes
 
 __all__ = [
@@ -56,7 +56,6 @@ def _mean_ap(values: list[float]) -> float:
 def evaluate(
     predictions: Sequence[Mapping[str, torch.Tensor | np.ndarray]],
     targets: Sequence[Mapping[str, torch.Tensor | np.ndarray]],
-    score_threshold: float | None = None,
 ) -> dict:
     """COCO and VOC metrics of per-image detections against ground truth.
 
@@ -74,18 +73,16 @@ def evaluate(
         score reaching each recall (IoU 0.5, all areas, 100 detections; their
         mean precision is the class's AP50); ``f1_threshold`` and ``f1``: the score
         threshold that maximises F1 over all classes pooled (IoU 0.5) and that F1;
-        ``threshold_curves``: ``threshold precision recall f1`` (101,) pooled over classes;
-        ``at_threshold``: ``threshold precision recall`` pooled, at ``score_threshold``
-        (default: ``f1_threshold``).
+        ``threshold_curves``: ``threshold precision recall f1`` (101,) pooled over classes.
     """
     inputs = flatten_inputs(predictions, targets)
     coco = coco_metrics(inputs)
-    voc = voc_metrics(inputs)
+    true_pos, ignored = voc_outcomes(inputs)  # IoU 0.5 hits: VOC's AP and the F1 threshold
+    voc = voc_metrics(inputs, (true_pos, ignored))
     precision, recall = coco["precision"], coco["recall"]
     result: dict = summarize(precision, recall)
     result["VOC07_mAP"] = _mean_ap([v["VOC07_AP"] for v in voc.values()])
     result["VOC_mAP"] = _mean_ap([v["VOC_AP"] for v in voc.values()])
-    true_pos, ignored = voc_outcomes(inputs)
     num_gt = int(np.count_nonzero(~(inputs.gt_difficult | inputs.gt_crowd)))
     counted = ~ignored
     result["f1_threshold"], result["f1"] = best_f1_threshold(
@@ -94,11 +91,6 @@ def evaluate(
     result["threshold_curves"] = threshold_curves(
         inputs.dt_score[counted], true_pos[counted], num_gt
     )
-    chosen = result["f1_threshold"] if score_threshold is None else float(score_threshold)
-    precision_at, recall_at = precision_recall_at(
-        inputs.dt_score[counted], true_pos[counted], num_gt, chosen
-    )
-    result["at_threshold"] = {"threshold": chosen, "precision": precision_at, "recall": recall_at}
     result["per_class"], result["pr_curves"] = {}, {}
     for k, label in enumerate(int(v) for v in coco["labels"]):
         stats = summarize(precision[:, :, k : k + 1], recall[:, k : k + 1])

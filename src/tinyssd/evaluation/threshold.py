@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["best_f1_threshold", "f1_curve", "precision_recall_at", "threshold_curves"]
+__all__ = ["best_f1_threshold", "f1_curve", "threshold_curves"]
 
 
 def f1_curve(
@@ -82,14 +82,3 @@ def threshold_curves(
     recall = hits / max(num_gt, 1)
     f1 = 2 * precision * recall / np.maximum(precision + recall, np.finfo(np.float64).eps)
     return {"threshold": grid, "precision": precision, "recall": recall, "f1": f1}
-
-
-def precision_recall_at(
-    scores: np.ndarray, true_pos: np.ndarray, num_gt: int, threshold: float
-) -> tuple[float, float]:
-    """(precision, recall) of keeping the detections scoring >= ``threshold``; precision
-    is 1 when nothing is kept."""
-    kept = np.asarray(scores, np.float64) >= threshold
-    hits = int(np.count_nonzero(np.asarray(true_pos, bool) & kept))
-    count = int(np.count_nonzero(kept))
-    return (hits / count if count else 1.0), hits / max(num_gt, 1)

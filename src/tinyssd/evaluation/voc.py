@@ -78,14 +78,18 @@ def voc_outcomes(inputs: EvalInputs) -> tuple[np.ndarray, np.ndarray]:
     return true_pos, ignored
 
 
-def voc_metrics(inputs: EvalInputs) -> dict[int, dict[str, Any]]:
+def voc_metrics(
+    inputs: EvalInputs, outcomes: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[int, dict[str, Any]]:
     """Per class: ``VOC07_AP``, ``VOC_AP`` (-1 without non-difficult boxes), and the curve.
+
+    ``outcomes``: ``voc_outcomes(inputs)`` when the caller has them already.
 
     Returns:
         label -> {"VOC07_AP", "VOC_AP": float, "num_pos": int, "recall",
         "precision", "scores": (N,) arrays over the counted detections}.
     """
-    true_pos, ignored = voc_outcomes(inputs)
+    true_pos, ignored = outcomes if outcomes is not None else voc_outcomes(inputs)
     counted_gt = ~(inputs.gt_difficult | inputs.gt_crowd)
     out: dict[int, dict[str, Any]] = {}
     for label in inputs.labels:
