@@ -38,6 +38,12 @@ ROWS: list[tuple[str, str, dict]] = [
     ("-no_decay_bn", "weight decay on BatchNorm and bias too", {"norm_bias_decay": True}),
     ("-auto_anchors", "the preset's fixed anchors", {"anchors": "fixed"}),
     ("-flip", "no augmentation", {"augment": "none"}),
+    (
+        "-atss",
+        "the chapter's matching rule (IoU >= 0.5 + best) instead of ATSS",
+        {"assigner": "max_iou"},
+    ),
+    ("qfl", "default + quality focal loss (IoU-aware class target)", {"loss": "qfl_giou"}),
     ("+tiny_fpn", "chapter + the FPN network", {"recipe": "chapter", "model": "tiny_fpn"}),
     (
         "+adamw_cosine",
