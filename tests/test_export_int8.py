@@ -19,7 +19,7 @@ from tinyssd.predict import OnnxDetector
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-pytestmark = pytest.mark.slow  # trains a model (about a minute on 2 quiet cores)
+pytestmark = pytest.mark.slow  # trains a model (about 15 s on 2 cores)
 
 SIZE = 128
 THRESHOLD = 0.3
@@ -34,7 +34,11 @@ FOUND = 0.5
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(data folder, run folder, fp32 graph, int8 graph) of a TinySSD trained briefly on
-    rectangles (a banana-layout set written here)."""
+    rectangles (a banana-layout set written here), with the default recipe as a user
+    trains. (The chapter recipe's 8-epoch model scored AP 0.24 here and kept two
+    overlapping candidates within a few hundredths of each other; which one NMS kept
+    then depended on the CPU's fp32 kernels, so int8 matched fp32 on AVX-512 and not on
+    AVX2. A model that has learnt the boxes holds them within 0.2 px on both.)"""
     root = tmp_path_factory.mktemp("int8")
     data = write_tiny_bananas(root / "data", n_train=48, n_val=8, size=SIZE)
     torch.manual_seed(0)
@@ -45,7 +49,6 @@ def trained(tmp_path_factory):
         image_size=SIZE,
         out=str(root / "run"),
         progress=False,
-        recipe="chapter",
     )
     fp32 = export_onnx(run, root / "fp32.onnx")
     int8 = export_onnx(run, root / "int8.onnx", int8=True, calibration_images=32)
