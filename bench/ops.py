@@ -11,6 +11,10 @@ run, and ``ratio`` = d2l / tinyssd (how many times faster tinyssd is).
 - ``multibox_detection_realistic``: background dominates (object probability
   about 0.001) except 40 anchors per image, as from a trained model.
 - ``multibox_detection_dense``: random logits, nearly every anchor above 0.01.
+- ``anchor_labelling``: ``anchor_targets`` with each assigner on B x M boxes
+  (32 x 1, 14, 100, 300; 1 x 1000, 5000: up to crowds of small objects), against
+  the IoU table of the same boxes (``batched_box_iou``, B x M x 5444):
+  ``<assigner>_per_iou_table`` = labelling time / table time.
 """
 
 from __future__ import annotations
@@ -24,11 +28,15 @@ import torch
 from _common import emit
 
 from tinyssd.anchors import AnchorGenerator
-from tinyssd.matching import multibox_target
+from tinyssd.boxes import batched_box_iou
+from tinyssd.matching import anchor_targets, multibox_target
 from tinyssd.models.config import tiny_ssd
+from tinyssd.options import ASSIGNERS
 from tinyssd.postprocess import multibox_detection
 
 BATCH, MAX_BOXES = 32, 8
+# (images, boxes per image) of the labelling entries
+LABELLING_SHAPES = ((32, 1), (32, 14), (32, 100), (32, 300), (1, 1000), (1, 5000))
 
 
 def median_ms(fn, repeat: int, warmup: int = 2) -> float:
@@ -59,6 +67,33 @@ def padded_labels(g: torch.Generator) -> torch.Tensor:
         boxes = torch.cat(((centre - half).clamp(0, 1), (centre + half).clamp(0, 1)), dim=1)
         labels[i, :m] = torch.cat((torch.zeros(m, 1), boxes), dim=1)
     return labels
+
+
+def crowded_targets(g: torch.Generator, batch: int, num_boxes: int) -> torch.Tensor:
+    """``anchor_targets``' rows ``Tensor[B, M, 5]``: class 1-3, sides 0.02-0.2, centres
+    anywhere, no padding."""
+    centre = torch.rand(batch, num_boxes, 2, generator=g)
+    half = (0.02 + 0.18 * torch.rand(batch, num_boxes, 2, generator=g)) / 2
+    boxes = torch.cat(((centre - half).clamp(0, 1), (centre + half).clamp(0, 1)), dim=-1)
+    classes = torch.randint(1, 4, (batch, num_boxes, 1), generator=g).float()
+    return torch.cat((classes, boxes), dim=-1)
+
+
+def labelling(anchors: torch.Tensor, g: torch.Generator, repeat: int) -> dict:
+    """``anchor_targets`` per assigner and the IoU table, ms, for each of LABELLING_SHAPES."""
+    out = {}
+    for batch, num_boxes in LABELLING_SHAPES:
+        targets = crowded_targets(g, batch, num_boxes)
+        table_ms = median_ms(lambda t=targets: batched_box_iou(anchors, t[..., 1:]), repeat, 1)
+        entry = {"iou_table_ms": table_ms}
+        for assigner in ASSIGNERS:
+            ms = median_ms(
+                lambda t=targets, a=assigner: anchor_targets(anchors, t, assigner=a), repeat, 1
+            )
+            entry[f"{assigner}_ms"] = ms
+            entry[f"{assigner}_per_iou_table"] = ms / table_ms
+        out[f"{batch}x{num_boxes}"] = entry
+    return out
 
 
 def predictions(g: torch.Generator, num_anchors: int, dense: bool):
@@ -139,6 +174,7 @@ def main() -> None:
                 for o, t in zip(ours, theirs, strict=True)
             )
         result[f"multibox_detection_{case}"] = entry
+    result["anchor_labelling"] = labelling(anchors, g, a.repeat)
     emit(result, a.out)
 
 

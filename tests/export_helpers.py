@@ -1,10 +1,15 @@
-"""What the ONNX tests share: a checkpoint with trained-like scores, comparing detections."""
+"""What the ONNX tests share: a checkpoint with trained-like scores, comparing detections;
+and bad model files (checkpoints and graphs) made from good ones."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import load_file, safe_open, save_file
 
 from tinyssd.checkpoint import save_checkpoint
 from tinyssd.models import build_model
@@ -47,3 +52,57 @@ def assert_same_detections(got: dict, want: dict, box_atol: float = 1e-4) -> Non
     torch.testing.assert_close(scores, want["scores"][match], rtol=1e-5, atol=1e-6)
     # a row out of its place has the score of the row in that place, within rounding
     torch.testing.assert_close(want["scores"][match], want["scores"], rtol=0, atol=1e-5)
+
+
+def rewritten_checkpoint(
+    source: Path,
+    out: Path,
+    header: str | None = None,
+    change: Callable[[dict], object] | None = None,
+    poison: float | None = None,
+) -> Path:
+    """A copy of the checkpoint ``source`` at ``out`` with its tinyssd metadata replaced by
+    ``header`` (any text) or edited in place by ``change(meta)``, and with ``poison``
+    (nan, inf) written into the first element of its first floating-point weight."""
+    tensors = load_file(str(source))
+    with safe_open(str(source), framework="pt") as f:
+        text = f.metadata()["tinyssd"]
+    if change is not None:
+        meta = json.loads(text)
+        change(meta)
+        text = json.dumps(meta)
+    if poison is not None:
+        name = next(
+            k for k, v in tensors.items() if k.startswith("model.") and v.is_floating_point()
+        )
+        tensors[name] = tensors[name].clone()
+        tensors[name].view(-1)[0] = poison
+    save_file(tensors, str(out), metadata={"tinyssd": header if header is not None else text})
+    return out
+
+
+def rewritten_graph(
+    source: Path, out: Path, cut: float | None = None, poison: float | None = None, **metadata: str
+) -> Path:
+    """A copy of the ``tinyssd export`` graph ``source`` at ``out`` with the ``metadata``
+    values given, ``poison`` (nan, inf) in the first element of its first floating-point
+    initializer, and, with ``cut``, only that share of its bytes (a truncated download)."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(source))
+    for entry in proto.metadata_props:
+        entry.value = metadata.pop(entry.key, entry.value)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    if poison is not None:
+        init = next(
+            t for t in proto.graph.initializer if numpy_helper.to_array(t).dtype == np.float32
+        )
+        array = numpy_helper.to_array(init).copy()
+        array.reshape(-1)[0] = poison
+        init.CopyFrom(numpy_helper.from_array(array, init.name))
+    data = proto.SerializeToString()
+    out.write_bytes(data[: int(len(data) * cut)] if cut is not None else data)
+    return out

@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from export_helpers import rewritten_checkpoint
 from fixtures import save_untrained_checkpoint
 from PIL import Image
 
@@ -151,7 +152,7 @@ def test_a_corrupt_image_among_many_is_skipped_and_the_exit_code_says_so(tmp_pat
     captured = capsys.readouterr()
     assert code == 1
     assert len(captured.out.strip().splitlines()) == 2
-    assert "1 unreadable image(s) skipped" in captured.err
+    assert "1 input(s) skipped or cut short" in captured.err
     assert "skipped: " + str(tmp_path / "in" / "bad.png") in caplog.text
 
 
@@ -222,6 +223,23 @@ def test_load_says_which_checkpoint_it_took(tmp_path, caplog):
     caplog.set_level("INFO", logger="tinyssd")
     tinyssd.load(tmp_path, device="cpu")
     assert f"loaded {ckpt}" in caplog.text
+
+
+def test_a_config_that_does_not_make_the_files_tensors_is_refused_naming_the_first(tmp_path):
+    # the network is laid out on the meta device and compared with the file's tensors
+    # before it is built: a config of 10**6 channels would cost gigabytes before failing
+    source = save_untrained_checkpoint(tmp_path / "source.safetensors", ["a"], image_size=64)
+
+    def wider(meta):
+        meta["config"]["ssd"]["channels"][0] = 96
+
+    bad = rewritten_checkpoint(source, tmp_path / "bad.safetensors", change=wider)
+    with pytest.raises(tinyssd.CheckpointError) as e:
+        tinyssd.load(bad, device="cpu")
+    assert str(e.value) == (
+        f"{bad}: cannot rebuild the model (bbox_heads.0.weight: (16, 64, 3, 3) in the file, "
+        "(16, 96, 3, 3) in its config's network)"
+    )
 
 
 def test_the_demo_prints_the_runs_own_val_report_at_its_stored_threshold(tmp_path):

@@ -9,13 +9,16 @@ from hypothesis import strategies as st
 
 from tinyssd.boxes import (
     MAX_LOG_SCALE,
+    anchor_iou_blocks,
     batched_box_iou,
+    block_rows,
     box_center_to_corner,
     box_corner_to_center,
     box_iou,
     decode_offsets,
     encode_offsets,
     normalise_boxes,
+    paired_box_iou,
     scale_boxes,
 )
 
@@ -114,6 +117,54 @@ def test_batched_box_iou_equals_box_iou_per_image(anchors, per_image):
     for b, gt in enumerate(per_image):
         assert torch.equal(batched[b], box_iou(gt, anchors))
         assert torch.equal(batched[b], box_iou(anchors, gt).T)
+
+
+def _odd_boxes(g, n):
+    """``Tensor[n, 4]``: boxes of every kind the IoU must survive: ordinary, zero-width,
+    inverted (x2 < x1), partly outside [0, 1], with -0.0 coordinates."""
+    boxes = _random_boxes(g, n) - 0.3
+    boxes[::5, 2] = boxes[::5, 0]
+    boxes[1::5] = boxes[1::5][:, [2, 1, 0, 3]]
+    boxes[boxes.abs() < 0.05] = -0.0
+    return boxes
+
+
+def _box_iou_or_0(boxes1, boxes2):
+    """``box_iou``, 0 where it divides 0 by 0 (two boxes without area): tinyssd's IoUs."""
+    return box_iou(boxes1, boxes2).nan_to_num(0.0)
+
+
+def test_paired_box_iou_is_box_iou_pair_by_pair():
+    g = torch.Generator().manual_seed(0)
+    boxes1, boxes2 = _odd_boxes(g, 30), _odd_boxes(g, 20)
+    assert box_iou(boxes1, boxes2).isnan().any()
+    for dtype in (torch.float32, torch.float64):
+        b1, b2 = boxes1.to(dtype), boxes2.to(dtype)
+        assert torch.equal(paired_box_iou(b1[:, None], b2), _box_iou_or_0(b1, b2))
+        assert torch.equal(paired_box_iou(b1[:20], b2), _box_iou_or_0(b1[:20], b2).diagonal())
+
+
+def test_iou_blocks_on_grid_anchors_equal_box_iou_bit_for_bit():
+    # TinySSD's anchors share their x and y extents, whose overlaps are computed once each;
+    # 3 x 40 boxes make more than one block (block_rows), and a caller may choose its own
+    from tinyssd.anchors import AnchorGenerator
+    from tinyssd.models.config import tiny_ssd
+
+    config = tiny_ssd()
+    shapes = [(32, 32), (16, 16), (8, 8), (4, 4), (1, 1)]
+    grid = AnchorGenerator(config.sizes, config.ratios)(shapes, "cpu")  # (5444, 4)
+    assert block_rows(len(grid), "cpu") < 3 * 40
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64):
+        anchors = grid.to(dtype)
+        boxes = torch.cat((_odd_boxes(g, 100), anchors[::97][:20])).to(dtype).reshape(3, 40, 4)
+        batched = batched_box_iou(anchors, boxes)
+        for b in range(3):
+            assert torch.equal(batched[b], _box_iou_or_0(boxes[b], anchors))
+        flat = boxes.reshape(-1, 4)
+        blocks = [slice(0, 5), slice(5, 6), slice(6, 120)]
+        for rows, iou in anchor_iou_blocks(anchors, flat, blocks):
+            assert torch.equal(iou, _box_iou_or_0(flat[rows], anchors))
 
 
 def test_decode_clamps_huge_size_offsets():

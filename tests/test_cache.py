@@ -91,6 +91,43 @@ def test_a_changed_image_is_decoded_again_and_its_old_cache_file_removed(split, 
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 1  # the stale one is gone
 
 
+BAD_ENTRIES = {  # what another program (or version) may have left under the cache's name
+    "channels last": lambda image: image.permute(1, 2, 0).numpy(),
+    "float": lambda image: image.numpy().astype(np.float32),
+    "another size": lambda image: image[:, :8, :8].numpy(),
+    "grey": lambda image: image[0].numpy(),
+    "four channels": lambda image: np.concatenate([image.numpy(), image[:1].numpy()]),
+}
+
+
+def test_bad_disk_cache_entries_are_rebuilt_and_counted_not_stacked(split, tmp_path, caplog):
+    expected = _epoch(DetectionDataset(split, 32, cache="ram"))
+    _epoch(DetectionDataset(split, 32, cache="disk"))
+    files = sorted((tmp_path / "cache").rglob("*.npy"))
+    for file, make_bad in zip(files, BAD_ENTRIES.values()):
+        np.save(file, make_bad(torch.from_numpy(np.load(file))))
+    dataset = DetectionDataset(split, 32, cache="disk")
+    got = _epoch(dataset)
+    for (images, labels), (ram_images, ram_labels) in zip(got, expected, strict=True):
+        assert torch.equal(images, ram_images) and torch.equal(labels, ram_labels)
+    assert dataset.disk is not None and dataset.disk.rebuilt == len(BAD_ENTRIES)
+    assert "disk cache entry" in caplog.text and "5 bad entries rebuilt so far" in caplog.text
+    assert "is float32 (3, 32, 32), not uint8 (3, 32, 32)" in caplog.text
+    assert _epoch(DetectionDataset(split, 32, cache="disk"))  # rebuilt for good
+    assert sorted((tmp_path / "cache").rglob("*.npy")) == files
+
+
+def test_a_whole_image_entry_of_another_size_is_rebuilt(split, tmp_path):
+    from tinyssd.tiling import Tiling
+
+    held = DetectionDataset(split, 32, cache="disk", tiling=Tiling(512, 0.2))  # full size
+    image = held.load_image(0)
+    (file,) = (tmp_path / "cache").rglob("*.npy")
+    np.save(file, image[:, :20].numpy())
+    assert torch.equal(held.load_image(0), image)
+    assert held.disk is not None and held.disk.rebuilt == 1
+
+
 def test_the_cache_folder_depends_on_the_data_root_and_size(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYSSD_CACHE", str(tmp_path))
     a = disk_cache_dir(tmp_path / "a", 32)

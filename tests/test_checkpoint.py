@@ -1,4 +1,5 @@
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -6,8 +7,12 @@ import textwrap
 
 import pytest
 import torch
+from export_helpers import rewritten_checkpoint
+from fixtures import save_untrained_checkpoint, write_image
 
+import tinyssd
 from tinyssd.checkpoint import read_checkpoint, resolve_weights, restore, save_checkpoint
+from tinyssd.cli import main
 from tinyssd.errors import CheckpointError
 from tinyssd.models import TinySSD
 
@@ -97,3 +102,134 @@ def test_unreadable_checkpoint_gives_one_line_error_naming_the_file(tmp_path):
         resolve_weights(tmp_path / "missing")
     with pytest.raises(CheckpointError, match="no best.safetensors"):
         resolve_weights(tmp_path)
+
+
+# ---------------------------------------------------------------------------- what a file claims
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A good checkpoint (TinySSD, 64 px, classes cat and dog) to make bad ones from."""
+    folder = tmp_path_factory.mktemp("source")
+    return save_untrained_checkpoint(folder / "best.safetensors", ["cat", "dog"], image_size=64)
+
+
+def _predict_error(capsys, weights, tmp_path) -> str:
+    """``tinyssd predict`` with ``weights``: exit code 2, nothing on stdout, and stderr
+    one line, which is returned."""
+    image = write_image(tmp_path / "photo.png")
+    argv = ["predict", str(image), "--weights", str(weights), "--out", str(tmp_path / "out")]
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2 and captured.out == "" and len(err.splitlines()) == 1, captured
+    assert err.startswith("tinyssd: error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ("{nope", "tinyssd metadata is not JSON (Expecting property name"),
+        ("[1, 2]", "tinyssd metadata is an array, not a JSON object"),
+        ('{"epoch": "7", "config": {}}', "metadata epoch is a string, not an integer"),
+        ('{"epoch": 7, "config": []}', "metadata config is an array, not an object"),
+    ],
+)
+def test_metadata_that_is_not_a_json_object_is_one_line_naming_the_file(
+    source, tmp_path, capsys, header, message
+):
+    bad = rewritten_checkpoint(source, tmp_path / "bad.safetensors", header=header)
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(bad)
+    assert str(e.value).startswith(f"{bad}: {message}")
+    assert f"tinyssd: error: {bad}: {message}" in _predict_error(capsys, bad, tmp_path)
+
+
+@pytest.mark.parametrize("value, kind", [(float("nan"), "NaN"), (float("-inf"), "inf")])
+def test_weights_holding_nan_or_inf_are_refused_naming_the_file(
+    source, tmp_path, capsys, value, kind
+):
+    bad = rewritten_checkpoint(source, tmp_path / "best.safetensors", poison=value)
+    err = _predict_error(capsys, bad, tmp_path)
+    assert err.startswith(f"tinyssd: error: {bad}: weights hold {kind} (model.")
+    assert err.endswith("the run diverged?); retrain or use an earlier checkpoint")
+    with pytest.raises(CheckpointError, match="weights hold"):
+        restore(bad, TinySSD(2))  # --resume too
+
+
+def _set(config: dict, key: str, value: object) -> None:
+    """``config[key] = value``, ``key`` a dotted path (``ssd.image_size``)."""
+    *parents, last = key.split(".")
+    for name in parents:
+        config = config[name]
+    config[last] = value
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("classes", [], "classes []: the model names no class"),
+        ("classes", "cat,dog", "classes 'cat,dog': not a list of class names"),
+        ("classes", ["cat", 2], "classes ['cat', 2]: not a list of class names"),
+        ("num_classes", 3, "num_classes 3 but 2 class names"),
+        ("ssd.image_size", 0, "image_size 0: not a positive integer"),
+        ("ssd.image_size", "64", "image_size '64': not a positive integer"),
+        (
+            "ssd.image_size",
+            10**9,
+            "image_size 1000000000: 1000000000x1000000000 input is over the pixel budget "
+            "of 64000000 (--max-pixels)",
+        ),
+    ],
+)
+def test_what_a_checkpoint_claims_is_checked_before_a_model_is_built(
+    source, tmp_path, key, value, message
+):
+    bad = rewritten_checkpoint(
+        source, tmp_path / "bad.safetensors", change=lambda meta: _set(meta["config"], key, value)
+    )
+    with pytest.raises(CheckpointError) as e:
+        tinyssd.load(bad, device="cpu")
+    assert str(e.value) == f"{bad}: {message}"
+
+
+def test_an_input_size_over_the_pixel_budget_fails_predict_in_one_line(source, tmp_path, capsys):
+    bad = rewritten_checkpoint(
+        source,
+        tmp_path / "bad.safetensors",
+        change=lambda m: _set(m["config"], "ssd.image_size", 10**5),
+    )
+    err = _predict_error(capsys, bad, tmp_path)
+    assert f"{bad}: image_size 100000: 100000x100000 input is over the pixel budget" in err
+    assert tinyssd.load(source, max_pixels=64 * 64).image_size == 64  # the budget is the limit
+    with pytest.raises(CheckpointError, match="over the pixel budget of 4095"):
+        tinyssd.load(source, max_pixels=64 * 64 - 1)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_a_pickle_is_named_as_one_and_never_unpickled(tmp_path, writer):
+    marker = tmp_path / "the-payload-ran"
+    payload = {"model": _Payload(marker)}
+    path = tmp_path / "model.pt"
+    if writer == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=2))
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(path)
+    assert str(e.value) == (
+        f"{path}: a pickle (torch.save), not a safetensors checkpoint; tinyssd reads weights "
+        "only from .safetensors files and never unpickles"
+    )
+    assert not marker.exists()
+
+
+class _Payload:
+    """Unpickled, it makes a folder: what a malicious pickle does, harmlessly."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))

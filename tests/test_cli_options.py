@@ -208,3 +208,76 @@ def test_model_help_lists_every_model():
     help_text = " ".join(_options(COMMANDS[("train",)])["--model"].help.split())
     for name in PRESETS:
         assert name in help_text, name
+
+
+def _required_args(parser: argparse.ArgumentParser) -> list[str]:
+    """A placeholder for each argument and required option of a (sub)command, and a
+    ``--data`` that does not exist (train without it would train on the synthetic set)."""
+    args = []
+    for action in parser._actions:
+        value = action.choices[0] if action.choices else "x"
+        if not action.option_strings and action.dest not in ("help", "command", "data_command"):
+            args.append(value)
+        elif action.option_strings and (action.required or action.dest == "data"):
+            args += [action.option_strings[0], value]
+    return args
+
+
+def _options_where(test) -> list:
+    """(command words, --option) of every option of every command that ``test`` picks."""
+    return [
+        pytest.param(words, option, id=f"{' '.join(words)} {option}")
+        for words, parser in COMMANDS.items()
+        for option, action in _options(parser).items()
+        if test(option, action)
+    ]
+
+
+def _positive_flags() -> set[str]:
+    """The options declared ``positive`` in any command's settings dataclasses."""
+    from dataclasses import fields, is_dataclass
+
+    from tinyssd import options
+    from tinyssd.options import field_flag
+
+    found = set()
+    for cls in vars(options).values():
+        if isinstance(cls, type) and is_dataclass(cls):
+            found |= {f"--{field_flag(f)}" for f in fields(cls) if f.metadata.get("positive")}
+    return found
+
+
+FLOAT_OPTIONS = _options_where(lambda option, action: action.type is float)
+POSITIVE_OPTIONS = _options_where(lambda option, action: option in _positive_flags())
+
+
+def test_the_checked_options_are_found_in_every_command():
+    floats = {p.id for p in FLOAT_OPTIONS}
+    assert {"train --lr", "serve --max-upload-mb", "predict --threshold"} <= floats, floats
+    assert len(floats) >= 15, floats
+    positive = {p.id for p in POSITIVE_OPTIONS}
+    assert {"serve --max-pixels", "serve --max-batch", "data check --max-boxes"} <= positive
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(("words", "option"), FLOAT_OPTIONS)
+def test_every_float_option_refuses_nan_and_infinity_in_one_line(
+    words, option, value, capsys, tmp_path, monkeypatch
+):
+    from tinyssd.cli import main
+
+    monkeypatch.chdir(tmp_path)  # nothing the command might write lands in the checkout
+    args = [*words, *_required_args(COMMANDS[words]), f"{option}={value}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tinyssd: error: {option} {value}: must be "), err
+    assert "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("words", "option"), POSITIVE_OPTIONS)
+def test_positive_options_refuse_zero_in_one_line_for_every_command(words, option, capsys):
+    from tinyssd.cli import main
+
+    assert main([*words, *_required_args(COMMANDS[words]), option, "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"tinyssd: error: {option} 0: must be > 0"

@@ -7,6 +7,7 @@ import pytest
 from tinyssd.cli import build_parser, train_overrides
 from tinyssd.config import RECIPES, TrainConfig, flag, read_run_config
 from tinyssd.errors import UsageError
+from tinyssd.models.config import PRESETS
 
 
 def _train_parser():
@@ -140,7 +141,9 @@ def test_the_resolved_config_is_frozen_with_every_recipe_field_set():
     for recipe in RECIPES:
         cfg = TrainConfig(recipe=recipe, out="runs/x").resolved()
         assert isinstance(cfg, RunConfig)
-        assert {k: getattr(cfg, k) for k in RECIPES[recipe]} == RECIPES[recipe]
+        asked = {k: v for k, v in RECIPES[recipe].items() if k != "tile"}
+        assert {k: getattr(cfg, k) for k in asked} == asked
+        assert cfg.tile == 0  # "auto" and 0 alike: the synthetic set's images are small
         with pytest.raises(FrozenInstanceError):
             cfg.lr = 1.0  # type: ignore[misc]
 
@@ -150,3 +153,86 @@ def test_a_run_without_out_resolves_to_the_first_free_run_folder(tmp_path, monke
     (tmp_path / "runs" / "train").mkdir(parents=True)
     assert TrainConfig().resolved().out == "runs/train2"
     assert TrainConfig(out=tmp_path / "mine").resolved().out == str(tmp_path / "mine")
+
+
+def test_nan_and_infinity_are_refused_by_the_python_api_too():
+    with pytest.raises(UsageError, match=r"^--weight-decay nan: must be a finite number$"):
+        TrainConfig(weight_decay=float("nan")).resolved()
+    with pytest.raises(UsageError, match=r"^--lr inf: must be a finite number$"):
+        TrainConfig(lr=float("inf")).resolved()
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"image_size": 8}, "--image-size 8: tiny_fpn needs at least 32 "),
+        ({"image_size": 16, "model": "ssd_resnet18"}, "--image-size 16: ssd_resnet18 needs at "),
+        ({"image_size": 256, "model": "ssd300_vgg16"}, "--image-size 256: ssd300_vgg16 needs at"),
+    ],
+)
+def test_an_image_size_below_what_the_models_strides_need_is_refused(kw, message):
+    with pytest.raises(UsageError, match=f"^{message}"):
+        TrainConfig(**kw).resolved()
+    assert TrainConfig(image_size=32).resolved().image_size == 32  # tiny_fpn's least
+
+
+def _feature_sides(model, size: int) -> list[int] | None:
+    """The side of each feature map at a square input of ``size`` px; None if it cannot run."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return [f.shape[-1] for f in model.backbone(torch.zeros(1, 3, size, size))]
+    except RuntimeError:  # a layer's output would be empty
+        return None
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_models_least_image_size_is_measured(name):
+    import torch
+
+    from tinyssd.models import SSD
+    from tinyssd.models.config import MIN_IMAGE_SIZES
+
+    torch.manual_seed(0)
+    least = MIN_IMAGE_SIZES[name]
+    model = SSD(1, PRESETS[name]()).eval()
+    sides = _feature_sides(model, least)
+    assert sides is not None and sides[0] >= 4, sides  # the finest map: at least 4 cells a side
+    assert PRESETS[name]().image_size >= least
+    # one pixel less: a layer gets no pixels, or the finest map falls below 4 of its strides
+    below = _feature_sides(model, least - 1)
+    assert below is None or least == 4 * round(least / sides[0]), (below, sides)
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ('{"epoch": 3}', "unknown key 'epoch' (did you mean 'epochs'?)"),
+        ('{"learning_rate": 0.1}', "unknown key 'learning_rate' (did you mean 'lr'?)"),
+        ('{"colour": "red"}', "unknown key 'colour' (not an option of tinyssd train)"),
+        ('{"epochs": "three"}', "key 'epochs': 'three' is not an integer or null"),
+        ('{"lr": "0.1"}', "key 'lr': '0.1' is not a number or null"),
+        ('{"augment": 3}', "key 'augment': 3 is not a string or null"),
+        ('{"progress": 1}', "key 'progress': 1 is not true or false"),
+        ('{"tile": [256]}', "key 'tile': [256] is not a string, an integer or null"),
+        ("[" * 100_000 + "]" * 100_000, "not a tinyssd config.json (nested too deeply)"),
+    ],
+)
+def test_a_config_files_bad_key_or_value_is_one_line_naming_file_and_key(
+    train, message, tmp_path, capsys
+):
+    from tinyssd.cli import main
+
+    config = tmp_path / "cfg.json"
+    config.write_text(f'{{"train": {train}}}')
+    assert main(["train", "--config", str(config), "--data", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"tinyssd: error: {config}: {message}\n"
+
+
+def test_a_resumed_runs_config_keeps_ignoring_keys_of_other_versions(tmp_path):
+    (tmp_path / "config.json").write_text('{"train": {"epochs": 2, "retired_option": 1}}')
+    assert TrainConfig.from_dict(read_run_config(tmp_path)).epochs == 2
+    with pytest.raises(UsageError, match=r"config.json: key 'epochs': 2.5 is not an integer"):
+        TrainConfig.from_dict({"epochs": 2.5}, source=tmp_path / "config.json")

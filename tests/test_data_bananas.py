@@ -25,6 +25,35 @@ def test_rows_with_non_finite_numbers_are_unparsable(tmp_path):
     ]
 
 
+def test_labels_that_are_no_ascii_class_index_are_reported_by_line_never_read(tmp_path):
+    write_image(tmp_path / "bananas_train/images/0.png")
+    labels = ["1.0", "-1", "\u0663", "+1", "1_0", "\uff11", " 1 "]  # \u0663: Arabic-Indic 3
+    rows = "".join(f"0.png,{label},1,1,9,9\n" for label in labels)
+    (tmp_path / "bananas_train/label.csv").write_text(HEADER + rows, encoding="utf-8")
+    (tmp_path / "classes.txt").write_text("a\nb\nc\nd\n")
+    report = Report()
+    split = read_bananas(tmp_path, "train", report)
+    assert split.records[0].labels.tolist() == [2]  # " 1 " alone: class index 1
+    csv = tmp_path / "bananas_train/label.csv"
+    assert [e.split(": ")[0] for e in report.items[BAD_LABEL_FILE]] == [
+        f"{csv}:{n}" for n in range(2, 8)
+    ]
+    assert (
+        "'\u0663' is not a class index (0, 1, 2, ... in ASCII digits)"
+        in (report.items[BAD_LABEL_FILE][2])
+    )
+
+
+def test_a_classes_txt_naming_a_class_twice_is_a_one_line_error(tmp_path):
+    write_image(tmp_path / "bananas_train/images/0.png")
+    (tmp_path / "bananas_train/label.csv").write_text(HEADER + "0.png,1,1,1,9,9\n")
+    (tmp_path / "classes.txt").write_text("dog\ndog\n")
+    with pytest.raises(
+        DataError, match=r"classes.txt: class 2: class name 'dog' is also class 1's"
+    ):
+        read_bananas(tmp_path, "train")
+
+
 def test_a_name_with_a_newline_stays_on_one_line_of_the_report(tmp_path):
     write_image(tmp_path / "bananas_train/images/0.png")
     (tmp_path / "bananas_train/label.csv").write_text(HEADER + '"a\nb.png",0,1,1,9,9\n')

@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures import png_header
 from PIL import Image
 
-from tinyssd.data.base import DataError, Record, Split, image_size, read_image
+from tinyssd.data.base import DataError, ImageTooLarge, Record, Split, image_size, read_image
 
 
 def _split(classes, labels):
@@ -108,3 +109,12 @@ def test_a_value_that_is_no_flag_is_a_value_error(value):
 
     with pytest.raises(ValueError, match="is not a 0/1 flag"):
         read_flag(value)
+
+
+def test_an_image_pillow_calls_a_decompression_bomb_is_over_the_budget_not_unreadable(tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header(16384, 16384))  # 268 M pixels: Pillow refuses it first
+    with pytest.raises(
+        ImageTooLarge, match=r"huge\.png: too large to decode: .*268435456 pixels.*budget is \d+"
+    ):
+        read_image(path)

@@ -1,6 +1,8 @@
 """``tinyssd data check``: each problem kind counted, in every layout; training survives them."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,12 +12,17 @@ import tinyssd
 from tinyssd.cli import main
 from tinyssd.data import DataError
 from tinyssd.data.base import (
+    AMBIGUOUS_IMAGE,
     BAD_BOX,
     BAD_LABEL_FILE,
     BAD_SPLIT,
+    CLASS_NAME,
+    DUPLICATE_IMAGE,
     MISSING_IMAGE,
     NO_LABELS,
     OUTSIDE_BOX,
+    SPLIT_LEAK,
+    TOO_LARGE_IMAGE,
     UNKNOWN_CLASS,
     UNREADABLE_IMAGE,
 )
@@ -155,6 +162,7 @@ def test_check_counts_every_problem_kind_in_every_layout(tmp_path, fmt):
     assert any("broken" in e or "'bbox'" in e for e in report.items[BAD_LABEL_FILE])
     assert "outside.png" in report.items[OUTSIDE_BOX][0]
     assert "negative.png" in report.items[NO_LABELS][0]
+    assert report.exit_code() == 0  # all handled the same way every time: counted, no error
 
 
 @pytest.mark.parametrize("fmt", BAD)
@@ -225,8 +233,8 @@ def test_an_image_too_large_for_pil_is_reported_not_raised(tmp_path, monkeypatch
     root = write_tiny_bananas(tmp_path, n_train=2, n_val=1, size=48)
     monkeypatch.setattr("PIL.Image.MAX_IMAGE_PIXELS", 100)  # 48 x 48 is a "decompression bomb"
     report = check_dataset(root)
-    assert report.count(UNREADABLE_IMAGE) == 3
-    assert "decompression bomb" in report.items[UNREADABLE_IMAGE][0]
+    assert report.count(TOO_LARGE_IMAGE) == 3 and report.count(UNREADABLE_IMAGE) == 0
+    assert "too large to decode: Image size (2304 pixels)" in report.items[TOO_LARGE_IMAGE][0]
 
 
 def test_plots_draw_the_labels_and_each_levels_matched_anchors(tmp_path, monkeypatch, capsys):
@@ -241,3 +249,203 @@ def test_plots_draw_the_labels_and_each_levels_matched_anchors(tmp_path, monkeyp
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "plots: runs/check2/labels.png" in capsys.readouterr().out
     assert not any((tmp_path / "runs" / "check").iterdir())
+
+
+def _coco(root: Path, names: list[str], files: list[str]) -> None:
+    """A COCO train split: one box of class 1 per image entry, ``names`` as categories."""
+    for name in dict.fromkeys(files):
+        write_image(root / "images/train" / name, W, H)
+    data = {
+        "images": [{"id": i, "file_name": f} for i, f in enumerate(files, start=1)],
+        "annotations": [
+            {"image_id": i, "category_id": 1, "bbox": [1, 1, 9, 9]}
+            for i in range(1, len(files) + 1)
+        ],
+        "categories": [{"id": i, "name": n} for i, n in enumerate(names, start=1)],
+    }
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations/instances_train.json").write_text(json.dumps(data))
+
+
+def _voc(root: Path, train: list[str], val: list[str], images: list[str]) -> None:
+    """A VOC set: ``images`` in JPEGImages/, an XML per stem, the split lists."""
+    for name in images:
+        write_image(root / "JPEGImages" / name, W, H)
+    xml = (
+        "<annotation><object><name>apple</name><bndbox><xmin>2</xmin><ymin>2</ymin>"
+        "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"
+    )
+    for stem in {Path(name).stem for name in images}:
+        (root / "Annotations").mkdir(parents=True, exist_ok=True)
+        (root / f"Annotations/{stem}.xml").write_text(xml)
+    (root / "ImageSets/Main").mkdir(parents=True)
+    for split, ids in (("train", train), ("val", val)):
+        (root / f"ImageSets/Main/{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+
+
+def _csv(root: Path, labels: list[str]) -> None:
+    write_image(root / "bananas_train/images/0.png", W, H)
+    rows = "".join(f"0.png,{label},1,1,9,9\n" for label in labels)
+    (root / "bananas_train/label.csv").write_text(f"img_name,label,xmin,ymin,xmax,ymax\n{rows}")
+
+
+ISSUES = {  # what data check must say about each, and its exit code
+    "coco: two categories named alike": (
+        lambda r: _coco(r, ["apple", "apple"], ["a.png"]),
+        BAD_SPLIT,
+        "instances_train.json: categories[1]: class name 'apple' is also categories[0]'s",
+        2,
+    ),
+    "coco: an empty category name": (
+        lambda r: _coco(r, ["apple", ""], ["a.png"]),
+        BAD_SPLIT,
+        "instances_train.json: categories[1]: empty class name",
+        2,
+    ),
+    "coco: a newline in a name": (
+        lambda r: _coco(r, ["apple", "a\nb"], ["a.png"]),
+        CLASS_NAME,
+        "instances_train.json: category 2 'a\\nb': holds a control character",
+        0,
+    ),
+    "coco: a comma in a name": (
+        lambda r: _coco(r, ["apple", "a,b"], ["a.png"]),
+        CLASS_NAME,
+        "instances_train.json: category 2 'a,b': holds a comma (--classes-map cannot name it)",
+        0,
+    ),
+    "coco: one file_name twice": (
+        lambda r: _coco(r, ["apple"], ["a.png", "a.png"]),
+        DUPLICATE_IMAGE,
+        "instances_train.json: image id 2: file_name 'a.png' is listed already as image id 1",
+        2,
+    ),
+    "voc: one id in train and val": (
+        lambda r: _voc(r, ["0", "1"], ["1"], ["0.png", "1.png"]),
+        SPLIT_LEAK,
+        "JPEGImages/1.png: read by train (ROOT/ImageSets/Main/train.txt) and by val "
+        "(ROOT/ImageSets/Main/val.txt)",
+        2,
+    ),
+    "voc: one id, two images": (
+        lambda r: _voc(r, ["0"], ["1"], ["0.jpg", "0.png", "1.png"]),
+        AMBIGUOUS_IMAGE,
+        "JPEGImages/0.png: 0.xml is read with 0.jpg; rename one",
+        2,
+    ),
+    "csv: a label 1.0": (
+        lambda r: _csv(r, ["0", "1.0"]),
+        BAD_LABEL_FILE,
+        "bananas_train/label.csv:3: '1.0' is not a class index",
+        0,
+    ),
+    "csv: a label -1": (
+        lambda r: _csv(r, ["0", "-1"]),
+        BAD_LABEL_FILE,
+        "bananas_train/label.csv:3: '-1' is not a class index",
+        0,
+    ),
+    "csv: a label in Arabic-Indic digits": (
+        lambda r: _csv(r, ["0", "\u0663"]),
+        BAD_LABEL_FILE,
+        "bananas_train/label.csv:3: '\u0663' is not a class index",
+        0,
+    ),
+}
+
+
+@pytest.mark.parametrize("issue", ISSUES)
+def test_each_reported_issue_is_named_with_its_file_and_entry_and_its_severity(tmp_path, issue):
+    build, kind, says, code = ISSUES[issue]
+    root = tmp_path / "data"
+    build(root)
+    report = check_dataset(root)
+    entries = report.items[kind]
+    assert len(entries) == 1, report.summary()
+    assert entries[0].startswith(str(root)) and "\n" not in entries[0]
+    assert says.replace("ROOT", str(root)) in entries[0]
+    assert report.exit_code() == code
+    kind_line = f"{'error: ' if code else ''}{kind}"
+    assert f"     1  {kind_line}\n" in report.summary()
+
+
+def test_errors_raise_one_line_naming_the_folder_and_warnings_do_not(tmp_path):
+    _voc(tmp_path / "leak", ["0"], ["0"], ["0.png"])
+    with pytest.raises(DataError, match=r"leak: 1 error\(s\) listed above") as e:
+        check_dataset(tmp_path / "leak").raise_for_errors()
+    assert "\n" not in str(e.value)
+    _csv(tmp_path / "csv", ["0", "-1"])
+    check_dataset(tmp_path / "csv").raise_for_errors()
+
+
+def test_a_hard_linked_copy_in_another_split_is_a_leak(tmp_path):
+    root = tmp_path / "coco"
+    for split in ("train", "val"):
+        data = {
+            "images": [{"id": 1, "file_name": f"{split}.png"}],
+            "annotations": [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}],
+            "categories": [{"id": 1, "name": "apple"}],
+        }
+        (root / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / f"annotations/instances_{split}.json").write_text(json.dumps(data))
+    write_image(root / "images/train/train.png", W, H)
+    (root / "images/val").mkdir(parents=True)
+    os.link(root / "images/train/train.png", root / "images/val/val.png")
+    report = check_dataset(root)
+    assert report.items[SPLIT_LEAK] == [
+        f"{root / 'images/val/val.png'}: read by train "
+        f"({root / 'annotations/instances_train.json'}) and by val "
+        f"({root / 'annotations/instances_val.json'})"
+    ]
+
+
+def _deny_listing(monkeypatch, folder: Path) -> None:
+    """``os.scandir`` of ``folder`` fails as after ``chmod 000`` (root bypasses the mode)."""
+    scandir = os.scandir
+
+    def denied(path="."):
+        if os.fspath(path) == str(folder):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+
+
+def test_an_annotations_folder_that_cannot_be_listed_is_named(tmp_path, monkeypatch, capsys):
+    _voc(tmp_path, ["0"], [], ["0.png"])
+    shutil.rmtree(tmp_path / "ImageSets")
+    _deny_listing(monkeypatch, tmp_path / "Annotations")
+    assert main(["data", "check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"tinyssd: error: {tmp_path / 'Annotations'}: cannot list this folder (Permission "
+        f"denied), so no data layout can be found in {tmp_path}; check its permissions\n"
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists any folder whatever its mode")
+def test_an_annotations_folder_without_permissions_is_named(tmp_path):
+    _voc(tmp_path, ["0"], [], ["0.png"])
+    shutil.rmtree(tmp_path / "ImageSets")
+    (tmp_path / "Annotations").chmod(0)
+    try:
+        with pytest.raises(DataError, match=r"Annotations: cannot list this folder"):
+            check_dataset(tmp_path)
+    finally:
+        (tmp_path / "Annotations").chmod(0o755)
+
+
+def test_data_check_exits_2_when_it_finds_an_error(tmp_path, capsys):
+    _voc(tmp_path, ["0"], ["0"], ["0.png"])  # the same image in train and val: a leak
+    assert main(["data", "check", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    assert "error: image in two splits" in out
+    assert len(err.strip().splitlines()) == 1 and err.startswith("tinyssd: error: ")
+
+
+def test_data_check_refuses_an_image_size_the_model_cannot_take(tmp_path, capsys):
+    root = write_tiny_bananas(tmp_path, n_train=2, n_val=1, size=48)
+    assert main(["data", "check", str(root), "--model", "tiny_ssd", "--image-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tinyssd: error: --image-size 8: tiny_ssd needs at least")
+    assert len(err.strip().splitlines()) == 1

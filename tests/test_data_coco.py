@@ -287,3 +287,55 @@ def test_boxes_annotated_on_the_stored_pixels_of_an_exif_turned_image_turn_with_
     white = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
     assert rec.boxes.tolist() == [white] and rec.size == (40, 30)
     assert report.count(EXIF_FRAME) == 1
+
+
+@pytest.mark.parametrize(
+    "names, says",
+    [
+        (["dog", "dog"], r"categories\[1\]: class name 'dog' is also categories\[0\]'s"),
+        (["dog", ""], r"categories\[1\]: empty class name"),
+        (["dog", "  "], r"categories\[1\]: empty class name"),
+    ],
+)
+def test_categories_named_alike_or_not_at_all_are_a_one_line_error(tmp_path, names, says):
+    categories = [{"id": i, "name": n} for i, n in enumerate(names, start=1)]
+    path = write_json(tmp_path / "annotations/instances_train.json", coco([], [], categories))
+    with pytest.raises(DataError, match=says) as e:
+        read_coco(tmp_path, "train")
+    assert_names_a_file(str(e.value), path)
+
+
+def test_category_names_with_a_newline_or_a_comma_are_read_as_written_and_reported(tmp_path):
+    from tinyssd.data.base import CLASS_NAME
+
+    write_image(tmp_path / "images/a.png")
+    categories = [{"id": 1, "name": "hot\ndog"}, {"id": 2, "name": "a,b"}, {"id": 3, "name": "c"}]
+    data = coco([image(1, "a.png")], [box(1, 1, 2, [1, 1, 5, 5])], categories)
+    path = write_json(tmp_path / "annotations/instances_train.json", data)
+    report = Report()
+    split = read_coco(tmp_path, "train", report)
+    assert split.classes == ["hot\ndog", "a,b", "c"]
+    assert split.records[0].labels.tolist() == [2]
+    assert report.items[CLASS_NAME] == [
+        f"{path}: category 1 'hot\\ndog': holds a control character such as a newline "
+        "(classes.txt and tables cannot)",
+        f"{path}: category 2 'a,b': holds a comma (--classes-map cannot name it)",
+    ]
+
+
+def test_a_file_listed_twice_is_read_once_with_the_first_entrys_boxes(tmp_path):
+    from tinyssd.data.base import DUPLICATE_IMAGE
+
+    write_image(tmp_path / "images/a.png")
+    images = [image(1, "a.png"), image(2, "./a.png"), image(3, "a.png")]
+    boxes = [box(1, 1, 7, [1, 1, 5, 5]), box(2, 2, 3, [2, 2, 5, 5]), box(3, 2, 3, [3, 3, 5, 5])]
+    path = write_json(tmp_path / "annotations/instances_train.json", coco(images, boxes))
+    report = Report()
+    split = read_coco(tmp_path, "train", report)
+    assert len(split.records) == 1 and split.records[0].labels.tolist() == [2]  # dog, id 7
+    assert report.items[DUPLICATE_IMAGE] == [
+        f"{path}: image id 2: file_name './a.png' is listed already as image id 1; "
+        "skipped with its 2 box(es)",
+        f"{path}: image id 3: file_name 'a.png' is listed already as image id 1; "
+        "skipped with its 0 box(es)",
+    ]

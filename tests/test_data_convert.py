@@ -190,12 +190,12 @@ def coco_with_classes(root, names):
 @pytest.mark.parametrize(
     "names, to, says",
     [
-        (["dog", ""], "coco", r"class 2 '' cannot be written as coco: it is empty"),
-        (["dog", "  "], "yolo", r"class 2 '  ' cannot be written as yolo: it is empty"),
+        (["dog", ""], "coco", r"json: categories\[1\]: empty class name"),
+        (["dog", "  "], "yolo", r"json: categories\[1\]: empty class name"),
         (["hot\\ndog"], "voc", r"class 1 'hot\\ndog' cannot be written as voc: .*control"),
         (["hot\\ndog"], "bananas", r"cannot be written as bananas: .*control"),
         ([" dog"], "voc", r"class 1 ' dog' cannot be written as voc: it starts or ends"),
-        (["dog", "dog"], "voc", r"class names \['dog'\] are used twice"),
+        (["dog", "dog"], "coco", r"categories\[1\]: class name 'dog' is also categories\[0\]'s"),
     ],
 )
 def test_class_names_the_target_cannot_hold_are_a_one_line_error(tmp_path, names, to, says):
@@ -229,3 +229,37 @@ def test_a_file_name_that_is_not_utf8_converts(tmp_path, to):
     (rec,) = load_split(out, "train").records
     assert rec.image.name == "caf\ufffd.png"
     assert rec.boxes.tolist() == [[1, 2, 10, 12]]
+
+
+@pytest.mark.parametrize("to", TARGETS)
+def test_a_voc_set_whose_file_names_are_not_utf8_keeps_every_image(tmp_path, to):
+    import os
+
+    src = tmp_path / "src"
+    box = (
+        "<object><name>dog</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>10</xmax>"
+        "<ymax>12</ymax></bndbox></object>"
+    )
+    for raw, objects in ((b"caf\xe9", box), (b"th\xe9", ""), (b"\xff", None)):
+        stem = os.fsdecode(raw)  # Latin-1 bytes: lone surrogates in Python
+        write_image(src / f"{stem}.jpg", 32, 24)
+        if objects is not None:  # the tool that wrote it put the Latin-1 name in <filename>
+            xml = b"<annotation><filename>" + raw + b".jpg</filename>"
+            (src / f"{stem}.xml").write_bytes(xml + objects.encode() + b"</annotation>")
+    out = convert(src, to=to, out=tmp_path / "out")
+    records = load_split(out, "train").records
+    assert sorted(len(r.labels) for r in records) == [0, 0, 1]
+    assert all("\ufffd" in r.image.name for r in records)
+
+
+def test_each_split_counts_the_images_it_read_but_left_out(tmp_path, caplog):
+    write_image(tmp_path / "src/a.png", 32, 24)
+    (tmp_path / "src/a.xml").write_text(
+        "<annotation><object><name>dog</name><bndbox><xmin>2</xmin><ymin>3</ymin>"
+        "<xmax>10</xmax><ymax>12</ymax></bndbox></object></annotation>"
+    )
+    (tmp_path / "src/b.png").write_text("not an image")  # no XML: a negative, till its header
+    with caplog.at_level(logging.INFO, logger="tinyssd.data.convert"):
+        convert(tmp_path / "src", to="coco", out=tmp_path / "out")
+    assert "train: 1 images, 1 boxes written (1 read but left out: header unreadable" in caplog.text
+    assert "b.png: unreadable image" in caplog.text

@@ -117,7 +117,9 @@ def test_tile_auto_stays_off_on_small_images_and_turns_on_for_large_ones(tmp_pat
         assert TrainConfig(data=str(large), tile="auto", out="x").resolved().tile >= 256
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--tile auto")]
     assert len(lines) == 2 and "no tiling" in lines[0] and "tiles of" in lines[1]
-    # the chapter recipe never tiles unless asked
+    # the default recipe decides as --tile auto does; the chapter recipe never tiles unless asked
+    assert TrainConfig(data=str(large), out="x").resolved().tile >= 256
+    assert TrainConfig(data=str(small), out="x").resolved().tile == 0
     assert TrainConfig(data=str(large), recipe="chapter", out="x").resolved().tile == 0
 
 

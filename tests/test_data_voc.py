@@ -305,3 +305,92 @@ def test_boxes_annotated_on_the_shown_image_stay(tmp_path):
     report = Report()
     rec = read_voc(tmp_path, "train", report).records[0]
     assert rec.boxes[0].tolist() == [4, 6, 20, 14] and report.count(EXIF_FRAME) == 0
+
+
+@pytest.mark.parametrize("layout", ["flat", "imagesets"])
+def test_an_annotation_with_two_images_is_read_with_the_first_and_the_other_reported(
+    tmp_path, layout
+):
+    from tinyssd.data.base import AMBIGUOUS_IMAGE
+
+    if layout == "flat":
+        images, xml = tmp_path, tmp_path / "0.xml"
+    else:
+        images, xml = tmp_path / "JPEGImages", tmp_path / "Annotations/0.xml"
+        write(tmp_path / "ImageSets/Main/train.txt", "0\n")
+    write_image(images / "0.jpg")
+    write_image(images / "0.png", seed=1)
+    write(xml, voc_xml(("dog", 1, 1, 9, 9)))
+    report = Report()
+    split = read_voc(tmp_path, "train", report)
+    assert [r.image.name for r in split.records] == ["0.jpg"]
+    assert report.items[AMBIGUOUS_IMAGE] == [
+        f"{images / '0.png'}: 0.xml is read with 0.jpg; rename one"
+    ]
+
+
+def test_images_of_one_name_without_an_annotation_are_each_a_negative(tmp_path):
+    from tinyssd.data.base import AMBIGUOUS_IMAGE
+
+    write_image(tmp_path / "0.jpg")
+    write_image(tmp_path / "0.png", seed=1)
+    write(tmp_path / "1.xml", voc_xml(("dog", 1, 1, 9, 9)))
+    write_image(tmp_path / "1.png")
+    report = Report()
+    split = read_voc(tmp_path, "train", report)
+    assert [r.image.name for r in split.records] == ["0.jpg", "0.png", "1.png"]
+    assert report.count(AMBIGUOUS_IMAGE) == 0
+
+
+def test_an_xml_not_in_utf8_outside_class_names_keeps_its_image(tmp_path):
+    # a tool on a Latin-1 system writes the name of caf\xe9.jpg (not UTF-8) into the XML
+    latin1 = voc_xml(("dog", 1, 2, 10, 20)).replace("x.png", "caf\xe9.jpg").encode("latin-1")
+    write_image(tmp_path / "a.png")
+    (tmp_path / "a.xml").write_bytes(latin1)
+    write_image(tmp_path / "b.png")
+    (tmp_path / "b.xml").write_bytes(voc_xml(("d\xe9g", 1, 2, 10, 20)).encode("latin-1"))
+    report = Report()
+    split = read_voc(tmp_path, "train", report)
+    assert [r.image.name for r in split.records] == ["a.png"]
+    assert split.records[0].boxes.tolist() == [[0, 1, 10, 20]]
+    assert report.items[BAD_LABEL_FILE] == [
+        f"{tmp_path / 'b.xml'}: object 1: <name> is not UTF-8 text"
+    ]
+
+
+def test_a_classes_txt_naming_a_class_twice_is_a_one_line_error(tmp_path):
+    write(tmp_path / "classes.txt", "dog\ncat\n\ndog\n")
+    write_image(tmp_path / "a.png")
+    write(tmp_path / "a.xml", voc_xml(("dog", 1, 1, 9, 9)))
+    with pytest.raises(
+        DataError, match=r"classes.txt: class 3: class name 'dog' is also class 1's"
+    ):
+        read_voc(tmp_path, "train")
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_read_as_empty(tmp_path, monkeypatch):
+    import os
+
+    write_image(tmp_path / "JPEGImages/0.jpg")
+    write(tmp_path / "Annotations/0.xml", voc_xml(("dog", 1, 1, 9, 9)))
+    locked = tmp_path / "Annotations"
+    scandir = os.scandir
+
+    def denied(path="."):  # what chmod 000 does for a user other than root
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(
+        DataError, match=r"Annotations: cannot list this folder \(Permission denied\)"
+    ):
+        read_voc(tmp_path, "train")
+
+
+def test_names_in_digits_of_other_scripts_sort_without_error(tmp_path):
+    for name in ("10.png", "2.png", "\u00b2.png", "\u0663.png"):  # superscript 2, Arabic-Indic 3
+        write_image(tmp_path / name)
+    write(tmp_path / "2.xml", voc_xml(("dog", 1, 1, 9, 9)))
+    names = [r.image.name for r in read_voc(tmp_path, "train").records]
+    assert names == ["2.png", "10.png", "\u00b2.png", "\u0663.png"]

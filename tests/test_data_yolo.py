@@ -44,6 +44,8 @@ def test_normalised_centre_and_size_become_pixel_corners(tmp_path):
         ("0.5 0.5 0.5 0.2 0.4\n", ":1: not an integer class"),
         ("0 0.5 nan 0.2 0.4\n", ":1: not an integer class"),
         ("0 1e38 0.5 0.2 0.4\n", ":1: not an integer class"),  # 1e38 * width overflows float32
+        ("\u0663 0.5 0.5 0.2 0.4\n", ":1: not an integer class"),  # Arabic-Indic 3: float() reads 3
+        ("1 0.5 0.5 0.2 0_4\n", ":1: not an integer class"),  # float("0_4") is 4.0
     ],
 )
 def test_bad_rows_raise_one_line_naming_file_and_line(tmp_path, text, says):
@@ -106,6 +108,21 @@ def test_class_names_from_a_list_or_classes_txt_and_none_is_an_error(tmp_path):
     write(root / "data.yaml", "names: {0: dog, 2: cat}\n")
     with pytest.raises(DataError, match=r"data.yaml: names: ids must be 0..1"):
         read_yolo(root, "val")
+
+
+@pytest.mark.parametrize(
+    "names, says",
+    [
+        (
+            "names: [dog, cat, dog]\n",
+            r"data.yaml: names\[2\]: class name 'dog' is also names\[0\]'s",
+        ),
+        ("names: {0: dog, 1: ''}\n", r"data.yaml: names\[1\]: empty class name"),
+    ],
+)
+def test_class_names_named_alike_or_not_at_all_are_a_one_line_error(tmp_path, names, says):
+    with pytest.raises(DataError, match=says):
+        read_yolo(yolo_layout(tmp_path, names), "val")
 
 
 def test_split_folders_with_images_and_labels_inside(tmp_path):

@@ -212,3 +212,46 @@ def test_default_workers_leave_each_rank_a_core_for_its_step(monkeypatch, cores,
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
     assert default_workers() == workers
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_every_rank_refuses_a_non_empty_out_before_joining_the_group(
+    rank, tmp_path, monkeypatch, capsys
+):
+    from tinyssd.cli import main
+
+    # torchrun's environment without its rendezvous: joining the group would fail here
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("keep me")
+    args = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    assert main([*args, "--recipe", "chapter", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"tinyssd: error: --out {tmp_path / 'run'}: folder exists and is not empty "
+        "(pick a new --out, --resume it, or pass --exist-ok)\n"
+    )
+    assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.slow
+def test_torchrun_into_a_non_empty_out_stops_every_rank_with_the_same_line(tmp_path):
+    data = write_tiny_bananas(tmp_path / "data", n_train=8, n_val=2, size=64)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--standalone", "-m", "tinyssd", "train", "--data", str(data), "--epochs", "1",
+           "--batch-size", "4", "--image-size", "64", "--out", str(out),
+           "--recipe", "chapter"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    line = f"tinyssd: error: --out {out}: folder exists and is not empty"
+    ours = [x for x in done.stderr.splitlines() if x.startswith("tinyssd: ")]
+    assert len(ours) == 2 and all(x.startswith(line) for x in ours), done.stderr[-3000:]
+    assert "gloo" not in done.stderr.lower() and done.returncode != 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

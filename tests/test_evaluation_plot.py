@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tinyssd.evaluation import evaluate
-from tinyssd.evaluation.plot import format_table, plot_pr_curves
+from tinyssd.evaluation.plot import format_class_table, format_table, plot_pr_curves
 
 CLASSES = ["banana", "cherry", "durian"]
 
@@ -89,3 +90,17 @@ def test_confusion_matrix_and_threshold_curve_pngs(result: dict, tmp_path: Path)
     written = plot_threshold_curves(result["threshold_curves"], {}, CLASSES, tmp_path, 0.5)
     assert [p.name for p in written] == ["P_curve.png", "R_curve.png", "F1_curve.png"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+HOSTILE = ["\x1b[31mred\x1b[0m", "\x1b]0;title\x07b"]  # an SGR colour, an OSC window title
+
+
+def test_tables_escape_terminal_codes_in_class_names():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    prediction = {"boxes": boxes, "scores": torch.tensor([0.9]), "labels": torch.tensor([1])}
+    result = evaluate([prediction], [{"boxes": boxes, "labels": torch.tensor([1])}])
+    row = {"images": 1, "instances": 1, "precision": 1.0, "recall": 1.0, "AP50": 1.0, "AP": 1.0}
+    rows = [{"class": name, **row} for name in HOSTILE] + [{"class": "all", **row}]
+    for table in (format_table(result, HOSTILE), format_class_table(rows, 0.5)):
+        assert "\x1b" not in table and "\x07" not in table
+        assert "\\x1b[31mred\\x1b[0m " in table and "\\x1b]0;title\\x07b " in table

@@ -75,7 +75,7 @@ def test_int8_graph_has_the_fp32_inputs_outputs_and_metadata_plus_quantization(t
     assert "calibrated on 32 images of the training images of" in quantization
     ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "NonMaxSuppression"} <= ops
-    # the decoding, softmax and NMS take no quantized input: only backbone nodes do
+    # the decoding, softmax and NMS take no quantized input: only the network's nodes do
     proto = onnx.load(str(int8))
     dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     fed = [n.name for n in proto.graph.node if set(n.input) & dequantized]

@@ -7,12 +7,25 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from export_helpers import CLASSES, assert_same_detections, scored_checkpoint
+from export_helpers import (
+    CLASSES,
+    assert_same_detections,
+    rewritten_checkpoint,
+    scored_checkpoint,
+)
 from torchvision.ops import batched_nms
 
 import tinyssd
 from tinyssd.checkpoint import save_checkpoint
-from tinyssd.export.onnx import DetectionWrapper, ExportWrapper, export_onnx, greedy_nms
+from tinyssd.cli import main
+from tinyssd.export import onnx as export_module
+from tinyssd.export.onnx import (
+    DetectionWrapper,
+    ExportWrapper,
+    export_onnx,
+    greedy_nms,
+    max_opset,
+)
 from tinyssd.models import TinySSD, build_model
 from tinyssd.models.fuse import fold_batchnorm
 from tinyssd.postprocess import postprocess_detections
@@ -178,6 +191,55 @@ def test_export_raises_no_warnings(tmp_path, nms):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # TracerWarning included
         export_onnx(ckpt, tmp_path / "m.onnx", nms=nms)
+
+
+def _export_error(capsys, *argv) -> str:
+    """``tinyssd export ARGV``: exit code 2, stderr one line, which is returned."""
+    code = main(["export", *argv])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, captured
+    assert err.startswith("tinyssd: error: ") and "Traceback" not in err
+    return err
+
+
+def test_an_opset_tinyssd_does_not_export_is_one_line_naming_the_option(tmp_path, capsys):
+    ckpt = scored_checkpoint(tmp_path / "best.safetensors", 128)
+    newest = max_opset()
+    assert newest >= 17
+    for opset in (5, 16, newest + 1):
+        out = tmp_path / f"opset{opset}.onnx"
+        err = _export_error(
+            capsys, "--weights", str(ckpt), "--out", str(out), "--opset", str(opset)
+        )
+        assert err == f"tinyssd: error: --opset {opset}: tinyssd exports opsets 17 to {newest}"
+        assert not out.exists()
+
+
+def test_export_of_nan_weights_is_refused_and_writes_nothing(tmp_path, capsys):
+    ckpt = scored_checkpoint(tmp_path / "best.safetensors", 128)
+    bad = rewritten_checkpoint(ckpt, tmp_path / "diverged.safetensors", poison=float("nan"))
+    out = tmp_path / "m.onnx"
+    err = _export_error(capsys, "--weights", str(bad), "--out", str(out))
+    assert err.startswith(f"tinyssd: error: {bad}: weights hold NaN (model.")
+    assert not out.exists()
+
+
+def test_a_failed_export_leaves_the_earlier_graph_as_it_was(tmp_path, capsys, monkeypatch):
+    ckpt = scored_checkpoint(tmp_path / "best.safetensors", 128)
+    out = export_onnx(ckpt, tmp_path / "m.onnx")
+    before = out.read_bytes()
+
+    def full_disk(path, meta):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(export_module, "_add_metadata", full_disk)
+    err = _export_error(capsys, "--weights", str(ckpt), "--out", str(out), "--overwrite")
+    assert "No space left on device" in err
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [
+        "best.safetensors",
+        "m.onnx",
+    ]
 
 
 def test_exported_graph_runs_in_plain_onnxruntime(exports, tmp_path):

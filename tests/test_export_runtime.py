@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from export_helpers import CLASSES, assert_same_detections, scored_checkpoint
+from export_helpers import CLASSES, assert_same_detections, rewritten_graph, scored_checkpoint
 from fixtures import write_image
 from PIL import Image
 
 import tinyssd
+from tinyssd.cli import main
 from tinyssd.data.base import read_image
 from tinyssd.export.onnx import export_onnx
 from tinyssd.predict import OnnxDetector
@@ -107,17 +108,86 @@ def test_both_predictors_take_every_image_kind_and_give_the_same_detections(dete
             )
 
 
-def test_max_detections_beyond_the_exported_number_is_an_error(detectors, image_files):
+def _predict_error(capsys, weights, image, tmp_path, *options) -> str:
+    """``tinyssd predict`` with ``weights``: exit code 2, nothing on stdout, and stderr
+    one line, which is returned."""
+    argv = ["predict", str(image), "--weights", str(weights), "--out", str(tmp_path / "out")]
+    code = main([*argv, *options])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2 and captured.out == "" and len(err.splitlines()) == 1, captured
+    assert err.startswith("tinyssd: error: ") and "Traceback" not in err
+    return err
+
+
+def test_max_detections_beyond_the_exported_number_is_an_error(
+    detectors, image_files, tmp_path, capsys
+):
     _, onnx_det = detectors(128)
-    with pytest.raises(ValueError, match="exported with max_detections 200"):
+    with pytest.raises(tinyssd.UsageError, match="exported with max_detections 200"):
         onnx_det.predict(image_files[0], max_detections=201)
+    err = _predict_error(capsys, onnx_det.path, image_files[0], tmp_path, "--max-detections", "201")
+    assert err == (
+        f"tinyssd: error: --max-detections 201: {onnx_det.path} was exported with "
+        "max_detections 200; export again with a larger --max-detections"
+    )
 
 
-def test_an_export_without_nms_is_refused_with_the_command_to_fix_it(tmp_path):
+def test_an_export_without_nms_is_refused_with_the_command_to_fix_it(tmp_path, image_files, capsys):
     ckpt = scored_checkpoint(tmp_path / "best.safetensors", 128)
     raw = export_onnx(ckpt, tmp_path / "raw.onnx", nms=False)
-    with pytest.raises(ValueError, match="--no-nms"):
-        OnnxDetector(raw)
+    with pytest.raises(tinyssd.CheckpointError, match="--no-nms"):
+        tinyssd.load(raw)
+    err = _predict_error(capsys, raw, image_files[0], tmp_path)
+    assert err == (
+        f"tinyssd: error: {raw}: exported with --no-nms (raw boxes and scores, no NMS); "
+        "predict needs the detections: write a graph with "
+        "`tinyssd export --weights RUN --out FILE.onnx` (without --no-nms)"
+    )
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(cut=0.5), "not a readable ONNX file (truncated?): Error parsing message"),
+        (dict(classes="[nope"), "metadata classes is not JSON (Expecting value"),
+        (dict(classes="[]"), "classes []: the model names no class"),
+        (dict(classes='{"1": "cat"}'), "classes {'1': 'cat'}: not a list of class names"),
+        (
+            dict(image_size=str(10**9)),
+            "image_size 1000000000: 1000000000x1000000000 input is over the pixel budget",
+        ),
+        (dict(image_size="big"), "metadata image_size 'big': not an integer"),
+        (dict(image_size="64"), "metadata image_size 64, but the graph takes images of shape"),
+        (dict(max_detections="0"), "metadata max_detections 0: must be > 0"),
+        (dict(poison=float("nan")), "weights hold NaN ("),
+        (dict(poison=float("inf")), "weights hold inf ("),
+    ],
+)
+def test_a_bad_onnx_file_is_one_line_naming_it(
+    detectors, image_files, tmp_path, capsys, change, message
+):
+    bad = rewritten_graph(detectors(128)[1].path, tmp_path / "bad.onnx", **change)
+    err = _predict_error(capsys, bad, image_files[0], tmp_path)
+    assert err.startswith(f"tinyssd: error: {bad}: {message}"), err
+    with pytest.raises(tinyssd.CheckpointError):
+        tinyssd.load(bad)
+
+
+def test_a_graph_predicting_more_classes_than_its_metadata_names_is_one_line(
+    detectors, image_files, tmp_path, capsys
+):
+    bad = rewritten_graph(detectors(128)[1].path, tmp_path / "bad.onnx", classes='["cat"]')
+    err = _predict_error(capsys, bad, image_files[1], tmp_path, "--threshold", "0.01")
+    assert err == (
+        f"tinyssd: error: {bad}: the graph predicts label 2 but its metadata classes list only 1"
+    )
+
+
+def test_a_file_that_is_not_onnx_at_all_is_one_line(image_files, tmp_path, capsys):
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a graph\n")
+    assert str(text) in _predict_error(capsys, text, image_files[0], tmp_path)
 
 
 def test_float_input_export_predicts_the_same(detectors, image_files, tmp_path):

@@ -39,3 +39,19 @@ def test_the_temporary_keeps_the_suffix_for_writers_that_choose_a_format_by_it(t
         assert tmp.suffix == ".png" and tmp.parent == tmp_path
         tmp.write_bytes(b"png")
     assert (tmp_path / "grid.png").read_bytes() == b"png"
+
+
+def test_a_full_disk_names_the_target_not_the_temporary(tmp_path):
+    import errno
+
+    target = tmp_path / "last.safetensors"
+    target.write_bytes(b"old")
+    with pytest.raises(OSError) as e, atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a failed write() raises
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(target))
+    assert str(e.value).endswith(f"No space left on device: '{target}'")
+    with pytest.raises(PermissionError) as e, atomic_path(target) as tmp:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp))
+    assert e.value.filename == str(target)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [target.name]

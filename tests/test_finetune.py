@@ -11,6 +11,7 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from export_helpers import rewritten_checkpoint
 from fixtures import save_untrained_checkpoint, write_tiny_bananas
 from torchvision.models import MobileNet_V3_Large_Weights, mobilenet_v3_large
 
@@ -177,6 +178,21 @@ def test_init_on_the_command_line_fails_in_one_line(one_class_run, three_classes
     assert err.startswith("tinyssd: error: ") and "cannot initialise" in err and "\n" not in err
 
 
+@pytest.mark.parametrize("model", [None, "tiny_ssd"])
+def test_init_from_nan_weights_is_refused_before_any_data_is_read(
+    one_class_run, three_classes, tmp_path, capsys, model
+):
+    # without --model the checkpoint's own is read from its metadata; with it, not at all
+    bad = rewritten_checkpoint(one_class_run, tmp_path / "best.safetensors", poison=float("nan"))
+    argv = ["train", "--data", str(three_classes), "--init", str(bad), "--no-progress"]
+    argv += ["--out", str(tmp_path / "run"), *(["--model", model] if model else [])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"tinyssd: error: --init {bad}: weights hold NaN (model.")
+    assert "\n" not in err and "lr" not in err
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
 def _fake_imagenet_file(folder):
     """A random torchvision MobileNetV3-Large saved under the name torchvision caches it as."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -233,6 +249,30 @@ def test_a_corrupt_cached_file_is_one_line(offline):
     (offline / os.path.basename(WEIGHTS.url)).write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match="not a readable weights file .*delete it"):
         load_imagenet_backbone(build_model("ssdlite320_mobilenet_v3_large", 1), progress=False)
+
+
+class _Payload:
+    """Unpickled, it makes a folder: what a malicious pickle does, harmlessly."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_cached_pickle_of_other_objects_is_one_short_line_and_never_run(offline, tmp_path):
+    offline.mkdir(parents=True)
+    path = offline / os.path.basename(WEIGHTS.url)
+    marker = tmp_path / "the-payload-ran"
+    torch.save({"features.0.0.weight": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_imagenet_backbone(build_model("ssdlite320_mobilenet_v3_large", 1), progress=False)
+    assert str(e.value) == (
+        f"{path}: not a weights-only file: its pickle asks for posix.mkdir, left unread; "
+        "delete it to download it again"
+    )
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("model", ["tiny_ssd", "tiny_fpn"])

@@ -59,8 +59,8 @@ def test_auto_anchors_fit_the_training_boxes_and_say_so(tmp_path, caplog):
 
 
 def test_batches_repeat_for_the_same_seed_and_epoch(tmp_path):
-    data = write_tiny_bananas(tmp_path, n_train=10, n_val=2, size=32)
-    cfg = TrainConfig(data=str(data), image_size=32, recipe="chapter").resolved()
+    data = write_tiny_bananas(tmp_path, n_train=10, n_val=2, size=64)
+    cfg = TrainConfig(data=str(data), image_size=64, recipe="chapter").resolved()
     splits = read_splits(cfg)
     train_ds, _ = make_datasets(cfg, splits, model_config(cfg, splits))
     stacked = stack_dataset(train_ds)

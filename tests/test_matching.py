@@ -65,14 +65,19 @@ def test_equals_chapter_on_small_random_anchor_sets(seed):
     _assert_same_targets(multibox_target(anchors, labels), d2l.multibox_target(anchors, labels))
 
 
+def _grid_anchors_4x4():
+    """``Tensor[16, 4]``: equal square anchors of side 0.25 tiling the image, row-major."""
+    ticks = torch.arange(4) / 4
+    y, x = torch.meshgrid(ticks, ticks, indexing="ij")
+    return torch.stack((x, y, x + 0.25, y + 0.25), dim=-1).reshape(-1, 4)
+
+
 @pytest.mark.parametrize("copies", [1, 3, 6])
 def test_equals_chapter_with_duplicate_boxes_and_exact_ties(copies):
     # a 4 x 4 grid of equal square anchors: a box centred on a grid corner has the
     # same IoU with four anchors, its copies tie with it, and a tiny box overlaps
     # one anchor only (zero IoU with all the others): every tie rule is exercised
-    ticks = torch.arange(4) / 4
-    y, x = torch.meshgrid(ticks, ticks, indexing="ij")
-    anchors = torch.stack((x, y, x + 0.25, y + 0.25), dim=-1).reshape(-1, 4)
+    anchors = _grid_anchors_4x4()
     corner = torch.tensor([0.375, 0.375, 0.625, 0.625])
     tiny = torch.tensor([0.05, 0.05, 0.06, 0.06])
     boxes = torch.stack([corner] * copies + [tiny, tiny, corner + 0.125])
@@ -87,9 +92,11 @@ def test_docstring_worked_example(monkeypatch):
     #   with anchor 0 and box 0 removed the largest is anchor 1's 0.4 with box 1, which
     #   overrides step 1; anchor 2 (0.3 < 0.5) stays background.
     iou = torch.tensor([[0.9, 0.0], [0.6, 0.4], [0.1, 0.3]])  # (A, M)
-    monkeypatch.setattr(matching, "batched_box_iou", lambda a, b: iou.T[None].clone())
-    matched = match_anchors(torch.zeros(3, 4), torch.zeros(1, 2, 4), torch.ones(1, 2, dtype=bool))
-    assert matched.tolist() == [[0, 1, -1]]
+    for table, expected in ((iou, [0, 1, -1]), (iou[[1, 0, 2]], [1, 0, -1])):  # and swapped
+        blocks = lambda anchors, boxes, t=table: iter([(slice(0, 2), t.T.clone())])  # noqa: E731
+        monkeypatch.setattr(matching, "anchor_iou_blocks", blocks)
+        valid = torch.ones(1, 2, dtype=torch.bool)
+        assert match_anchors(torch.zeros(3, 4), torch.zeros(1, 2, 4), valid).tolist() == [expected]
     # the chapter's assign_anchor_to_bbox on the same IoU matrix agrees
     monkeypatch.setattr(d2l, "box_iou", lambda a, b: iou.clone())
     chapter = d2l.assign_anchor_to_bbox(torch.zeros(2, 4), torch.zeros(3, 4), "cpu")
@@ -308,3 +315,178 @@ def test_atss_anchor_targets_label_the_selected_anchors_with_their_class():
     assert cls_targets[0].nonzero()[:, 0].tolist() == [0, 16]
     assert cls_targets[0, [0, 16]].tolist() == [2, 2]
     assert box_mask.reshape(1, -1, 4)[0, :, 0].nonzero()[:, 0].tolist() == [0, 16]
+
+
+# --- references: the chapter's rule slowly, and atss_match on its full tables ---------------
+
+
+def _reference_match_anchors(anchors, gt_boxes, gt_valid, iou_threshold=0.5):
+    """The chapter's rule, one image at a time and slowly, as ``match_anchors`` must keep it.
+
+    Step 1: each anchor takes its best box (the first of equals) if its IoU reaches the
+    threshold. Step 2, the chapter's greedy loop: every (anchor, box) pair visited in its
+    argmax order over the (A, M) table (IoU descending, then lower anchor, then lower box),
+    a pair taken when its anchor and its box are both still free. Padding never takes one.
+    """
+    batch, num_gt = gt_valid.shape
+    matched = torch.full((batch, len(anchors)), -1)
+    for b in range(batch):
+        free_boxes = set(gt_valid[b].nonzero()[:, 0].tolist())
+        if not free_boxes:
+            continue
+        iou = box_iou(anchors, gt_boxes[b])  # (A, M)
+        iou[:, ~gt_valid[b]] = -1.0
+        best_iou, best_gt = iou.max(dim=1)
+        matched[b] = torch.where(best_iou >= iou_threshold, best_gt, -1)
+        taken = set()
+        for flat in iou.flatten().sort(descending=True, stable=True).indices.tolist():
+            anchor, box = divmod(flat, num_gt)
+            if box in free_boxes and anchor not in taken:
+                matched[b, anchor] = box
+                free_boxes.remove(box)
+                taken.add(anchor)
+                if not free_boxes:
+                    break
+    return matched
+
+
+def _reference_atss_match(anchors, gt_boxes, gt_valid, topk=9):
+    """``atss_match`` as it was before it was made fast (on the (B, M, A) IoU and distance
+    tables), verbatim but for the IoU table, taken from ``box_iou`` image by image, and
+    the last step, written out."""
+    from tinyssd.anchors import grid_levels
+
+    batch, num_gt = gt_valid.shape
+    num_anchors = len(anchors)
+    if num_gt == 0:
+        return torch.full((batch, num_anchors), -1, device=anchors.device)
+    iou = torch.stack([box_iou(boxes, anchors) for boxes in gt_boxes])  # (B, M, A)
+    iou = iou.masked_fill(~gt_valid[..., None], -1.0)
+    a_ctr = (anchors[:, :2] + anchors[:, 2:]) / 2  # (A, 2)
+    g_ctr = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2  # (B, M, 2)
+    dist = (g_ctr[..., None, :] - a_ctr).square().sum(-1)  # (B, M, A)
+    candidates = []
+    start = 0
+    for count in grid_levels(anchors):
+        k = min(topk, count)
+        near = dist[..., start : start + count].topk(k, dim=-1, largest=False).indices
+        candidates.append(near + start)
+        start += count
+    cand = torch.cat(candidates, dim=-1)  # (B, M, K)
+    cand_iou = iou.gather(2, cand)
+    threshold = cand_iou.mean(dim=-1, keepdim=True) + cand_iou.std(dim=-1, keepdim=True)
+    ctr = a_ctr[cand]  # (B, M, K, 2)
+    inside = (ctr > gt_boxes[..., None, :2]).all(-1) & (ctr < gt_boxes[..., None, 2:]).all(-1)
+    positive = (cand_iou >= threshold) & inside & gt_valid[..., None]  # (B, M, K)
+    chosen = torch.full_like(iou, -1.0)  # (B, M, A): IoU where positive
+    chosen.scatter_(2, cand, torch.where(positive, cand_iou, -1.0))
+    best_iou, best_gt = chosen.max(dim=1)  # (B, A)
+    matched = torch.where(best_iou >= 0, best_gt, -1)
+    has_anchor = torch.zeros_like(gt_valid)
+    img, anchor = (matched >= 0).nonzero(as_tuple=True)
+    has_anchor[img, matched[img, anchor]] = True
+    lonely_img, lonely_gt = (gt_valid & ~has_anchor).nonzero(as_tuple=True)
+    best_anchor = iou[lonely_img, lonely_gt].argmax(dim=-1)
+    # one by one, the later box winning a shared anchor (one index_put of many rows leaves
+    # the winner to torch's threads)
+    for b, a, m in zip(lonely_img.tolist(), best_anchor.tolist(), lonely_gt.tolist(), strict=True):
+        matched[b, a] = m
+    return matched
+
+
+def _assert_equals_reference(monkeypatch, anchors, targets, iou_threshold=0.5):
+    """``anchor_targets`` with both assigners equals, bit for bit, what it gives on the
+    reference matchers; and the chapter's API agrees with it."""
+    for assigner in ("max_iou", "atss"):
+        ours = anchor_targets(anchors, targets, iou_threshold, assigner)
+        with monkeypatch.context() as patch:
+            patch.setattr(matching, "match_anchors", _reference_match_anchors)
+            patch.setattr(matching, "atss_match", _reference_atss_match)
+            reference = anchor_targets(anchors, targets, iou_threshold, assigner)
+        _assert_identical(ours, reference)
+    chapter_api = multibox_target(anchors, chapter_rows(targets), iou_threshold)
+    _assert_identical(chapter_api, anchor_targets(anchors, targets, iou_threshold))
+
+
+def _assert_identical(ours, reference):
+    """Bit for bit, NaN for NaN (an inverted box's log-size offset is NaN)."""
+    for name, a, b in zip(("offsets", "mask", "classes"), ours, reference, strict=True):
+        assert a.dtype == b.dtype, name
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+def _hostile_targets(g, batch, num_gt, anchors):
+    """``Tensor[B, M, 5]`` rows (class 1..3, x1, y1, x2, y2) that stress every tie rule:
+    boxes snapped to a coarse grid (equal IoUs with many anchors), copies of other boxes,
+    anchors' own boxes, zero-area and inverted boxes, -0.0 coordinates, and padding rows
+    (class 0) anywhere in the batch, some images all padding."""
+    boxes = _random_boxes(g, batch, num_gt)
+    if torch.rand(1, generator=g) < 0.5:
+        boxes = (boxes * 8).round() / 8
+    pick = lambda p: torch.rand(batch, num_gt, generator=g) < p  # noqa: E731
+    copies = pick(0.2)
+    original = int(torch.randint(0, max(num_gt, 1), (1,), generator=g))
+    boxes[copies] = boxes[:, original : original + 1].expand_as(boxes)[copies]
+    own = pick(0.1)
+    boxes[own] = anchors[torch.randint(0, len(anchors), (int(own.sum()),), generator=g)]
+    flat = pick(0.1)
+    boxes[flat] = boxes[flat][:, [0, 1, 0, 3]]  # zero width
+    inverted = pick(0.05)
+    boxes[inverted] = boxes[inverted][:, [2, 3, 0, 1]]
+    boxes[boxes == 0] = -0.0
+    cls = torch.randint(1, 4, (batch, num_gt), generator=g).float()
+    cls[pick(0.3)] = 0
+    cls[torch.rand(batch, generator=g) < 0.15] = 0
+    return torch.cat((cls[..., None], boxes), dim=-1)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_both_assigners_equal_the_reference_on_hostile_batches(monkeypatch, seed):
+    g = torch.Generator().manual_seed(7000 + seed)
+    kind = seed % 4
+    if kind == 0:  # few random anchors: more boxes than anchors, boxes overlapping none
+        anchors = _random_boxes(g, int(torch.randint(4, 40, (1,), generator=g)))
+    elif kind == 1:  # equal square anchors on a grid: exact ties everywhere
+        anchors = _grid_anchors_4x4()
+    else:
+        anchors = TINY_ANCHORS
+    batch = int(torch.randint(1, 5, (1,), generator=g))
+    num_gt = int(torch.randint(0, 60, (1,), generator=g))
+    targets = _hostile_targets(g, batch, num_gt, anchors)
+    _assert_equals_reference(monkeypatch, anchors, targets, (0.5, 0.3, 0.0, 1.0)[seed // 10])
+
+
+def _crowd(g, batch, num_gt, side):
+    """``Tensor[B, M, 5]`` rows (class 1..3, box): small objects anywhere, some copies."""
+    centre = torch.rand(batch, num_gt, 2, generator=g)
+    wh = torch.empty(batch, num_gt, 2).uniform_(*side, generator=g)
+    boxes = torch.cat(((centre - wh / 2).clamp(0, 1), (centre + wh / 2).clamp(0, 1)), dim=-1)
+    boxes[:, 1::9] = boxes[:, ::9][:, : boxes[:, 1::9].shape[1]]
+    cls = torch.randint(1, 4, (batch, num_gt, 1), generator=g).float()
+    return torch.cat((cls, boxes), dim=-1)
+
+
+@pytest.mark.parametrize(
+    ("batch", "num_gt", "side"), [(2, 300, (0.02, 0.3)), (1, 1000, (0.01, 0.1))]
+)
+def test_both_assigners_equal_the_reference_on_crowded_images(monkeypatch, batch, num_gt, side):
+    # hundreds of small objects per image (aerial images, shelves, crowds): boxes fight over
+    # the same anchors, and a small box inside several anchors of one shape has equal IoUs
+    g = torch.Generator().manual_seed(num_gt)
+    _assert_equals_reference(monkeypatch, TINY_ANCHORS, _crowd(g, batch, num_gt, side))
+
+
+def test_boxes_whose_best_anchors_all_went_to_others_still_follow_the_chapters_loop(monkeypatch):
+    # 1300 boxes on TinySSD's 1364 anchors of a 128-pixel image: most boxes find every one
+    # of their best anchors taken by boxes with larger IoUs, and go on to their next ones
+    config = tiny_ssd()
+    shapes = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    anchors = AnchorGenerator(config.sizes, config.ratios)(shapes, "cpu")
+    targets = _crowd(torch.Generator().manual_seed(1), 1, 1300, (0.01, 0.3))
+    looked_further = []
+    next_anchors = matching._next_anchors
+    monkeypatch.setattr(
+        matching, "_next_anchors", lambda *args: looked_further.append(1) or next_anchors(*args)
+    )
+    _assert_equals_reference(monkeypatch, anchors, targets)
+    assert len(looked_further) > 100

@@ -72,3 +72,57 @@ def test_checkpoints_hold_the_config_the_run_started_with(tmp_path):
         assert meta["config"] == {"classes": ["a"], "train": {"lr": 0.1}}
         assert meta["epoch"] == 1 and meta["extra"] == {"best_ap": 0.5}
         torch.testing.assert_close(tensors["model.weight"], model.weight.detach())
+
+
+def _saved_run(path):
+    import torch
+
+    run = RunFolder(path, own=False)
+    run.start({"classes": ["a"]})
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run.save(model, optimizer, epoch=1, extra={}, best=True)
+    return run, model, optimizer
+
+
+def test_a_full_disk_under_safetensors_is_an_os_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    from tinyssd import checkpoint
+    from tinyssd.checkpoint import read_checkpoint
+
+    run, model, optimizer = _saved_run(tmp_path / "run")
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:  # a writer stopped half way
+            f.write(b"half")
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    with pytest.raises(OSError) as e:
+        run.save(model, optimizer, epoch=2, extra={}, best=True)
+    run.close()
+    last = tmp_path / "run" / "last.safetensors"
+    assert (e.value.filename, e.value.strerror) == (str(last), "No space left on device")
+    assert read_checkpoint(last)[1]["epoch"] == 1  # the one written before stays readable
+    assert not [p for p in (tmp_path / "run").iterdir() if ".tmp" in p.name]
+
+
+def test_the_out_check_creates_nothing_and_sees_another_trainings_lock(tmp_path):
+    from tinyssd.engine.run_folder import check_out
+
+    check_out(tmp_path / "new", own=False)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine.txt").write_text("precious")
+    with pytest.raises(UsageError, match="exists and is not a folder"):
+        check_out(tmp_path / "mine.txt", own=False)
+    with pytest.raises(UsageError, match="exists and is not empty"):
+        check_out(tmp_path, own=False)
+    check_out(tmp_path, own=True)
+    running = RunFolder(tmp_path / "run", own=False)
+    with pytest.raises(UsageError, match="another training is writing there"):
+        check_out(tmp_path / "run", own=True)
+    running.close()
+    check_out(tmp_path / "run", own=True)

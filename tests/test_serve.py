@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import save_untrained_checkpoint
+from fixtures import png_header, save_untrained_checkpoint
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -73,8 +76,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(checkpoint) -> Iterator[str]:
-    server = Server(
+def server(checkpoint) -> Iterator[Server]:
+    running = Server(
         [
             "--weights",
             str(checkpoint),
@@ -89,9 +92,15 @@ def url(checkpoint) -> Iterator[str]:
         ]
     )
     try:
-        yield server.wait_healthy()
+        running.wait_healthy()
+        yield running
     finally:
-        server.stop()
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def url(server) -> str:
+    return server.wait_healthy()
 
 
 def png_bytes(width: int = 160, height: int = 120, seed: int = 0) -> bytes:
@@ -201,6 +210,71 @@ def test_an_image_over_the_pixel_budget_is_413_before_decoding(url):
     response = post(url, buffer.getvalue())
     assert response.status_code == 413
     assert "1250x1000" in response.json()["error"]
+
+
+def test_an_image_over_pillows_own_limit_is_413_naming_the_budget(url):
+    response = post(url, png_header(16384, 16384), name="huge.png")  # 268 M pixels
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error.startswith(f"huge.png: over the pixel budget of {MAX_PIXELS} (--max-pixels)")
+    assert "268435456 pixels" in error and "\n" not in error
+
+
+def test_pillows_decompression_bomb_warning_as_an_error_is_413(tmp_path):
+    from PIL.Image import DecompressionBombWarning
+
+    from tinyssd.data.base import ImageTooLarge
+    from tinyssd.data.limits import DataLimits
+    from tinyssd.serve import decode_upload
+
+    data = png_header(10_000, 10_000)  # past Pillow's warning, within tinyssd's budget
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DecompressionBombWarning)  # as `python -W error`
+        with pytest.raises(ImageTooLarge, match=r"^big\.png: over the pixel budget of 150000000"):
+            decode_upload(data, "big.png", DataLimits(max_pixels=150_000_000))
+
+
+def test_a_client_that_disconnects_mid_upload_is_one_log_line(server, url):
+    def dropped() -> list[str]:
+        return [line for line in server.log if "disconnected before its upload ended" in line]
+
+    host, port = url.removeprefix("http://").split(":")
+    form_start = (
+        b'--XX\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
+    before = len(dropped())
+    for content_type, body in [
+        ("multipart/form-data; boundary=XX", form_start),
+        ("image/png", b""),
+    ]:
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT_S) as client:
+            head = (
+                f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+                "Content-Length: 500000\r\n\r\n"
+            )
+            client.sendall(head.encode() + body + b"\0" * 5000)  # then goes away
+    assert post(url, png_bytes()).status_code == 200  # still serving
+    for _ in range(100):  # the log lines come from the server's thread; wait for both
+        if len(dropped()) - before >= 2:
+            break
+        threading.Event().wait(0.1)
+    assert len(dropped()) - before == 2
+    assert not any("Traceback" in line or "Exception in ASGI" in line for line in server.log)
+
+
+@pytest.mark.parametrize("max_upload_mb", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_bad_upload_limit_from_the_python_api_is_one_line(checkpoint, max_upload_mb):
+    import tinyssd
+    from tinyssd.errors import UsageError
+    from tinyssd.serve import create_app, serve
+
+    must = "positive" if math.isfinite(max_upload_mb) else "a finite number"
+    message = rf"^--max-upload-mb {max_upload_mb}: must be {must}$"
+    with pytest.raises(UsageError, match=message):
+        serve(checkpoint, port=0, max_upload_mb=max_upload_mb)
+    with pytest.raises(UsageError, match=message):
+        create_app(tinyssd.load(checkpoint), max_upload_mb=max_upload_mb)
 
 
 @pytest.mark.parametrize("threshold", ["1.5", "-0.1", "abc"])

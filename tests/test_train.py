@@ -235,3 +235,37 @@ def test_atss_assignment_trains_and_is_recorded(tiny_data, tmp_path):
     assert json.loads((run / "config.json").read_text())["train"]["assigner"] == "atss"
     weights, _ = _weights(run / "last.safetensors")
     assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(
+    tiny_data, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from tinyssd import checkpoint
+    from tinyssd.cli import main
+
+    writes = []
+    save_file = checkpoint.save_file
+
+    def disk_fills_in_epoch_2(tensors, filename, metadata=None):
+        writes.append(filename)
+        if len(writes) <= 2:  # epoch 1: last and best
+            return save_file(tensors, filename, metadata=metadata)
+        with open(filename, "wb") as f:
+            f.write(b"half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write() raises it
+
+    monkeypatch.setattr(checkpoint, "save_file", disk_fills_in_epoch_2)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(tiny_data), "--out", str(out), "--recipe", "chapter"]
+    args += ["--epochs", "2", "--batch-size", "8", "--image-size", "64", "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        err.splitlines()[-1]
+        == f"tinyssd: error: {out / 'last.safetensors'}: No space left on device"
+    )
+    assert _weights(out / "last.safetensors")[1]["epoch"] == 1
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]

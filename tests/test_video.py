@@ -253,3 +253,93 @@ def test_without_pyav_the_error_says_what_to_install(det, tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(UsageError, match=r"pip install 'tinyssd\[video\]'"):
         list(predict_video(det, clip, out=tmp_path, progress=False))
+
+
+def write_noise_video(path: Path, frames: int = 10) -> Path:
+    """An MP4 of noise frames, every one a key frame, its index (moov) at the start: cut
+    short, it still opens and its header still promises ``frames``."""
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.options = {"g": "1"}
+        for _ in range(frames):
+            rgb = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_a_truncated_video_says_it_ended_early(det, tmp_path, caplog):
+    whole = write_noise_video(tmp_path / "whole.mp4", frames=10).read_bytes()
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(whole[: len(whole) // 2])
+    skipped: list[str] = []
+    lines = list(predict_video(det, clip, out=tmp_path / "o", skipped=skipped, progress=False))
+    assert 0 < len(lines) < 10
+    assert f"{clip}: ended after {len(lines)} of 10 frames (file truncated?)" in caplog.messages
+    assert skipped == [str(clip)]
+
+
+def test_a_whole_video_and_max_frames_are_not_called_truncated(det, tmp_path, caplog):
+    clip = write_noise_video(tmp_path / "clip.mp4", frames=4)
+    skipped: list[str] = []
+    for max_frames in (None, 2):
+        list(
+            predict_video(
+                det, clip, tmp_path, max_frames=max_frames, skipped=skipped, progress=False
+            )
+        )
+    assert skipped == []
+    assert not any("ended after" in m for m in caplog.messages)
+
+
+def test_frames_over_the_pixel_budget_are_refused_before_any_is_decoded(
+    det, checkpoint, tmp_path, capsys, monkeypatch
+):
+    from tinyssd.data.limits import DataLimits
+
+    clip = write_video(tmp_path / "clip.mp4", frames=2)  # 96 x 64 = 6144 pixels a frame
+    message = f"{clip}: frames of 96x64 are 6144 pixels, over the budget of 6000 (--max-pixels)"
+    with pytest.raises(DataError) as raised:
+        list(predict_video(det, clip, out=tmp_path / "o", limits=DataLimits(max_pixels=6000)))
+    assert str(raised.value) == message
+    assert not (tmp_path / "o").exists()
+    monkeypatch.setenv("TINYSSD_MAX_PIXELS", "6000")
+    argv = ["predict", str(clip), "--weights", str(checkpoint), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"tinyssd: error: {message}"
+    assert not (tmp_path / "o").exists()
+
+
+def test_max_frames_0_is_refused_naming_the_option(det, checkpoint, tmp_path, capsys):
+    clip = write_video(tmp_path / "clip.mp4", frames=2)
+    with pytest.raises(UsageError, match=r"^--max-frames 0: must be > 0$"):
+        list(predict_video(det, clip, out=tmp_path / "o", max_frames=0))
+    argv = ["predict", str(clip), "--weights", str(checkpoint), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--max-frames", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "tinyssd: error: --max-frames 0: must be > 0"
+    assert not (tmp_path / "o").exists()
+
+
+def test_without_out_each_video_goes_into_a_new_runs_predict_folder(det, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clip = write_video(tmp_path / "clip.mp4", frames=2)
+    pictures = [next(iter(predict_video(det, clip, progress=False)))["picture"] for _ in range(2)]
+    assert pictures == ["runs/predict/clip.mp4", "runs/predict2/clip.mp4"]
+    assert not (tmp_path / "predictions").exists()
+
+
+def test_predict_of_a_truncated_video_exits_1_naming_it(checkpoint, tmp_path, capsys, caplog):
+    whole = write_noise_video(tmp_path / "whole.mp4", frames=10).read_bytes()
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(whole[: len(whole) // 2])
+    code = main(["predict", str(clip), "--weights", str(checkpoint), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert any(m.startswith(f"{clip}: ended after") for m in caplog.messages)
+    assert (
+        err.rstrip().splitlines()[-1] == "tinyssd: 1 input(s) skipped or cut short (listed above)"
+    )
+    assert "Traceback" not in err

@@ -7,14 +7,22 @@ header's metadata. Files are written atomically (``files.atomic_path``), so a
 crash at any moment leaves the previous checkpoint intact.
 
 This module is the format, readable without the training package:
-``tinyssd.load`` and the exporter read with :func:`read_checkpoint`; training
-writes with :func:`save_checkpoint` and resumes with :func:`restore`.
+``tinyssd.load`` and the exporter read with :func:`read_model_checkpoint`, ``--init``
+with :func:`read_checkpoint`; training writes with :func:`save_checkpoint` and
+resumes with :func:`restore`.
+
+It is also the one check of what a model file claims, a checkpoint or an
+exported ``.onnx`` graph alike (``predict/onnx_detector.py``): metadata that is a
+JSON object, class names (:func:`check_model_claims`), an input size within the
+pixel budget, finite weights (:func:`check_finite`). Each failure is one
+CheckpointError naming the file, raised before anything is built from the claim.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -24,8 +32,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
+from .data.limits import MAX_IMAGE_PIXELS
 from .errors import CheckpointError
 from .files import atomic_path
+
+# Tensors that are weights (the rest: optimiser state, RNG states).
+WEIGHT_PREFIXES = ("model.", "train.")
 
 
 def rng_state() -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -110,29 +122,149 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(tensors, metadata) of a checkpoint; CheckpointError naming the file if it is not one."""
+    """(tensors, metadata) of a checkpoint; CheckpointError naming the file if it is not
+    one or if its weights (``model.``, ``train.``) hold NaN or inf."""
     meta = read_metadata(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+    check_finite(path, ((k, v) for k, v in tensors.items() if k.startswith(WEIGHT_PREFIXES)))
     return tensors, meta
+
+
+def read_model_checkpoint(
+    path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """:func:`read_checkpoint` of a checkpoint to predict with or start from: its config
+    checked too (``classes``, ``num_classes`` and ``ssd.image_size``,
+    :func:`check_model_claims`); CheckpointError naming the file."""
+    tensors, meta = read_checkpoint(path)
+    config = meta.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("ssd"), dict):
+        raise CheckpointError(f"{path}: no model config in its metadata (not a model checkpoint)")
+    classes, _ = check_model_claims(
+        path, config.get("classes"), config["ssd"].get("image_size"), max_pixels
+    )
+    num_classes = config.get("num_classes")
+    if type(num_classes) is not int or num_classes != len(classes):  # not bool, not float
+        raise CheckpointError(
+            f"{path}: num_classes {_brief(num_classes)} but {len(classes)} class names"
+        )
+    return tensors, meta
+
+
+# the JSON types read_metadata accepts for the keys save_checkpoint writes
+_META_TYPES = {
+    "epoch": (int, "an integer"),
+    "config": (dict, "an object"),
+    "extra": (dict, "an object"),
+}
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """A checkpoint's metadata (epoch, config, extra) without reading its tensors;
-    CheckpointError naming the file if it is not a tinyssd checkpoint."""
+    CheckpointError naming the file if it is not a tinyssd checkpoint (a pickle from
+    ``torch.save`` is named as one, never unpickled)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    head = b""
     try:
+        with path.open("rb") as f:
+            head = f.read(4)
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
+        if _is_pickle(head):
+            raise CheckpointError(
+                f"{path}: a pickle (torch.save), not a safetensors checkpoint; tinyssd reads "
+                "weights only from .safetensors files and never unpickles"
+            ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
     if "tinyssd" not in header:
         raise CheckpointError(f"{path}: not a tinyssd checkpoint (no tinyssd metadata)")
-    return json.loads(header["tinyssd"])
+    meta = decode_json(path, header["tinyssd"], "tinyssd metadata")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: tinyssd metadata is {_json_kind(meta)}, not a JSON object")
+    for key, (kind, name) in _META_TYPES.items():
+        if key in meta and (not isinstance(meta[key], kind) or isinstance(meta[key], bool)):
+            raise CheckpointError(f"{path}: metadata {key} is {_json_kind(meta[key])}, not {name}")
+    return meta
+
+
+# ---------------------------------------------------------------------------- model claims
+
+
+def decode_json(path: str | Path, text: str, what: str) -> Any:
+    """``text`` (``what`` of the model file ``path``) decoded; CheckpointError if not JSON."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError; nesting past the stack
+        raise CheckpointError(f"{path}: {what} is not JSON ({e})") from None
+
+
+def check_model_claims(
+    path: str | Path, classes: object, image_size: object, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[list[str], int]:
+    """What a model file (checkpoint or ``.onnx``) says it predicts, checked:
+    ``(classes, image_size)``.
+
+    ``classes``: a non-empty list of strings (label l is ``classes[l - 1]``);
+    ``image_size`` S: an int > 0 with S * S <= ``max_pixels`` (``--max-pixels``),
+    since every image is resized to S x S. CheckpointError naming the file otherwise.
+    """
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{path}: classes {_brief(classes)}: not a list of class names")
+    if not classes:
+        raise CheckpointError(f"{path}: classes []: the model names no class")
+    if type(image_size) is not int or image_size <= 0:  # not bool, not float
+        raise CheckpointError(f"{path}: image_size {_brief(image_size)}: not a positive integer")
+    if image_size * image_size > max_pixels:
+        raise CheckpointError(
+            f"{path}: image_size {image_size}: {image_size}x{image_size} input is over the "
+            f"pixel budget of {max_pixels} (--max-pixels)"
+        )
+    return list(classes), image_size
+
+
+def check_finite(path: str | Path, weights: Iterable[tuple[str, Tensor]]) -> None:
+    """CheckpointError naming the file and the first tensor of ``weights`` (name, tensor)
+    that holds NaN or inf: a diverged run's weights predict nothing, silently."""
+    for name, tensor in weights:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
+            raise CheckpointError(
+                f"{path}: weights hold {kind} ({name}; the run diverged?); "
+                "retrain or use an earlier checkpoint"
+            )
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _is_pickle(head: bytes) -> bool:
+    """Whether a file's first 4 bytes are torch.save's (a zip) or a pickle's (protocol 2-5)."""
+    return head == b"PK\x03\x04" or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+
+
+def _json_kind(value: object) -> str:
+    """JSON's name for the type of a decoded value: ``an object``, ``an array``..."""
+    if value is None:
+        return "null"
+    return _JSON_KINDS.get(type(value), "an integer" if type(value) is int else "a number")
+
+
+def _brief(value: object, width: int = 40) -> str:
+    """``repr(value)``, cut to ``width`` characters for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def split_state(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, Field, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import RECIPES, TrainConfig, read_run_config
+from .config import RECIPES, TrainConfig, read_config_file
 from .errors import TinySSDError, UsageError
 from .options import (
     BenchOptions,
@@ -34,6 +34,7 @@ from .options import (
     ServeOptions,
     SynthOptions,
     TrainOptions,
+    check_options,
     field_flag,
 )
 
@@ -43,13 +44,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 # ---------------------------------------------------------------------------- options from fields
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value}: must be > 0")
-    return value
 
 
 def _value_type(hint: Any) -> Any:
@@ -100,7 +94,7 @@ def add_options(
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = _positive_int if meta.get("positive") else kind
+            kwargs["type"] = kind  # values are checked once parsed: see from_namespace
             kwargs["choices"] = meta.get("choices")
         if meta.get("positional"):
             parser.add_argument(f.name, nargs=meta.get("nargs"), **kwargs)
@@ -116,7 +110,10 @@ def add_options(
 
 
 def from_namespace(cls: type[T], a: argparse.Namespace, base: Any = None) -> T:
-    """The dataclass ``cls`` of the options parsed into ``a`` (fields not there: defaults)."""
+    """The dataclass ``cls`` of the options parsed into ``a`` (fields not there: defaults),
+    checked by ``options.check_options``: a NaN, an infinity or a ``positive`` option <= 0
+    is a one-line UsageError naming the option (an argparse type error would print the
+    whole usage first)."""
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
@@ -126,7 +123,9 @@ def from_namespace(cls: type[T], a: argparse.Namespace, base: Any = None) -> T:
         elif hasattr(a, _dest(f)):
             value = getattr(a, _dest(f))
             values[f.name] = tuple(value) if isinstance(value, list) else value
-    return replace(base, **values) if base is not None else cls(**values)
+    settings = replace(base, **values) if base is not None else cls(**values)
+    check_options(settings)
+    return settings
 
 
 # ---------------------------------------------------------------------------- the commands
@@ -144,9 +143,10 @@ def train_overrides(a: argparse.Namespace) -> dict[str, Any]:
     the options given explicitly (options not given are absent from the namespace)."""
     given = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if hasattr(a, f.name)}
     if getattr(a, "config", None):
-        saved = read_run_config(a.config)
-        base = {k: v for k, v in saved.items() if k not in ("out", "resume", "exist_ok", "force")}
-        given = {**TrainConfig.from_dict(base).to_dict(), **given}
+        saved = read_config_file(a.config).to_dict()
+        for name in ("out", "resume", "exist_ok", "force"):  # a repeat is a new run
+            saved.pop(name)
+        given = {**saved, **given}
     return given
 
 
@@ -175,15 +175,18 @@ def _predict(a: argparse.Namespace) -> None:
     det = load(weights, device=o.device, precision=o.precision)
     images = [s for s in o.inputs if not is_video_source(s)]
     skipped: list[str] = []
+    limits = data_limits(o.limits)
     if images:
-        limits = data_limits(o.limits)
         for line in predict_files(det, images, out, o.post, skipped, limits):
             print(json.dumps(line), flush=True)
     for source in (s for s in o.inputs if is_video_source(s)):
-        for line in predict_video(det, source, out, o.post, max_frames=o.max_frames):
+        lines = predict_video(
+            det, source, out, o.post, max_frames=o.max_frames, limits=limits, skipped=skipped
+        )
+        for line in lines:
             print(json.dumps(line), flush=True)
     if skipped:
-        raise SkippedInputs(f"{len(skipped)} unreadable image(s) skipped (listed above)")
+        raise SkippedInputs(f"{len(skipped)} input(s) skipped or cut short (listed above)")
 
 
 def _exported_copy(weights: str) -> str:
@@ -278,13 +281,15 @@ def _data_check(a: argparse.Namespace) -> None:
     from .data.check import anchor_fit_summary, check_dataset
 
     limits = data_limits(o.limits)
-    print(check_dataset(o.dir, o.format, limits).summary(first=o.first))
+    report = check_dataset(o.dir, o.format, limits)
+    print(report.summary(first=o.first))
     if o.model:
         print(anchor_fit_summary(o.dir, o.format, o.model, o.image_size, limits))
     if o.plots:
         from .data.check import write_check_plots
 
         print("plots:", *write_check_plots(o.dir, o.format, o.model, o.image_size, limits))
+    report.raise_for_errors()  # errors (a leak between splits, ...): exit code 2
 
 
 def _data_convert(a: argparse.Namespace) -> None:

@@ -34,14 +34,16 @@ def image_files(inputs: Sequence[str | Path]) -> list[tuple[Path, Path]]:
     """Every image named or found (recursively) in ``inputs``, with its path relative to
     the folder it was found in (a named file: its own name).
 
-    Special files (FIFOs, devices) are left out. DataError when an input does
-    not exist or nothing is found.
+    Found in a folder, everything with an image suffix but a folder is listed (by
+    ``stat``, nothing is opened): a FIFO or device among them is refused by
+    ``read_image`` without being opened, so it is skipped and counted, not lost.
+    DataError when an input does not exist or nothing is found.
     """
     found: list[tuple[Path, Path]] = []
     for p in map(Path, inputs):
         if p.is_dir():
             in_dir = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
-            found += [(f, f.relative_to(p)) for f in in_dir if f.is_file()]
+            found += [(f, f.relative_to(p)) for f in in_dir if not f.is_dir()]
         elif p.is_file():
             found.append((p, Path(p.name)))
         elif p.exists():
@@ -78,7 +80,7 @@ def picture_paths(files: list[tuple[Path, Path]], out: Path) -> list[Path]:
 def predict_files(
     det: Predictor,
     inputs: Sequence[str | Path],
-    out: str | Path = "predictions",
+    out: str | Path | None = None,
     post: PostprocessConfig | None = None,
     skipped: list[str] | None = None,
     limits: DataLimits | None = None,
@@ -86,15 +88,18 @@ def predict_files(
 ) -> Iterator[dict]:
     """Predict each image file, draw its boxes into ``out/NAME.png``, yield a JSON-able dict.
 
-    ``post``: the post-processing settings (default ``PostprocessConfig()``), with
-    ``threshold``, when given, as its ``score_threshold`` (else the model's own:
-    ``det.score_threshold``); ``limits``: the pixel
-    budget of an image (default ``DataLimits.from_env()``).
-    An unreadable image is logged, appended to ``skipped`` and passed over; the
-    others are still predicted.
+    ``out``: None is the first free ``runs/predict``, ``runs/predict2``, ... (as
+    ``tinyssd predict`` without ``--out``); ``post``: the post-processing settings
+    (default ``PostprocessConfig()``), with ``threshold``, when given, as its
+    ``score_threshold`` (else the model's own: ``det.score_threshold``); ``limits``:
+    the pixel budget of an image (default ``DataLimits.from_env()``).
+    An unreadable image (or a FIFO, device, broken link) is logged, appended to
+    ``skipped`` and passed over; the others are still predicted.
     """
-    out = Path(out)
+    from .engine.run_folder import new_run_dir
+
     files = image_files(inputs)  # DataError for a missing input before anything is loaded
+    out = Path(out) if out is not None else new_run_dir("runs", "predict")
     post = resolve_for_model(det.score_threshold, post, threshold)
     for (f, _), picture in zip(files, picture_paths(files, out), strict=True):
         try:

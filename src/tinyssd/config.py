@@ -14,8 +14,11 @@ stores under ``"train"``; ``tinyssd train --config RUN/config.json`` or
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
+import reprlib
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from .options import (
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
+    check_options,
     flag,
     option,
 )
@@ -62,6 +66,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "loss": "chapter",
         "assigner": "max_iou",
         "patience": 0,
+        "tile": 0,
     },
 }
 # tinyssd's recipe (docs/ABLATION.md measures each part): the strided-conv FPN
@@ -90,6 +95,9 @@ RECIPES["default"] = {
     "loss": "focal_giou",
     "assigner": "atss",
     "patience": 0,
+    # large images with small objects are cut into tiles; any other data set is not
+    # (data.tiles.choose_tile: images >= 3x the input, median box < 1/16 of the side)
+    "tile": "auto",
 }
 
 
@@ -136,7 +144,8 @@ class TrainConfig:
         None,
         "train on SIZE x SIZE tiles of the images cut at native resolution and predict by "
         "tiles + the whole image (large images, small objects); auto: when the training "
-        "images are >= 3x the input and their boxes small; 0: off (default: 0)",
+        "images are >= 3x the input and their boxes small; 0: off (default: auto; the chapter "
+        "recipe: 0)",
     )
     tile_overlap: float = option(0.2, "share of a tile that neighbouring tiles overlap")
     anchors: str | None = option(
@@ -253,19 +262,52 @@ class TrainConfig:
             from .engine.run_folder import new_run_dir
 
             values["out"] = str(new_run_dir())
-        values["tile"] = _resolved_tile(values)
-        cfg = RunConfig(**values)
-        check(cfg)
-        return cfg
+        check(RunConfig(**{**values, "tile": 0}))  # before --tile auto reads the data
+        return RunConfig(**{**values, "tile": _resolved_tile(values)})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> TrainConfig:
-        """From ``config.json``'s ``"train"``; keys this version does not know are ignored."""
-        known = {f.name for f in fields(TrainConfig)}
-        return TrainConfig(**{k: v for k, v in d.items() if k in known})
+    def from_dict(d: dict[str, Any], source: str | Path = "config.json") -> TrainConfig:
+        """From ``config.json``'s ``"train"``; keys this version does not know are ignored
+        (a run of another version resumes); a value of the wrong type is a UsageError
+        naming ``source`` (the file) and the key."""
+        hints = typing.get_type_hints(TrainConfig)
+        known = {k: v for k, v in d.items() if k in hints}
+        for key, value in known.items():
+            kinds = typing.get_args(hints[key]) or (hints[key],)
+            kinds += _OLD_TYPES.get(key, ())
+            if not any(_has_type(value, kind) for kind in kinds):
+                *others, last = [_TYPE_NAMES[k] for k in kinds if k in _TYPE_NAMES]
+                expected = f"{', '.join(others)} or {last}" if others else last
+                raise UsageError(f"{source}: key {key!r}: {reprlib.repr(value)} is not {expected}")
+        return TrainConfig(**known)
+
+
+# How a config.json's values are named in its errors, by the field type they miss.
+_TYPE_NAMES: dict[type, str] = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    type(None): "null",
+}
+_OLD_TYPES = {"pretrained": (bool,)}  # config.json before --pretrained took a value
+# Other tools' names for TrainConfig's fields, suggested for --config's unknown keys.
+_OTHER_NAMES = {"learning_rate": "lr", "lr0": "lr", "imgsz": "image_size"}
+
+
+def _has_type(value: Any, kind: type) -> bool:
+    """``value``, read from JSON, fits a field of type ``kind`` (a bool is not a number
+    here, an integer is)."""
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
 
 
 @dataclass(frozen=True)
@@ -328,10 +370,12 @@ class RunConfig:
 
 def check(cfg: RunConfig) -> None:
     """UsageError, naming the option, for a value no run can use."""
+    check_options(cfg)  # NaN and infinities
     for name in ("epochs", "batch_size", "image_size", "lr"):
         value = getattr(cfg, name)
         if value is not None and not value > 0:
             raise UsageError(f"--{flag(name)} {value}: must be > 0")
+    check_image_size(cfg.model, cfg.image_size)
     nonnegative = (
         "momentum",
         "weight_decay",
@@ -358,6 +402,19 @@ def check(cfg: RunConfig) -> None:
         value = getattr(cfg, f.name)
         if choices and value not in choices:
             raise UsageError(f"--{flag(f.name)} {value!r}: choose from {', '.join(choices)}")
+
+
+def check_image_size(model: str, image_size: int | None) -> None:
+    """UsageError when ``--image-size`` is below what ``model``'s strides need
+    (``models.config.MIN_IMAGE_SIZES``): its feature maps would be one pixel or none."""
+    from .models.config import MIN_IMAGE_SIZES
+
+    least = MIN_IMAGE_SIZES.get(model)  # an unknown model is refused by name elsewhere
+    if image_size is not None and least is not None and image_size < least:
+        raise UsageError(
+            f"--image-size {image_size}: {model} needs at least {least} "
+            "(smaller inputs shrink its feature maps to one pixel or less)"
+        )
 
 
 def _resolved_tile(values: dict[str, Any]) -> int:
@@ -411,7 +468,7 @@ def resolve_config(overrides: dict[str, Any]) -> RunConfig:
     if not Path(resume).exists():
         raise UsageError(f"--resume {resume}: no such run folder or checkpoint file")
     run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
-    saved = TrainConfig.from_dict(read_run_config(run_dir))
+    saved = TrainConfig.from_dict(read_run_config(run_dir), source=_config_file(run_dir))
     given = TrainConfig(**overrides)
     changed = {}
     for name in overrides:
@@ -434,16 +491,40 @@ def resolve_config(overrides: dict[str, Any]) -> RunConfig:
     return TrainConfig(**kept).resolved()
 
 
+def read_config_file(path: str | Path) -> TrainConfig:
+    """``--config``: the settings of a run's ``config.json`` (a run folder or the file).
+
+    Unlike a resumed run's own file, a key that is no TrainConfig field is a UsageError
+    naming the file, the key and the close match (``epoch``: did you mean ``epochs``?).
+    """
+    p = _config_file(path)
+    train = read_run_config(p)
+    names = [f.name for f in fields(TrainConfig)]
+    for key in train:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            near = _OTHER_NAMES.get(key) or (close[0] if close else None)
+            hint = f"did you mean {near!r}?" if near else "not an option of tinyssd train"
+            raise UsageError(f"{p}: unknown key {reprlib.repr(key)} ({hint})")
+    return TrainConfig.from_dict(train, source=p)
+
+
+def _config_file(path: str | Path) -> Path:
+    """A run folder's ``config.json``, or ``path`` itself."""
+    p = Path(path)
+    return p / "config.json" if p.is_dir() else p
+
+
 def read_run_config(path: str | Path) -> dict[str, Any]:
     """The ``"train"`` dict of a run's ``config.json`` (a run folder or the file)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "config.json"
+    p = _config_file(path)
     try:
         data = json.loads(p.read_text())
         train = data["train"]
     except FileNotFoundError:
         raise UsageError(f"{p}: no such config file") from None
+    except RecursionError:
+        raise UsageError(f"{p}: not a tinyssd config.json (nested too deeply)") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{p}: not a tinyssd config.json ({e})") from None
     if not isinstance(train, dict):

@@ -7,7 +7,9 @@
 The data goes to a temporary name beside the target (same folder, so the final
 rename is atomic on POSIX), is flushed to disk, and is renamed over the target
 only when writing succeeded; on any error (a full disk, an interrupt) the
-temporary file is removed and the old target, if any, is left as it was.
+temporary file is removed and the old target, if any, is left as it was. An
+OSError then names the target (``runs/x/last.safetensors: No space left on device``)
+where the failed call named the temporary file or, as ``write`` does, no file.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None or str(e.filename) == str(tmp):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -8,7 +8,7 @@ command-line option shows and, where it has them, the values it may take.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from .errors import UsageError
@@ -20,7 +20,7 @@ def option(default: Any, help: str, choices: tuple | None = None, **extra: Any) 
     ``default=MISSING``: a required option (or argument). ``extra`` keys the
     parser reads: ``flag`` (the option's name when not the field's),
     ``positional`` (an argument, not an option), ``nargs`` and ``const``, ``positive`` (an
-    integer > 0, checked while parsing), ``only`` (of a nested settings
+    integer > 0, checked by :func:`check_options`), ``only`` (of a nested settings
     dataclass: the fields offered as options).
     """
     meta = {"help": help, "choices": choices, **extra}
@@ -35,6 +35,22 @@ def flag(name: str) -> str:
 def field_flag(f: Field) -> str:
     """The option a field is given as, without ``--`` (its ``flag``, else its name)."""
     return f.metadata.get("flag") or flag(f.name)
+
+
+def check_options(settings: Any) -> None:
+    """UsageError naming the option, for a value no command can use: a float that is NaN
+    or infinite (``--lr nan``), or a ``positive`` field that is not > 0 (``--max-pixels 0``).
+
+    ``settings``: an instance of any settings dataclass; nested ones are checked too.
+    """
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if is_dataclass(value):
+            check_options(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--{field_flag(f)} {value}: must be a finite number")
+        elif f.metadata.get("positive") and value is not None and not value > 0:
+            raise UsageError(f"--{field_flag(f)} {value}: must be > 0")
 
 
 # Names that options take, listed once (the modules that implement them check against these).
@@ -159,7 +175,7 @@ class PredictOptions:
         choices=("torch", "onnx"),
     )
     max_frames: int | None = option(
-        None, "stop a video, camera or stream after this many frames (default: all)"
+        None, "stop a video, camera or stream after this many frames (default: all)", positive=True
     )
     device: str = option("auto", "where to run the network", choices=DEVICES)
     precision: str = option(
@@ -230,7 +246,7 @@ class ExportOptions:
 
     weights: str = option(MISSING, _WEIGHTS_HELP)
     out: str = option(MISSING, "the .onnx file to write")
-    opset: int = option(17, "ONNX opset, >= 17")
+    opset: int = option(17, "ONNX opset, 17 to 20")
     nms: bool = option(
         True, "decoding and per-class NMS in the graph; --no-nms: raw boxes and scores"
     )

@@ -23,6 +23,7 @@ Needs ``pip install 'tinyssd[serve]'``.
 import ipaddress
 import json
 import logging
+import math
 import queue
 import socket
 import tempfile
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
     from .predict import Predictor
 
 log = logging.getLogger("tinyssd")
-
-# Uploads larger than this many megabytes (10**6 bytes) are refused with 413.
 
 
 class UploadTooLarge(Exception):
@@ -100,15 +99,18 @@ def decode_upload(data: bytes, name: str, limits: "DataLimits | None" = None) ->
     the pixel budget checked from the header before decoding).
 
     Raises:
-        ImageTooLarge: over the pixel budget; DataError: not a readable image.
-            Messages name the upload by ``name``.
+        ImageTooLarge: over the pixel budget, or refused by Pillow's decompression-bomb
+            check; DataError: not a readable image. Messages name the upload by ``name``.
     """
     from .data.base import ImageTooLarge, read_image
+    from .data.limits import DataLimits
     from .errors import DataError
 
+    limits = limits if limits is not None else DataLimits.from_env()
     with tempfile.TemporaryDirectory(prefix="tinyssd-upload-") as folder:
         path = Path(folder) / "upload"
         path.write_bytes(data)
+        check_pillow_limit(path, name, limits.max_pixels)
         try:
             return read_image(path, limits)
         except ImageTooLarge as e:
@@ -116,6 +118,43 @@ def decode_upload(data: bytes, name: str, limits: "DataLimits | None" = None) ->
             raise ImageTooLarge(message.split(" (raise it")[0] + " (--max-pixels)") from None
         except DataError as e:
             raise DataError(str(e).replace(str(path), name)) from None
+
+
+def check_pillow_limit(path: Path, name: str, budget: int) -> None:
+    """ImageTooLarge (413) naming ``budget`` for an image that Pillow refuses to open.
+
+    Pillow raises ``DecompressionBombError`` from ``Image.open`` (past twice
+    ``Image.MAX_IMAGE_PIXELS``), before ``read_image`` reads the size from the header,
+    and ``read_image`` calls that an unreadable image. Such an image is over any budget
+    up to Pillow's limit; ``read_image`` lifts Pillow's limit for a budget above it. A
+    ``DecompressionBombWarning`` turned into an error (``-W error``) is refused too.
+    Reads only the header; a file Pillow cannot identify is left to ``read_image``.
+    """
+    from PIL import Image
+
+    from .data.base import UNREADABLE_ERRORS, ImageTooLarge
+
+    try:
+        with Image.open(path):
+            return
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        lifted = pillow_limit is not None and budget > 2 * pillow_limit
+        if isinstance(e, Image.DecompressionBombError) and lifted:
+            return
+        raise ImageTooLarge(
+            f"{name}: over the pixel budget of {budget} (--max-pixels): {e}"
+        ) from None
+    except UNREADABLE_ERRORS:  # not an image Pillow can open: read_image says why
+        return
+
+
+def check_upload_limit(max_upload_mb: float) -> None:
+    """UsageError (one line) for an upload limit that is not a positive, finite size."""
+    if not math.isfinite(max_upload_mb):
+        raise UsageError(f"--max-upload-mb {max_upload_mb}: must be a finite number")
+    if max_upload_mb <= 0:
+        raise UsageError(f"--max-upload-mb {max_upload_mb}: must be positive")
 
 
 def check_batching(max_batch: int, batch_wait_ms: float) -> None:
@@ -225,6 +264,7 @@ def create_app(
     from .data.limits import DataLimits
     from .predict.base import resolve_for_model
 
+    check_upload_limit(max_upload_mb)
     post = resolve_for_model(det.score_threshold, post, None)  # the model's own by default
     # DataError (one line) for a bad $TINYSSD_MAX_PIXELS
     limits = limits if limits is not None else DataLimits.from_env()
@@ -310,6 +350,7 @@ def add_error_handlers(app: "FastAPI") -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     from .data.base import ImageTooLarge
     from .errors import DataError
@@ -334,6 +375,14 @@ def add_error_handlers(app: "FastAPI") -> None:
     @app.exception_handler(UploadTooLarge)
     async def on_too_large(request: Any, e: UploadTooLarge) -> JSONResponse:
         return error(413, e)
+
+    @app.exception_handler(ClientDisconnect)
+    async def on_disconnect(request: Any, e: ClientDisconnect) -> JSONResponse:
+        # the client went away mid-upload: nobody reads the answer, one log line says why
+        client = request.client
+        where = f"{client.host}:{client.port}" if client else "a client"
+        log.warning("%s disconnected before its upload ended; request dropped", where)
+        return error(400, "client disconnected before the upload ended")
 
     @app.exception_handler(Exception)
     async def on_crash(request: Any, e: Exception) -> JSONResponse:  # uvicorn logs the traceback
@@ -388,8 +437,7 @@ def serve(
     from .predict import load
 
     uvicorn = require("uvicorn", "serve")
-    if max_upload_mb <= 0:
-        raise UsageError(f"--max-upload-mb {max_upload_mb}: must be positive")
+    check_upload_limit(max_upload_mb)
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port}: must be 0 (any free port) to 65535")
     check_batching(max_batch, batch_wait_ms)  # before the model loads

@@ -30,6 +30,7 @@ from .extras import require
 if TYPE_CHECKING:
     from PIL import Image
 
+    from .data.limits import DataLimits
     from .postprocess import PostprocessConfig
     from .predict import Predictor
 
@@ -95,15 +96,27 @@ def _reason(error: Exception, source: str) -> str:
     return str(text).strip().splitlines()[0].replace(source, shown_source(source))
 
 
-def _frames(container: Any, source: str) -> Iterator[tuple[np.ndarray, float | None]]:
+def _check_frame_pixels(width: int, height: int, source: str, budget: int) -> None:
+    """DataError (one line naming the source) for frames of more than ``budget`` pixels."""
+    if width * height > budget:
+        raise DataError(
+            f"{shown_source(source)}: frames of {width}x{height} are {width * height} pixels, "
+            f"over the budget of {budget} (--max-pixels)"
+        )
+
+
+def _frames(container: Any, source: str, budget: int) -> Iterator[tuple[np.ndarray, float | None]]:
     """Decoded frames as uint8 ``[H, W, 3]`` RGB, turned as the video's display matrix says
-    (phone videos), with their time in seconds."""
+    (phone videos), with their time in seconds. Each frame's size is checked against the
+    pixel ``budget`` before it is converted: a stream may change size, or give none in
+    its header."""
     av = sys.modules["av"]
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     index = 0
     try:
         for frame in container.decode(stream):
+            _check_frame_pixels(frame.width, frame.height, source, budget)
             rgb = frame.to_ndarray(format="rgb24")
             turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise, as np.rot90
             yield np.ascontiguousarray(np.rot90(rgb, turns)), frame.time
@@ -201,46 +214,63 @@ class VideoWriter:
 def predict_video(
     det: Predictor,
     source: str | Path,
-    out: str | Path = "predictions",
+    out: str | Path | None = None,
     post: PostprocessConfig | None = None,
     max_frames: int | None = None,
     progress: bool = True,
     threshold: float | None = None,
+    limits: DataLimits | None = None,
+    skipped: list[str] | None = None,
 ) -> Iterator[dict]:
     """Predict every frame of a video file, camera (``"0"``) or stream URL; write the drawn
     frames to ``out/NAME.mp4`` (see :func:`reserve_video_path`) and yield one dict per frame.
 
     Args:
+        out: the folder of the drawn video (None: the first free ``runs/predict``,
+            ``runs/predict2``, ..., as ``tinyssd predict`` without ``--out``).
         post: the post-processing settings (default ``PostprocessConfig()``), with
             ``threshold``, when given, as its ``score_threshold``.
         max_frames: stop after this many frames (a camera or live stream never ends).
         progress: a tqdm bar on stderr with frames/s.
+        limits: ``max_pixels`` bounds a frame, checked from the stream's header before
+            any frame is decoded (None: ``DataLimits.from_env()``).
+        skipped: a source that ends before the frame count of its header (a truncated
+            file) is logged and appended here, as ``predict_files`` does for images.
     Yields:
         ``{"image": source, "frame": i, "time": s, "width", "height", "boxes", "scores",
         "labels", "names", "picture": the output video}``, boxes xyxy in the frame's pixels.
     Raises:
-        DataError: the source cannot be opened or decoded (one line naming it).
+        UsageError: ``max_frames`` < 1. DataError: the source cannot be opened or decoded,
+            or its frames are over the pixel budget (one line naming it).
     """
     from tqdm import tqdm
 
+    from .data.limits import DataLimits
+    from .engine.run_folder import new_run_dir
     from .predict.base import resolve_for_model
     from .predict.output import detection_line, drawn
 
+    if max_frames is not None and max_frames < 1:
+        raise UsageError(f"--max-frames {max_frames}: must be > 0")
+    budget = (limits if limits is not None else DataLimits.from_env()).max_pixels
     post = resolve_for_model(det.score_threshold, post, threshold)
     source = str(source)
     container = _open_source(source)
     try:
+        header = container.streams.video[0].codec_context  # 0 x 0 when the header has none
+        _check_frame_pixels(header.width, header.height, source, budget)
+        out = out if out is not None else new_run_dir("runs", "predict")
         writer = VideoWriter(reserve_video_path(source, out), _frame_rate(container))
     except BaseException:
         container.close()
         raise
-    total = container.streams.video[0].frames or None
-    if max_frames is not None:
-        total = min(total or max_frames, max_frames)
+    in_header = container.streams.video[0].frames or None  # 0: unknown (cameras, streams)
+    promised = in_header if max_frames is None or in_header is None else min(in_header, max_frames)
+    total = promised or max_frames
     bar = tqdm(total=total, unit="frame", desc=video_stem(source), disable=not progress)
     start = time.perf_counter()
     try:
-        for index, (rgb, seconds) in enumerate(_frames(container, source)):
+        for index, (rgb, seconds) in enumerate(_frames(container, source, budget)):
             if max_frames is not None and index >= max_frames:
                 break
             image = torch.from_numpy(rgb).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
@@ -260,6 +290,15 @@ def predict_video(
         writer.close()
     if not writer.frames:
         raise DataError(f"{shown_source(source)}: no video frames decoded")
+    if promised is not None and writer.frames < promised:
+        log.warning(
+            "%s: ended after %d of %d frames (file truncated?)",
+            shown_source(source),
+            writer.frames,
+            promised,
+        )
+        if skipped is not None:
+            skipped.append(shown_source(source))
     elapsed = time.perf_counter() - start
     fps = writer.frames / max(elapsed, 1e-9)
     log.info(

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from ..options import FORMAT_NAMES
 from .bananas import bananas_splits, is_bananas, read_bananas, write_bananas_records
-from .base import DataError, Record, Report, Split, read_image
+from .base import DataError, Record, Report, Split, read_image, unlistable_folder
 from .coco import coco_splits, is_coco, parse_coco_json, read_coco, write_coco
 from .dataset import DetectionDataset, collate
 from .limits import DataLimits
@@ -48,7 +48,22 @@ def detect_format(root: str | Path) -> str:
     for name, fmt in FORMATS.items():
         if fmt.detect(root):
             return name
+    for folder in (root, *_subfolders(root)):
+        problem = unlistable_folder(folder)
+        if problem:
+            raise DataError(
+                f"{folder}: cannot list this folder ({problem}), so no data layout can be "
+                f"found in {root}; check its permissions"
+            )
     raise DataError(f"{root}: no known data layout found (expected one of: {', '.join(FORMATS)})")
+
+
+def _subfolders(root: Path) -> list[Path]:
+    """The folders directly in ``root`` (none if it cannot be listed)."""
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:
+        return []
 
 
 def resolve_format(root: str | Path, format: str = "auto") -> str:

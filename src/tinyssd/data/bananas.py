@@ -31,8 +31,8 @@ from .base import (
 )
 from .limits import DataLimits
 from .reader import Annotation, ImageSize, Item, read_records
-from .rules import MAX_CLASSES
-from .values import finite_float, free_stem, natural_key, tidy_number
+from .rules import MAX_CLASSES, check_class_names
+from .values import class_index, finite_float, free_stem, natural_key, tidy_number
 
 HEADER = ["img_name", "label", "xmin", "ymin", "xmax", "ymax"]
 
@@ -55,7 +55,7 @@ def read_classes(root: Path, num_labels: int) -> list[str]:
     """Class names from ``root/classes.txt``, else "banana" (one class) or "class{i}"."""
     path = Path(root) / "classes.txt"
     if path.is_file():
-        names = read_names(path)
+        names = check_class_names(read_names(path), path)
         if names:
             return names
     if num_labels <= 1:
@@ -95,7 +95,8 @@ Rows = dict[str, list[tuple[int, list[float], int]]]  # image name -> (label, bo
 
 
 def read_label_csv(csv_path: Path, report: Report) -> Rows:
-    """The rows of ``label.csv`` by image name; unparsable rows reported and skipped.
+    """The rows of ``label.csv`` by image name; unparsable rows reported and skipped
+    (a label must be a class index in ASCII digits: not ``1.0``, ``-1`` or ``٣``).
 
     Raises:
         DataError: no such file, not a text CSV file, or a wrong header.
@@ -115,15 +116,16 @@ def read_label_csv(csv_path: Path, report: Report) -> Rows:
         for lineno, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue
-            try:
-                name = row[0].strip()
-                label = int(row[1])
-                box = [finite_float(v) for v in row[2:6]]
-                if len(row) != 6 or not name:
-                    raise ValueError
-            except (ValueError, IndexError):
+            if len(row) != 6 or not row[0].strip():
                 report.add(BAD_LABEL_FILE, f"{csv_path}:{lineno}", f"cannot parse {row}")
                 continue
+            try:
+                label = class_index(row[1])
+                box = [finite_float(v) for v in row[2:6]]
+            except ValueError as e:
+                report.add(BAD_LABEL_FILE, f"{csv_path}:{lineno}", f"{e}: {row}")
+                continue
+            name = row[0].strip()
             rows[name].append((label, box, lineno))
     except csv.Error as e:
         raise DataError(f"{csv_path}: not a readable CSV file ({e})") from None

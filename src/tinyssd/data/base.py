@@ -156,6 +156,14 @@ NO_LABELS = "image without labels (kept as negative)"
 MISSING_IMAGE = "label without image (skipped)"
 BAD_LABEL_FILE = "unparsable label file (skipped)"
 BAD_SPLIT = "unreadable split (skipped)"
+DUPLICATE_IMAGE = "image listed twice (the later entry skipped with its boxes)"
+AMBIGUOUS_IMAGE = "several images for one annotation (the first read, the others skipped)"
+SPLIT_LEAK = "image in two splits (val then measures memorisation)"
+CLASS_NAME = "class name that some outputs cannot hold (kept as is)"
+# The kinds `tinyssd data check` calls errors (exit code 2): the data says two contradictory
+# things, or a split cannot be read. The other kinds are handled the same way every time
+# (skipped, dropped, clipped or kept, and counted).
+ERRORS = frozenset({BAD_SPLIT, DUPLICATE_IMAGE, AMBIGUOUS_IMAGE, SPLIT_LEAK})
 
 
 @dataclass
@@ -176,6 +184,10 @@ class Report:
     def count(self, kind: str) -> int:
         return len(self.items.get(kind, []))
 
+    def errors(self) -> int:
+        """How many problems are of an :data:`ERRORS` kind."""
+        return sum(len(where) for kind, where in self.items.items() if kind in ERRORS)
+
     def __bool__(self) -> bool:
         return any(self.items.values())
 
@@ -187,7 +199,7 @@ class Report:
         for kind, where in self.items.items():
             if not where:
                 continue
-            lines.append(f"{len(where):6d}  {kind}")
+            lines.append(f"{len(where):6d}  {'error: ' if kind in ERRORS else ''}{kind}")
             lines += [f"        {w}" for w in where[:first]]
             if len(where) > first:
                 lines.append(f"        ... and {len(where) - first} more")
@@ -226,15 +238,21 @@ def _open_image(path: Path, limits: DataLimits | None) -> Image.Image:
     check_regular_file(path)
     budget = (limits or DataLimits.from_env()).max_pixels
     pil_limit = Image.MAX_IMAGE_PIXELS
-    if budget == MAX_IMAGE_PIXELS or pil_limit is None or budget <= 2 * pil_limit:
-        im = Image.open(path)
-    else:  # a raised budget beyond the limit at which Pillow raises: lift Pillow's for this open
-        with _PIL_LIMIT_LOCK:
-            Image.MAX_IMAGE_PIXELS = None
-            try:
-                im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = pil_limit
+    try:
+        if budget == MAX_IMAGE_PIXELS or pil_limit is None or budget <= 2 * pil_limit:
+            im = Image.open(path)
+        else:  # a budget beyond the limit at which Pillow raises: lift Pillow's for this open
+            with _PIL_LIMIT_LOCK:
+                Image.MAX_IMAGE_PIXELS = None
+                try:
+                    im = Image.open(path)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = pil_limit
+    except DecompressionBombError as e:  # Pillow's own check fired before ours could
+        raise ImageTooLarge(
+            f"{path}: too large to decode: {e} (the pixel budget is {budget}; raise it with "
+            f"{MAX_PIXELS_ENV})"
+        ) from None
     w, h = im.size
     if w * h > budget:
         im.close()
@@ -353,6 +371,28 @@ def read_text(path: str | Path, max_bytes: int | None = None) -> str:
 def read_names(path: str | Path) -> list[str]:
     """Class names from a text file, one per line, blank lines skipped."""
     return [line.strip() for line in read_text(path).splitlines() if line.strip()]
+
+
+def unlistable_folder(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be listed (``"Permission denied"``), or None if it can.
+
+    ``Path.glob`` yields nothing from a folder it may not read, so a reader that
+    only globbed would see an empty folder where there is a permission problem.
+    """
+    try:
+        with os.scandir(folder):
+            return None
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return e.strerror or type(e).__name__
+
+
+def check_listable(folder: str | Path) -> None:
+    """Raise DataError naming ``folder`` when it exists but cannot be listed."""
+    problem = unlistable_folder(folder)
+    if problem:
+        raise DataError(f"{folder}: cannot list this folder ({problem}); check its permissions")
 
 
 def is_file(path: str | Path) -> bool:

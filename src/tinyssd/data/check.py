@@ -4,8 +4,12 @@
     $ tinyssd data check data/pets --model tiny_fpn --plots   # + labels.png, anchors_N.png
 
 reads the train, val and test splits present in the folder's layout, decodes
-every image (so truncated files are found), clips the boxes to the image and
-prints, per problem kind, its count and the first few places.
+every image (so truncated files are found), clips the boxes to the image,
+looks for images read by two splits, and prints, per problem kind, its count
+and the first few places. Kinds in ``base.ERRORS`` (a split that cannot be
+read, an image in two splits, an image listed twice, one annotation with two
+images) are errors: :meth:`CheckReport.exit_code` is 2 where there is one,
+else 0 (what readers skip, drop, clip or keep is counted, not an error).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..errors import UsageError
 from . import FORMATS, load_split, resolve_format
 from .base import (
     BAD_SPLIT,
+    SPLIT_LEAK,
     DataError,
     Record,
     Report,
@@ -63,6 +68,18 @@ class CheckReport(Report):
                 lines.append(f"  {name}: {s.images} usable images, {s.boxes} boxes")
         return "\n".join([*lines, super().summary(first)])
 
+    def exit_code(self) -> int:
+        """2 if a problem is an error (``base.ERRORS``), else 0."""
+        return 2 if self.errors() else 0
+
+    def raise_for_errors(self) -> None:
+        """Raise a one-line DataError when :meth:`exit_code` is 2 (the CLI then exits 2)."""
+        if self.errors():
+            raise DataError(
+                f"{self.root}: {self.errors()} error(s) listed above (data that training "
+                "would refuse or misread)"
+            )
+
 
 def check_dataset(
     root: str | Path, format: str = "auto", limits: DataLimits | None = None
@@ -81,21 +98,43 @@ def check_dataset(
     name = resolve_format(root, format)
     fmt = FORMATS[name]
     report = CheckReport(format=name, root=root)
+    sources = fmt.splits(root)
     read_from: dict[Path, str] = {}
-    for split, source in fmt.splits(root).items():
+    read: dict[str, Split] = {}
+    for split, source in sources.items():
         if source in read_from:
             report.splits[split] = SplitCheck(0, 0, same_as=read_from[source])
             continue
         read_from[source] = split
         try:
-            data = fmt.read(root, split, report, limits)
+            read[split] = fmt.read(root, split, report, limits)
         except DataError as e:
             report.add(BAD_SPLIT, str(e))
             continue
-        report.splits[split] = check_images(data, report, limits)
+        report.splits[split] = check_images(read[split], report, limits)
+    report_split_leaks(read, sources, report)
     if not report.splits and not report:
         raise DataError(f"{root}: no train, val or test split found in its {name} layout")
     return report
+
+
+def report_split_leaks(splits: dict[str, Split], sources: dict[str, Path], report: Report) -> None:
+    """Report each image file that two of ``splits`` read (by its device and inode, so a
+    link or another path to the same file counts): val or test then hold training images.
+
+    ``sources``: split name -> the list file or folder it is read from, for the message.
+    """
+    first: dict[tuple[int, int], str] = {}
+    for name, data in splits.items():
+        for image in dict.fromkeys(rec.image for rec in data.records):
+            try:
+                st = os.stat(image)
+            except OSError:
+                continue  # reported as unreadable
+            split = first.setdefault((st.st_dev, st.st_ino), name)
+            if split != name:
+                detail = f"read by {split} ({sources[split]}) and by {name} ({sources[name]})"
+                report.add(SPLIT_LEAK, image, detail)
 
 
 def check_images(data: Split, report: Report, limits: DataLimits | None = None) -> SplitCheck:
@@ -130,11 +169,13 @@ def fit_model_anchors(
     limits: DataLimits | None = None,
 ) -> AnchorFit:
     """``--anchors auto`` for ``model`` on the train split at ``root``: the fit training makes."""
+    from ..config import check_image_size
     from ..models import PRESETS
     from ..models.anchor_fit import fit_for_data
 
     if model not in PRESETS:
         raise UsageError(f"--model {model!r}: choose from {', '.join(PRESETS)}")
+    check_image_size(model, image_size)
     config = PRESETS[model]()
     config = replace(config, image_size=image_size or config.image_size)
     return fit_for_data(config, normalised_boxes(load_split(root, "train", format, limits=limits)))

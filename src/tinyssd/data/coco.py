@@ -10,12 +10,14 @@ first images listed (the earliest on a tie): ``images/<tag>/``, ``<tag>/``
 Boxes: COCO's ``[x, y, width, height]`` in pixels become ``[x, y, x + width,
 y + height]``. ``iscrowd`` is kept (and ``"difficult": 1``, which tinyssd
 writes for VOC's difficult objects, is read back). Category ids need not be
-contiguous: they become labels 1..C in id order, named by ``categories``.
+contiguous: they become labels 1..C in id order, named by ``categories``;
+two categories of one name, or one without a name, make the file unusable.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
@@ -23,6 +25,8 @@ from typing import NamedTuple, TypeGuard, cast
 
 from .base import (
     BAD_LABEL_FILE,
+    CLASS_NAME,
+    DUPLICATE_IMAGE,
     MISSING_IMAGE,
     UNKNOWN_CLASS,
     DataError,
@@ -36,6 +40,7 @@ from .base import (
 )
 from .limits import DataLimits
 from .reader import Annotation, ImageSize, Item, Skip, read_records
+from .rules import check_class_names, class_name_caveat, image_problem
 from .values import finite_float, free_stem, read_flag, tidy_number
 
 SPLITS = ("train", "val", "test")
@@ -80,7 +85,7 @@ def parse_coco_json(path: str | Path) -> CocoFile:
     Raises:
         DataError: unreadable file, invalid JSON, no ``images`` list, or a
             ``categories`` list that does not give an integer id and a name
-            to every category.
+            to every category, or gives two the same name (or an empty one).
     """
     path = Path(path)
     try:
@@ -140,6 +145,7 @@ def _categories(path: Path, entries: object) -> list[tuple[int, str]]:
         if cid in found:
             raise DataError(f"{path}: categories[{i}]: id {cid} used twice")
         found[cid] = name
+    check_class_names(list(found.values()), path, lambda i: f"categories[{i}]")
     return sorted(found.items())
 
 
@@ -240,8 +246,15 @@ def read_coco(
     skipped; boxes with an unknown category or no area are dropped (reported),
     and so are boxes over the per-image limit (see :mod:`.rules`). A
     ``file_name`` that resolves outside ROOT (absolute, ``..``, a symlink out)
-    or names a FIFO or device is skipped (reported). Boxes annotated before
-    the image's EXIF rotation are turned with it (see :mod:`.exif`).
+    or names a FIFO or device is skipped (reported), and so is an image entry
+    whose ``file_name`` names a file listed already, with its boxes. Boxes
+    annotated before the image's EXIF rotation are turned with it (see
+    :mod:`.exif`). Category names holding a newline or a comma are kept and
+    reported (some outputs cannot hold them).
+
+    Raises:
+        DataError: the file cannot be read, or its categories cannot (see
+            :func:`parse_coco_json`: two named alike, or one not named).
     """
     root = Path(root)
     report = report if report is not None else Report()
@@ -258,13 +271,49 @@ def read_coco(
         else:
             where = f"annotations[{b.index}]: image_id {b.image_id!r} is not in 'images'"
             report.add(MISSING_IMAGE, json_path, where)
+    for cid, name in coco.categories:
+        caveat = class_name_caveat(name)
+        if caveat:
+            report.add(CLASS_NAME, json_path, f"category {cid} {name!r}: {caveat}")
     note = f"listed in {json_path.name}"
-    items = [Item(folder / im.file_name, (im, by_image[im.id]), note=note) for im in coco.images]
+    roots = [root, folder]  # a linked images/ folder is ours
+    items = [
+        Item(folder / im.file_name, (im, by_image[im.id]), note=note)
+        for im in _first_per_file(coco.images, folder, json_path, by_image, report, roots)
+    ]
     labels = {cid: i + 1 for i, (cid, _) in enumerate(coco.categories)}
     parse = partial(parse_coco_item, labels=labels, json_path=json_path)
-    roots = [root, folder]  # a linked images/ folder is ours
     records = read_records(items, parse, len(labels), roots, report, limits, exif_frame=True)
     return Split(records, [name for _, name in coco.categories], root)
+
+
+def _first_per_file(
+    images: list[CocoImage],
+    folder: Path,
+    json_path: Path,
+    boxes: dict[int | str, list[CocoBox]],
+    report: Report,
+    roots: list[Path],
+) -> list[CocoImage]:
+    """``images`` without the entries whose ``file_name`` names a file listed already
+    (``a.png``, ``./a.png``): each is reported, and skipped with its boxes, since the
+    file cannot be two images with two sets of boxes. A file outside ``roots`` is left
+    to the reader, which skips and reports every entry naming it."""
+    first: dict[str, CocoImage] = {}
+    kept = []
+    for im in images:
+        key = os.path.normpath(folder / im.file_name)
+        if key in first and image_problem(key, roots) is None:
+            report.add(
+                DUPLICATE_IMAGE,
+                json_path,
+                f"image id {im.id!r}: file_name {im.file_name!r} is listed already as image "
+                f"id {first[key].id!r}; skipped with its {len(boxes[im.id])} box(es)",
+            )
+            continue
+        first[key] = im
+        kept.append(im)
+    return kept
 
 
 def parse_coco_item(

@@ -11,8 +11,9 @@ except for YOLO, whose tools reject boxes outside the image: they are
 clipped. Problems found on the way are logged as ``tinyssd data check``
 reports them; what cannot be used is left out (so no file from outside SRC
 that a label file names is ever linked into OUT). Class names that the
-target cannot hold unchanged (empty, a newline in a ``classes.txt`` line)
-are an error, not a silent relabel.
+target cannot hold unchanged (a newline in a ``classes.txt`` line) are an
+error, not a silent relabel; readers refuse empty and repeated names. Each
+split's log line counts the images read but left out.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def convert(
                 f"{src}: {first[0]} and {split} name different classes "
                 f"({first[1].classes} vs {data.classes}); give them one classes.txt"
             )
-    check_class_names(first[1].classes, to, src)
+    check_target_names(first[1].classes, to, src)
     for split, data in splits.items():
         records = with_image_sizes(data.records, report, limits)
         if to == "yolo":
@@ -85,7 +86,14 @@ def convert(
             )
         FORMATS[to].write(out, split, records, data.classes)
         boxes = sum(len(rec.labels) for rec in records)
-        log.info("%s: %d images, %d boxes written", split, len(records), boxes)
+        left_out = len(data.records) - len(records)
+        log.info(
+            "%s: %d images, %d boxes written%s",
+            split,
+            len(records),
+            boxes,
+            f" ({left_out} read but left out: header unreadable, listed below)" if left_out else "",
+        )
     if report:
         log.warning("problems in %s:\n%s", src, report.summary())
     return out
@@ -94,13 +102,12 @@ def convert(
 def class_name_problem(name: str, to: str) -> str | None:
     """Why class ``name`` would not come back unchanged from format ``to``, or None.
 
-    Every format needs a non-empty UTF-8 name; VOC and the banana layout keep
-    names one per line in ``classes.txt`` (and VOC in stripped ``<name>``
-    text), so a control character (a newline) or a leading or trailing space
-    would change the name or the number of classes.
+    Every format needs a UTF-8 name (readers refuse empty and repeated ones:
+    ``rules.check_class_names``); VOC and the banana layout keep names one per
+    line in ``classes.txt`` (and VOC in stripped ``<name>`` text), so a control
+    character (a newline) or a leading or trailing space would change the name
+    or the number of classes.
     """
-    if not name.strip():
-        return "it is empty"
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
@@ -113,16 +120,12 @@ def class_name_problem(name: str, to: str) -> str | None:
     return None
 
 
-def check_class_names(classes: list[str], to: str, src: Path) -> None:
-    """Raise DataError for the first class name ``to`` cannot hold, or a name used twice
-    where ``to`` looks classes up by name (VOC)."""
+def check_target_names(classes: list[str], to: str, src: Path) -> None:
+    """Raise DataError for the first class name ``to`` cannot hold."""
     for i, name in enumerate(classes, start=1):
         problem = class_name_problem(name, to)
         if problem:
             raise DataError(f"{src}: class {i} {name!r} cannot be written as {to}: {problem}")
-    if to == "voc" and len(set(classes)) != len(classes):
-        twice = sorted({n for n in classes if classes.count(n) > 1})
-        raise DataError(f"{src}: class names {twice} are used twice; VOC names boxes by class")
 
 
 def with_image_sizes(

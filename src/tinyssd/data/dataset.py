@@ -7,8 +7,8 @@ Where the decoded pixels live is the ``cache``:
   set must fit in memory);
 - ``disk``: decoded once into ``.npy`` files of the cache folder (:func:`cache_root`,
   one sub-folder per data root and image size; never the data folder), read back
-  on every later access; a file whose image changed (modification time or size)
-  is rebuilt;
+  on every later access; a file whose image changed (modification time or size),
+  or that is not the uint8 image it should be (shape, dtype), is rebuilt;
 - ``none``: decoded from the image file on every access (least memory).
 
 ``auto`` (:func:`resolve_cache`) takes ``ram`` when the decoded set fits
@@ -147,13 +147,16 @@ def disk_cache_dir(data_root: str | Path, stored_size: int | None) -> Path:
 class DiskCache:
     """Decoded images as ``.npy`` files, one per image, keyed by path, mtime and size.
 
-    ``load(path, decode)`` returns the cached ``Tensor[3, H, W]`` uint8, or
+    ``load(path, decode, size)`` returns the cached ``Tensor[3, H, W]`` uint8, or
     calls ``decode(path)`` and stores its result (atomically: a temporary file
-    renamed). A changed image gets a new key: its old file is removed.
+    renamed). A changed image gets a new key: its old file is removed. An entry
+    that is not ``uint8 [3, H, W]`` (of ``size``, when given), or does not load,
+    is rebuilt the same way, and counted in ``rebuilt`` and a log line.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.rebuilt = 0  # entries found bad and rebuilt, in this process
 
     def file_for(self, path: Path) -> Path:
         st = os.stat(path)
@@ -161,15 +164,38 @@ class DiskCache:
         stamp = hashlib.sha1(f"{st.st_mtime_ns}|{st.st_size}".encode()).hexdigest()[:12]
         return self.folder / f"{stem}-{stamp}.npy"
 
-    def load(self, path: Path, decode: Callable[[Path], Tensor]) -> Tensor:
+    def load(
+        self, path: Path, decode: Callable[[Path], Tensor], size: tuple[int, int] | None = None
+    ) -> Tensor:
+        """The image at ``path`` as ``Tensor[3, H, W]`` uint8, from the cache or decoded.
+
+        Args:
+            size: (H, W) the entry must have; None: any.
+        """
         try:
             cached = self.file_for(path)
         except OSError as e:
             raise DataError(f"{path}: image file not readable ({e.strerror})") from None
+        problem = None  # stays None when the image is not cached yet
         try:
-            return torch.from_numpy(np.load(cached))
-        except (OSError, ValueError, EOFError):
-            pass  # not cached yet (or a damaged file): decode and store
+            held = np.load(cached)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, EOFError) as e:
+            problem = f"does not load ({type(e).__name__})"
+        else:
+            problem = entry_problem(held, size)
+            if problem is None:
+                return torch.from_numpy(held)
+        if problem is not None:
+            self.rebuilt += 1
+            log.warning(
+                "%s: disk cache entry %s %s: rebuilt (%d bad entries rebuilt so far)",
+                path,
+                cached.name,
+                problem,
+                self.rebuilt,
+            )
         image = decode(path)
         self._store(cached, image)
         return image
@@ -185,6 +211,21 @@ class DiskCache:
                     stale.unlink(missing_ok=True)
         except OSError as e:
             log.warning("%s: image cache not written (%s); decoding each time", cached, e)
+
+
+def entry_problem(held: np.ndarray, size: tuple[int, int] | None) -> str | None:
+    """Why a disk-cache entry is not an image ``uint8 [3, H, W]`` (``(H, W) == size``
+    when given), or None.
+
+    Example: an array ``float32 [64, 64, 3]`` gives ``"is float32 (64, 64, 3), not
+    uint8 (3, H, W)"``.
+    """
+    shape = tuple(held.shape)
+    expected = "(3, H, W)" if size is None else str((3, *size))
+    fits = len(shape) == 3 and shape[0] == 3 and (size is None or shape[1:] == tuple(size))
+    if held.dtype == np.uint8 and fits:
+        return None
+    return f"is {held.dtype} {shape}, not uint8 {expected}"
 
 
 class LazyImages(Sequence):
@@ -330,10 +371,13 @@ class DetectionDataset(torch.utils.data.Dataset):
             return self.images[i]
         rec = self.records[i]
         if self.disk is not None and not self.disk_whole:
-            image = self.disk.load(rec.image, self._decode)  # held resized to S
-        else:  # the whole image read (or cached), then cut to the record's window
-            full = self.disk.load(rec.image, self._read) if self.disk else self._read(rec.image)
-            image = self._stored(_crop(full, rec))
+            size = (self.image_size, self.image_size)
+            image = self.disk.load(rec.image, self._decode, size)  # held resized to S
+        elif self.disk is not None:  # the whole image cached, then cut to the record's window
+            whole = None if rec.window else rec.size  # a tile's record has the tile's size
+            image = self._stored(_crop(self.disk.load(rec.image, self._read, whole), rec))
+        else:
+            image = self._stored(_crop(self._read(rec.image), rec))
         if self.full_resolution and tuple(image.shape[-2:]) != rec.size:
             raise DataError(f"{rec.image}: image is now {tuple(image.shape[-2:])}, was {rec.size}")
         return image

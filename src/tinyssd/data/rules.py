@@ -9,6 +9,8 @@
 - A box is kept if its class is known and it has an area, up to
   ``DataLimits.max_boxes`` per image (the first ones), so that the cost
   of matching stays bounded.
+- Class names must be told apart: an empty name, or a name used twice (boxes
+  of either would be read as the first), makes the class list unusable.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .base import (
     SPECIAL_FILE,
     TOO_MANY_BOXES,
     UNKNOWN_CLASS,
+    DataError,
     Report,
 )
 from .limits import MAX_BOXES_ENV, DataLimits
@@ -130,3 +133,60 @@ def is_special(path: str | Path) -> bool:
     except (OSError, ValueError):
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def refused_class_names(names: Sequence[str]) -> list[tuple[int, int | None]]:
+    """``(i, first)`` for each name of ``names`` a reader refuses: empty or only spaces
+    (``first`` None), or the same as ``names[first]``, an earlier one.
+
+    Example: ``["cat", "", "cat"]`` gives ``[(1, None), (2, 0)]``.
+    """
+    refused: list[tuple[int, int | None]] = []
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name.strip():
+            refused.append((i, None))
+        elif name in first:
+            refused.append((i, first[name]))
+        else:
+            first[name] = i
+    return refused
+
+
+def check_class_names(
+    names: list[str],
+    source: str | Path,
+    where: Callable[[int], str] = lambda i: f"class {i + 1}",
+    most: int = 3,
+) -> list[str]:
+    """``names``, or a one-line DataError naming ``source`` and each name it refuses
+    (:func:`refused_class_names`, the first ``most``) by ``where(i)`` (``"categories[2]"``).
+
+    Example: ``["cat", "cat"]`` from ``classes.txt`` raises
+    ``classes.txt: class 2: class name 'cat' is also class 1's (...)``.
+    """
+    refused = refused_class_names(names)
+    if not refused:
+        return names
+    parts = [
+        f"{where(i)}: empty class name"
+        if first is None
+        else f"{where(i)}: class name {names[i]!r} is also {where(first)}'s"
+        for i, first in refused[:most]
+    ]
+    if len(refused) > most:
+        parts.append(f"and {len(refused) - most} more")
+    raise DataError(f"{source}: {'; '.join(parts)} (class names must be distinct and not empty)")
+
+
+def class_name_caveat(name: str) -> str | None:
+    """What a class name that readers keep cannot go through, or None.
+
+    A control character (a newline) cannot be a line of ``classes.txt`` or of a
+    table; a comma cannot be named in ``--classes-map OLD=NEW,...``.
+    """
+    if not all(c.isprintable() for c in name):
+        return "holds a control character such as a newline (classes.txt and tables cannot)"
+    if "," in name:
+        return "holds a comma (--classes-map cannot name it)"
+    return None

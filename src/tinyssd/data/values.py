@@ -15,10 +15,13 @@ def finite_float(value: str | float) -> float:
     """A coordinate from text or a JSON number.
 
     Raises:
-        ValueError: not a number (booleans included), or not finite as float32.
+        ValueError: not a number (booleans included), text that is not ASCII or holds
+            ``_`` (``float("1_0")`` is 10), or not finite as float32.
     """
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"{value!r} is not a number")
+    if isinstance(value, str) and (not value.isascii() or "_" in value):
+        raise ValueError(f"{value!r} is not a plain ASCII number")  # float("١٢") is 12.0
     try:
         number = float(value)
     except OverflowError:  # an int too large for a float
@@ -52,10 +55,23 @@ def tidy_number(value: float) -> int | float:
     return int(value) if value.is_integer() else value
 
 
+def class_index(text: str) -> int:
+    """A 0-based class index written in ASCII digits (``"3"``, ``" 3 "``).
+
+    Raises:
+        ValueError: anything else: ``"1.0"``, ``"-1"``, ``"+1"``, ``"1_0"``, or digits of
+            another script (``int("٣")`` is 3, but no label file means that).
+    """
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        raise ValueError(f"{text!r} is not a class index (0, 1, 2, ... in ASCII digits)")
+    return int(digits)
+
+
 def natural_key(name: str) -> tuple:
     """Sort key putting ``2.png`` before ``10.png``; other names after, alphabetically."""
     stem = Path(name).stem
-    return (0, int(stem), name) if stem.isdigit() else (1, 0, name)
+    return (0, int(stem), name) if stem.isascii() and stem.isdigit() else (1, 0, name)
 
 
 def free_stem(stem: str, prefix: str, taken: set[str]) -> str:

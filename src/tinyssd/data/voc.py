@@ -17,6 +17,10 @@ Detectron2 read VOC); :func:`write_voc` inverts it exactly. ``difficult`` is
 kept. Class names: ``classes.txt`` or ``labels.txt`` at the root (one per
 line, in label order) if present, else the sorted names seen in all
 annotations of the data set.
+
+An XML file that is not UTF-8 where no class is named (a Latin-1
+``<filename>`` of an image whose name is not UTF-8) is read, its odd bytes as
+U+FFFD.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import torch
 from torch import Tensor
 
 from .base import (
+    AMBIGUOUS_IMAGE,
     IMAGE_SUFFIXES,
     UNKNOWN_CLASS,
     DataError,
     Record,
     Report,
     Split,
+    check_listable,
     check_regular_file,
     image_size,
     is_file,
@@ -45,7 +51,7 @@ from .base import (
 )
 from .limits import DataLimits
 from .reader import Annotation, ImageSize, Item, read_records
-from .rules import is_special
+from .rules import check_class_names, is_special
 from .values import finite_float, free_stem, natural_key, read_flag, tidy_number
 
 SPLITS = ("train", "val", "test")
@@ -85,12 +91,7 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         data = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError as e:
-        raise DataError(f"{path}:{e.position[0]}: not valid XML ({e})") from None
-    except (ValueError, LookupError) as e:  # e.g. an unknown encoding in the declaration
-        raise DataError(f"{path}: not valid XML ({e})") from None
+    root = _parse_xml(path, data)
     if root.tag != "annotation":
         raise DataError(f"{path}: root element is <{root.tag}>, expected <annotation>")
     boxes, names, difficult = [], [], []
@@ -121,6 +122,33 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         torch.tensor(difficult, dtype=torch.bool),
         _size(root),
     )
+
+
+def _parse_xml(path: Path, data: bytes) -> ET.Element:
+    """The XML element tree of ``data``, the bytes of ``path``.
+
+    Bytes that are not UTF-8 in a file that declares no other encoding (the
+    Latin-1 ``<filename>`` of an image whose name is not UTF-8) are read as
+    U+FFFD, so that the file and its image stay usable; such a byte in an
+    object's ``<name>`` is an error (the class would be guessed).
+    """
+    try:
+        return ET.fromstring(data)
+    except ET.ParseError as e:
+        error = DataError(f"{path}:{e.position[0]}: not valid XML ({e})")
+    except (ValueError, LookupError) as e:  # e.g. an unknown encoding in the declaration
+        raise DataError(f"{path}: not valid XML ({e})") from None
+    text = data.decode("utf-8", "replace")
+    if "\ufffd" not in text:  # valid UTF-8 (or another encoding): the error stands
+        raise error
+    try:
+        root = ET.fromstring(text)
+    except (ET.ParseError, ValueError, LookupError):
+        raise error from None
+    for i, obj in enumerate(root.findall("object"), start=1):
+        if "\ufffd" in (obj.findtext("name") or ""):
+            raise DataError(f"{path}: object {i}: <name> is not UTF-8 text")
+    return root
 
 
 def _size(root: ET.Element) -> tuple[int, int] | None:
@@ -165,15 +193,23 @@ def read_voc(
     are unknown). Objects with an unknown class or an empty box are dropped
     (reported), and so are boxes over the per-image limit (see :mod:`.rules`).
     Images that resolve outside ROOT, and FIFOs or devices, are skipped
-    (reported). Boxes annotated before the image's EXIF rotation are turned
-    with it (see :mod:`.exif`).
+    (reported). An XML with several images (``0.jpg`` and ``0.png``) is read
+    with the first in name order, the others reported and skipped. Boxes
+    annotated before the image's EXIF rotation are turned with it (see
+    :mod:`.exif`). Class names must be distinct (``classes.txt``).
+
+    Raises:
+        DataError: a split list or folder that cannot be read, no class names.
     """
     root = Path(root)
     report = report if report is not None else Report()
+    folder, pairs, ambiguous = _pairs(root, split)
     classes = voc_classes(root)
     if not classes:
         raise DataError(f"{root}: no object in any annotation and no classes.txt to name classes")
-    folder, pairs = _pairs(root, split)
+    for xml, used, others in ambiguous:
+        for image in others:
+            report.add(AMBIGUOUS_IMAGE, image, f"{xml.name} is read with {used.name}; rename one")
     items = [
         Item(image, xml)
         if image is not None
@@ -210,7 +246,7 @@ def voc_classes(root: Path) -> list[str]:
     """Class names from ``classes.txt``/``labels.txt``, else the sorted names seen."""
     for name in NAMES_FILES:
         if (Path(root) / name).is_file():
-            return read_names(Path(root) / name)
+            return check_class_names(read_names(Path(root) / name), Path(root) / name)
     seen = set()
     for xml in _all_xml(Path(root)):
         try:
@@ -227,23 +263,45 @@ def _all_xml(root: Path) -> list[Path]:
     return sorted(p for f in folders for p in f.glob("*.xml"))
 
 
-def _pairs(root: Path, split: str) -> tuple[Path, list[tuple[str, Path | None, Path | None]]]:
-    """The split's image folder and (ID, image or None, XML or None) per image ID, in order."""
+_Pair = tuple[str, Path | None, Path | None]  # (ID, its image or None, its XML or None)
+
+
+def _pairs(root: Path, split: str) -> tuple[Path, list[_Pair], list[tuple[Path, Path, list[Path]]]]:
+    """The split's image folder, its pairs in order, and the IDs with an XML and several
+    images (``0.jpg``, ``0.png``): (XML, the image read with it, the others, skipped).
+
+    Images of one ID without an XML are each a negative of their own.
+
+    Raises:
+        DataError: a folder to read cannot be listed (its permissions).
+    """
     annotations = root / "Annotations"
     if annotations.is_dir():
         folder, main = root / "JPEGImages", root / "ImageSets" / "Main"
+        check_listable(annotations)
         images = _by_stem(folder)
         if main.is_dir():
             ids = _read_ids(main / f"{split}.txt")
         else:
             ids = sorted({p.stem for p in annotations.glob("*.xml")} | set(images), key=natural_key)
         xmls = {i: annotations / f"{i}.xml" for i in ids}
-        return folder, [(i, images.get(i), xmls[i] if _is_label(xmls[i]) else None) for i in ids]
-    folder = root / split if (root / split).is_dir() else root
-    images = _by_stem(folder)
-    xmls = {p.stem: p for p in folder.glob("*.xml") if _is_label(p)}
-    ids = sorted(set(images) | set(xmls), key=natural_key)
-    return folder, [(i, images.get(i), xmls.get(i)) for i in ids]
+        found = {i: xmls[i] for i in ids if _is_label(xmls[i])}
+    else:
+        folder = root / split if (root / split).is_dir() else root
+        images = _by_stem(folder)
+        found = {p.stem: p for p in folder.glob("*.xml") if _is_label(p)}
+        ids = sorted(set(images) | set(found), key=natural_key)
+    pairs: list[_Pair] = []
+    ambiguous = []
+    for i in ids:
+        xml, candidates = found.get(i), images.get(i, [])
+        if xml is None and len(candidates) > 1:
+            pairs += [(i, image, None) for image in candidates]
+            continue
+        pairs.append((i, candidates[0] if candidates else None, xml))
+        if xml is not None and len(candidates) > 1:
+            ambiguous.append((xml, candidates[0], candidates[1:]))
+    return folder, pairs, ambiguous
 
 
 def _is_label(path: Path) -> bool:
@@ -257,17 +315,21 @@ def _read_ids(path: Path) -> list[str]:
     return [line.split()[0] for line in read_text(path).splitlines() if line.strip()]
 
 
-def _by_stem(folder: Path) -> dict[str, Path]:
-    """Image files of ``folder`` by stem (the first in name order if several share one).
+def _by_stem(folder: Path) -> dict[str, list[Path]]:
+    """Image files of ``folder`` by stem, in name order (``0.jpg`` and ``0.png`` share one).
 
     FIFOs and devices are listed too, for the reader to report them.
+
+    Raises:
+        DataError: ``folder`` cannot be listed.
     """
     if not folder.is_dir():
         return {}
-    images: dict[str, Path] = {}
+    check_listable(folder)
+    images: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
         if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or is_special(p)):
-            images.setdefault(p.stem, p)
+            images.setdefault(p.stem, []).append(p)
     return images
 
 

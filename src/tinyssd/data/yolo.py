@@ -49,7 +49,7 @@ from .base import (
 )
 from .limits import DataLimits
 from .reader import Annotation, ImageSize, Item, Skip, read_records
-from .rules import is_special
+from .rules import check_class_names, is_special
 from .values import finite_float, free_stem, natural_key
 
 SPLITS = ("train", "val", "test")
@@ -90,7 +90,7 @@ def parse_yolo_txt(path: str | Path, width: int, height: int) -> YoloLabels:
         if len(fields) != 5:
             raise DataError(f"{path}:{lineno}: expected 5 values (class cx cy w h), got {fields}")
         try:
-            cls, cx, cy, w, h = (finite_float(v) for v in fields)
+            cls, cx, cy, w, h = (finite_float(v) for v in fields)  # ASCII: "٣" is no class 3
             if not cls.is_integer() or abs(cls) > MAX_CLASS_ID:
                 raise ValueError
             box = [(cx - w / 2) * width, (cy - h / 2) * height]
@@ -138,7 +138,7 @@ def yolo_classes(root: Path) -> list[str]:
     where = Path(root) / "data.yaml"
     names = data.get("names") if data else None
     if isinstance(names, list) and names:
-        return [str(n) for n in names]
+        return check_class_names([str(n) for n in names], where, lambda i: f"names[{i}]")
     if isinstance(names, dict) and names:
         try:
             by_id = {int(k): str(v) for k, v in names.items()}
@@ -146,11 +146,12 @@ def yolo_classes(root: Path) -> list[str]:
             raise DataError(f"{where}: names: keys must be class ids 0, 1, ...") from None
         if min(by_id) < 0 or max(by_id) > MAX_CLASS_ID or len(by_id) != max(by_id) + 1:
             raise DataError(f"{where}: names: ids must be 0..{len(by_id) - 1}")
-        return [by_id[i] for i in range(len(by_id))]
+        listed = [by_id[i] for i in range(len(by_id))]
+        return check_class_names(listed, where, lambda i: f"names[{i}]")
     if names is not None:
         raise DataError(f"{where}: names: must be a non-empty list or dict of class names")
     if (Path(root) / "classes.txt").is_file():
-        return read_names(Path(root) / "classes.txt")
+        return check_class_names(read_names(Path(root) / "classes.txt"), Path(root) / "classes.txt")
     raise DataError(f"{root}: no class names: add data.yaml with names: or a classes.txt")
 
 

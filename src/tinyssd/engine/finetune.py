@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from ..checkpoint import read_checkpoint, resolve_checkpoint, split_state
+from ..checkpoint import read_checkpoint, read_metadata, resolve_checkpoint, split_state
 from ..config import RunConfig
 from ..errors import CheckpointError, UsageError
 from ..models import PRESETS, SSD
@@ -42,6 +42,7 @@ __all__ = [
     "LoadReport",
     "backbone_freeze",
     "check_finetune",
+    "check_init",
     "compact_names",
     "imagenet_weights",
     "init_model",
@@ -103,13 +104,25 @@ def _ranges(numbers: set[int]) -> str:
 
 
 def init_model(path: str | Path) -> str | None:
-    """The preset a checkpoint (or run folder) holds: ``--init``'s default ``--model``."""
+    """The preset a checkpoint (or run folder) holds: ``--init``'s default ``--model``
+    (from its metadata alone; :func:`check_finetune` reads the whole file)."""
     try:
-        _, meta = read_checkpoint(resolve_checkpoint(path, prefer="best"))
+        meta = read_metadata(resolve_checkpoint(path, prefer="best"))
     except CheckpointError as e:
         raise CheckpointError(f"--init {e}") from None
     name = (meta.get("config") or {}).get("model")
     return name if name in PRESETS else None
+
+
+def check_init(path: str | Path) -> None:
+    """The checkpoint ``--init`` names, read as every model file is
+    (``checkpoint.read_checkpoint``: its metadata and finite weights), so that a diverged
+    run is refused before any data is read, not by the training loop. CheckpointError
+    starting ``--init``, naming the file."""
+    try:
+        read_checkpoint(resolve_checkpoint(path, prefer="best"))
+    except CheckpointError as e:
+        raise CheckpointError(f"--init {e}") from None
 
 
 def _check_architecture(path: Path, saved: dict, model: SSD) -> None:
@@ -207,8 +220,9 @@ def _pretrained_weights(cfg: RunConfig) -> WeightsEnum | None:
 
 def check_finetune(cfg: RunConfig) -> None:
     """UsageError for an ``--init`` / ``--pretrained`` / ``--freeze`` request no run can do;
-    then the weights file ``--pretrained`` needs, fetched (downloaded once) so that a
-    missing one fails in one line before any data is read."""
+    then the checkpoint ``--init`` names, checked (:func:`check_init`), and the weights
+    file ``--pretrained`` needs, fetched (downloaded once), so that a bad or missing one
+    fails in one line before any data is read."""
     pretrained = cfg.pretrained != "none"
     if cfg.init and pretrained:
         raise UsageError("--init and --pretrained: give one (--init already sets the backbone)")
@@ -223,6 +237,8 @@ def check_finetune(cfg: RunConfig) -> None:
         _check_coco(cfg)
     if cfg.freeze_epochs and cfg.freeze != "backbone":
         raise UsageError(f"--freeze-epochs {cfg.freeze_epochs}: needs --freeze backbone")
+    if cfg.init and not cfg.resume:
+        check_init(cfg.init)
     weights = _pretrained_weights(cfg) if cfg.model in PRESETS else None
     if weights is not None and not cfg.resume:
         fetch_weights(weights, "--pretrained", cfg.progress)

@@ -14,13 +14,16 @@ import fcntl
 import io
 import json
 import logging
+import os
+import re
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import torch
+from safetensors import SafetensorError
 
 from ..checkpoint import save_checkpoint
-from ..errors import UsageError
+from ..errors import CheckpointError, UsageError
 from ..files import atomic_path, atomic_write
 from ..options import DEFAULT_THRESHOLD
 from .tensorboard import TensorBoardLog
@@ -60,6 +63,40 @@ def stopped_before_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file() and not any(path.glob("*.safetensors"))
 
 
+def check_out(path: str | Path, own: bool) -> None:
+    """UsageError when a training may not write into ``path``: a file, or a folder that is
+    not empty and not its own (``own``: resumed or ``--exist-ok``; a run that stopped
+    before its first checkpoint is its own too), or one another training holds.
+
+    Creates nothing: every process of a distributed run checks before joining the process
+    group, so that all of them stop with the same line.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path}: exists and is not a folder")
+    if not path.is_dir():
+        return
+    own = own or stopped_before_checkpoint(path)
+    if not own and any(p.name != LOCK_NAME for p in path.iterdir()):
+        raise UsageError(
+            f"--out {path}: folder exists and is not empty "
+            "(pick a new --out, --resume it, or pass --exist-ok)"
+        )
+    if (path / LOCK_NAME).is_file():
+        # shared: the processes of one run may all check at once; closing releases it
+        with open(path / LOCK_NAME) as lock:
+            _lock(lock, path, fcntl.LOCK_SH)
+
+
+def _lock(lock: IO, path: Path, kind: int) -> None:
+    """``flock`` the run folder's lock file (``lock``, open) without waiting; UsageError
+    when another training holds it."""
+    try:
+        fcntl.flock(lock, kind | fcntl.LOCK_NB)
+    except OSError:
+        raise UsageError(f"--out {path}: another training is writing there") from None
+
+
 class RunFolder:
     """The run folder of one training; only the main process writes to it."""
 
@@ -71,29 +108,22 @@ class RunFolder:
         self._lock: IO | None = None
         if not main:
             return
-        if self.path.exists() and not self.path.is_dir():
-            raise UsageError(f"--out {self.path}: exists and is not a folder")
         if self.path.is_dir() and not own and stopped_before_checkpoint(self.path):
             log.info(
                 "--out %s: a run stopped there before its first checkpoint; starting again", path
             )
-            own = True
-        if self.path.is_dir() and not own and any(p.name != LOCK_NAME for p in self.path.iterdir()):
-            raise UsageError(
-                f"--out {self.path}: folder exists and is not empty "
-                "(pick a new --out, --resume it, or pass --exist-ok)"
-            )
+        check_out(self.path, own)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = open(self.path / LOCK_NAME, "a")  # noqa: SIM115 - held for the run
         except OSError as e:
             raise UsageError(f"--out {self.path}: cannot write there ({e.strerror})") from None
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            _lock(self._lock, self.path, fcntl.LOCK_EX)
+        except UsageError:
             self._lock.close()
             self._lock = None
-            raise UsageError(f"--out {self.path}: another training is writing there") from None
+            raise
 
     def start(self, config: dict[str, Any], tensorboard: bool = False) -> None:
         """``config.json``: the run's config, also stored in every checkpoint; with
@@ -146,9 +176,9 @@ class RunFolder:
         if not self.main:
             return
         args = (weights, self.config, optimizer, epoch, extra, training_weights)
-        save_checkpoint(self.path / "last.safetensors", *args)
+        _save_checkpoint(self.path / "last.safetensors", *args)
         if best or not (self.path / "best.safetensors").exists():
-            save_checkpoint(self.path / "best.safetensors", *args)
+            _save_checkpoint(self.path / "best.safetensors", *args)
 
     def write_labels(self, dataset) -> Path | None:
         """``labels.png``: the training boxes per class, their centres and sizes."""
@@ -211,6 +241,22 @@ class RunFolder:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+
+
+def _save_checkpoint(path: Path, *args: Any) -> None:
+    """``save_checkpoint``, whose failures to write are OSErrors naming ``path``.
+
+    safetensors writes the file itself and reports a full disk as a SafetensorError
+    ("... No space left on device (os error 28)"): its errno is read back from the text.
+    """
+    try:
+        save_checkpoint(path, *args)
+    except SafetensorError as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise CheckpointError(f"{path}: cannot write the checkpoint ({e})") from None
+        errno = int(code.group(1))
+        raise OSError(errno, os.strerror(errno), str(path)) from None
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:

@@ -55,7 +55,7 @@ from .inputs import (
 )
 from .optim import ModelEMA, build_optimizer, lr_at, param_groups, set_lr
 from .report import TrainResult, default_logging, progress_bar, training_header
-from .run_folder import METRIC_COLUMNS, RunFolder, stopped_before_checkpoint
+from .run_folder import METRIC_COLUMNS, RunFolder, check_out, stopped_before_checkpoint
 
 log = logging.getLogger("tinyssd")
 
@@ -359,6 +359,8 @@ def _train(
         overrides = {**config.to_dict(), **overrides}
     cfg = resolve_config(overrides)
     check_settings(cfg)
+    # on every process, before joining the group: all of them stop with rank 0's line
+    check_out(cfg.out, own=bool(cfg.resume) or cfg.exist_ok)
     limits = limits if limits is not None else DataLimits.from_env()
     dist_ctx = dist.init_distributed()
     device = dist_ctx.device if dist_ctx.enabled else resolve_device(cfg.device)

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..errors import escape_control
 from . import SUMMARY_KEYS
 
 
 def _class_name(classes: Sequence[str], label: int) -> str:
-    """``classes[label - 1]``, or ``class <label>`` for a label the list does not name."""
-    return classes[label - 1] if 1 <= label <= len(classes) else f"class {label}"
+    """``classes[label - 1]`` with control characters escaped (names come from checkpoints
+    and data sets), or ``class <label>`` for a label the list does not name."""
+    return escape_control(classes[label - 1]) if 1 <= label <= len(classes) else f"class {label}"
 
 
 def _number(value: float) -> str:
@@ -86,7 +88,7 @@ def plot_confusion_matrix(
     """PNG of ``confusion.confusion_matrix`` (rows predicted, columns true, index 0 the
     background), each column normalised to 1 as Ultralytics draws it, with the counts."""
     path = Path(path)
-    names = ["background", *classes]
+    names = ["background", *map(escape_control, classes)]
     totals = matrix.sum(axis=0, keepdims=True)
     shares = matrix / np.maximum(totals, 1)
     side = max(4.0, 0.7 * len(names) + 2.5)
@@ -162,16 +164,17 @@ def plot_threshold_curves(
 def format_class_table(rows: Sequence[dict], threshold: float) -> str:
     """The report's table: one row per class and ``all`` (``report.class_rows``'s dicts:
     ``class images instances precision recall AP50 AP``), P and R at ``threshold``."""
-    width = max([len("class"), *(len(r["class"]) for r in rows)])
+    names = [escape_control(r["class"]) for r in rows]
+    width = max([len("class"), *map(len, names)])
     header = (
         f"{'class':<{width}} {'images':>7} {'instances':>9} {'P':>6} {'R':>6} {'AP50':>6} {'AP':>6}"
     )
     lines = [header, "-" * len(header)]
-    for r in rows:
+    for r, name in zip(rows, names):
         if r["class"] == "all":
             lines.append("-" * len(header))
         lines.append(
-            f"{r['class']:<{width}} {r['images']:>7} {r['instances']:>9} "
+            f"{name:<{width}} {r['images']:>7} {r['instances']:>9} "
             f"{_number(r['precision']):>6} {_number(r['recall']):>6} "
             f"{_number(r['AP50']):>6} {_number(r['AP']):>6}"
         )

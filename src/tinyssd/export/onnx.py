@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from ..boxes import decode_offsets, scale_boxes
 from ..errors import UsageError
+from ..files import atomic_path
 from ..options import DEFAULT_CALIBRATION_IMAGES
 from ..postprocess import EVAL_POSTPROCESS, PostprocessConfig, resolve_postprocess
 from ..tiling import Tiling
@@ -64,6 +65,25 @@ INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 # told to drop scores <= half of it: between this and any probability (>= 0),
 # so runtimes that drop "< threshold" and those that drop "<= threshold" agree.
 _NOT_CANDIDATE = -1.0
+
+
+def max_opset() -> int:
+    """The newest opset this torch's TorchScript exporter supports (20 in torch 2.14;
+    newer ones it writes with a warning that they are not supported)."""
+    from torch.onnx import _constants  # torch has no public name for it
+
+    # a torch without the TorchScript exporter's own maximum: the general one
+    newest = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", _constants.ONNX_MAX_OPSET)
+    return int(newest)
+
+
+def check_opset(opset: object) -> int:
+    """``opset`` if tinyssd exports it (``MIN_OPSET`` to :func:`max_opset`), else a
+    UsageError naming ``--opset`` and the supported range."""
+    newest = max_opset()
+    if type(opset) is not int or not MIN_OPSET <= opset <= newest:
+        raise UsageError(f"--opset {opset}: tinyssd exports opsets {MIN_OPSET} to {newest}")
+    return opset
 
 
 class ExportWrapper(nn.Module):
@@ -248,8 +268,7 @@ def export_model(
         raise ValueError("class_agnostic: the exported graph does per-class NMS")
     if input_dtype not in INPUT_DTYPES:
         raise ValueError(f"input_dtype {input_dtype!r}: choose from {', '.join(INPUT_DTYPES)}")
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset}: tinyssd exports opset {MIN_OPSET} or newer")
+    check_opset(opset)
     config = cast("SSDConfig", model.config)  # an SSD's (torch types it Tensor | Module)
     size = config.image_size
     model = fixed_size_copy(model, size)
@@ -265,24 +284,6 @@ def export_model(
     else:
         wrapper, args = ExportWrapper(model), (example,)
         inputs, outputs = ["images"], ["boxes", "scores"]
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        # The TorchScript exporter (dynamo=False) is deliberate: it takes NonMaxSuppression
-        # from a symbolic and needs no onnxscript; its deprecation notices are not for users.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-        warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shapes fixed
-        torch.onnx.export(
-            wrapper.eval(),
-            args,
-            str(out),
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]},
-            opset_version=opset,
-            dynamo=False,
-        )
     meta = {
         "classes": json.dumps(list(classes)),
         "image_size": str(size),
@@ -301,7 +302,39 @@ def export_model(
         meta |= {"tile": str(tiling.tile), "tile_overlap": repr(float(tiling.overlap))}
     if post.score_threshold is not None:  # the default threshold of the graph's predictor
         meta["score_threshold"] = repr(float(post.score_threshold))
-    return _add_metadata(out, meta)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:  # never half a graph, nor one without its metadata
+        _trace(wrapper, args, tmp, inputs, outputs, opset)
+        _add_metadata(tmp, meta)
+    return out
+
+
+def _trace(
+    wrapper: nn.Module,
+    args: tuple[Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    opset: int,
+) -> None:
+    """``torch.onnx.export`` of ``wrapper`` to ``path``, batch dimension dynamic."""
+    with warnings.catch_warnings():
+        # The TorchScript exporter (dynamo=False) is deliberate: it takes NonMaxSuppression
+        # from a symbolic and needs no onnxscript; its deprecation notices are not for users.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # shapes fixed
+        torch.onnx.export(
+            wrapper.eval(),
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes={name: {0: "batch"} for name in ["images", *outputs]},
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
 def _add_metadata(path: Path, meta: dict[str, str]) -> Path:
@@ -333,6 +366,7 @@ def export_onnx(
     """
     from ..predict import Detector, load
 
+    check_opset(opset)  # before the model is read
     det = load(weights, device="cpu", precision="fp32")
     if not isinstance(det, Detector):
         raise UsageError(f"{weights}: already an exported graph; export a checkpoint or run folder")
@@ -356,7 +390,6 @@ def _export_int8(
     """The fp32 graph written to a temporary file, quantized into ``out``."""
     import tempfile
 
-    from ..files import atomic_path
     from .quantize import calibration_images, quantize_graph
 
     if not options.get("nms", True):

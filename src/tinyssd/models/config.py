@@ -147,6 +147,20 @@ def ssd_resnet50() -> SSDConfig:
     return _ssd_resnet("ssd_resnet50", "resnet50", (512, 1024, 2048, 512, 256, 256))
 
 
+# The smallest --image-size each preset trains at: its layers run, and its finest feature
+# map keeps at least 4 cells a side (4 of its strides). Below, the pyramid collapses to
+# one-pixel maps (tiny_fpn at 8 px: five 1x1 maps) or a layer gets no pixels at all
+# (tiny_ssd below 64, ssd300_vgg16's unpadded extras below 268). Measured by a dry run
+# in tests/test_config.py.
+MIN_IMAGE_SIZES = {
+    "tiny_ssd": 64,
+    "ssd300_vgg16": 268,
+    "tiny_fpn": 32,
+    "ssdlite320_mobilenet_v3_large": 64,
+    "ssd_resnet18": 32,
+    "ssd_resnet50": 32,
+}
+
 PRESETS = {
     "tiny_ssd": tiny_ssd,
     "ssd300_vgg16": ssd300_vgg16,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,6 +29,30 @@ __all__ = ["fetch_weights", "read_weights", "weights_file"]
 def weights_file(weights: WeightsEnum) -> Path:
     """Where torchvision keeps (or would download) the weights: ``$TORCH_HOME/hub/checkpoints``."""
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+# What torch.load(weights_only=True) refused, within its refusal (the rest of which is
+# advice on how to unpickle the file anyway): "Unsupported global: GLOBAL argparse.Namespace
+# was not an allowed global", "unsupported GLOBAL posix.mkdir whose module posix is blocked",
+# or for a file that is no pickle, "WeightsUnpickler error: Unsupported operand 110".
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_UNPICKLER_ERROR = re.compile(r"WeightsUnpickler error:\s*(.+)")
+_WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
+
+
+def _unreadable(e: BaseException) -> str:
+    """Why a weights file did not load, in a few words: for a pickle of other objects
+    than tensors, the object it asks for (never run), not torch's advice to unpickle it."""
+    text = str(e)
+    refused = _REFUSED_GLOBAL.search(text)
+    if isinstance(e, pickle.UnpicklingError) and refused:
+        return f"not a weights-only file: its pickle asks for {refused.group(1)}, left unread"
+    reason = _UNPICKLER_ERROR.search(text)
+    if reason:
+        return f"not a readable weights file ({reason.group(1).strip()})"
+    if _WEIGHTS_ONLY_REFUSAL in text:
+        return "not a weights-only file (torch.load refused it with weights_only=True)"
+    return f"not a readable weights file ({_first_line(e)})"
 
 
 def _first_line(e: BaseException) -> str:
@@ -69,10 +94,7 @@ def read_weights(weights: WeightsEnum, option: str, progress: bool = True) -> di
     try:
         state = weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        raise CheckpointError(
-            f"{file}: not a readable weights file ({_first_line(e)}); "
-            "delete it to download it again"
-        ) from None
+        raise CheckpointError(f"{file}: {_unreadable(e)}; delete it to download it again") from None
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(
             f"{file}: not a readable weights file (no state dict of tensors); "

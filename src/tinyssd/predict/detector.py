@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..checkpoint import read_checkpoint, resolve_weights, split_state
+from ..checkpoint import first_line, read_model_checkpoint, resolve_weights, split_state
+from ..data.limits import MAX_IMAGE_PIXELS
 from ..errors import CheckpointError, UsageError
 from ..images import ImageLike
 from ..inference import autocast, predict_batch, resolve_device, resolve_precision
@@ -89,7 +90,10 @@ class Detector:
 
 
 def load(
-    run_or_file: str | Path, device: str = "auto", precision: str = "auto"
+    run_or_file: str | Path,
+    device: str = "auto",
+    precision: str = "auto",
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Detector | OnnxDetector:
     """A Detector from a run folder (its best checkpoint), a checkpoint file, an
     exported ``.onnx`` file (run by onnxruntime on the CPU: ``OnnxDetector``), or
@@ -100,9 +104,13 @@ def load(
     as fast on CPUs with bf16 support; scores differ from fp32 in the second or
     third decimal), ``"fp32"`` without; ``"auto"`` (the default, as in
     training) takes bf16 where the device supports it.
+
+    What the file claims is checked before anything is built from it
+    (``checkpoint.check_model_claims``): class names, an input size S with S * S <=
+    ``max_pixels`` (``--max-pixels``), finite weights; CheckpointError naming the file.
     """
     if str(run_or_file).lower().endswith(".onnx"):
-        return load_onnx(run_or_file, device, precision)
+        return load_onnx(run_or_file, device, precision, max_pixels)
     if str(run_or_file).startswith("coco:"):  # torchvision's COCO detector, 90 classes
         from dataclasses import replace
 
@@ -117,17 +125,15 @@ def load(
         det.default_post = replace(COCO_POSTPROCESS[name], score_threshold=None)
         return det
     path = resolve_weights(run_or_file)
-    tensors, meta = read_checkpoint(path)
+    tensors, meta = read_model_checkpoint(path, max_pixels)
     log.info("loaded %s (epoch %s)", path, meta.get("epoch", "?"))
+    cfg = meta["config"]
+    model = _rebuild_model(path, cfg, split_state(tensors, "model."))
     try:
-        cfg = meta["config"]
-        model = SSD(cfg["num_classes"], SSDConfig.from_dict(cfg["ssd"]))
-        model.load_state_dict(split_state(tensors, "model."))
         tiling = Tiling.from_config(cfg.get("train") or {})  # trained with --tile
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot rebuild the model ({first})") from None
-    stored = meta.get("extra", {}).get("score_threshold") if isinstance(meta, dict) else None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: config train.tile is not a tile size ({e})") from None
+    stored = (meta.get("extra") or {}).get("score_threshold")
     detector = Detector(
         model, cfg["classes"], resolve_device(device), precision, model_threshold(stored)
     )
@@ -135,8 +141,43 @@ def load(
     return detector
 
 
-def load_onnx(path: str | Path, device: str = "auto", precision: str = "auto") -> OnnxDetector:
-    """An exported graph run by onnxruntime: CPU, fp32 (what the graph holds)."""
+def _rebuild_model(path: Path, cfg: dict[str, Any], state: dict[str, Tensor]) -> SSD:
+    """The SSD of a checkpoint's (claims-checked) config with its ``model.`` weights.
+
+    The network is laid out on the meta device first (no memory), so a config whose
+    tensors are not the file's (say 10**6 channels) fails in one line before any
+    allocation; CheckpointError naming the file.
+    """
+    try:
+        config = SSDConfig.from_dict(cfg["ssd"])
+        with torch.device("meta"):
+            layout = {k: v.shape for k, v in SSD(cfg["num_classes"], config).state_dict().items()}
+        given = {k: v.shape for k, v in state.items()}
+        if layout != given:
+            name = min(k for k in layout.keys() | given.keys() if layout.get(k) != given.get(k))
+            raise ValueError(
+                f"{name}: {_shape(given.get(name))} in the file, "
+                f"{_shape(layout.get(name))} in its config's network"
+            )
+        model = SSD(cfg["num_classes"], config)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model ({first_line(e)})") from None
+    return model
+
+
+def _shape(shape: torch.Size | None) -> str:
+    return str(tuple(shape)) if shape is not None else "absent"
+
+
+def load_onnx(
+    path: str | Path,
+    device: str = "auto",
+    precision: str = "auto",
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> OnnxDetector:
+    """An exported graph run by onnxruntime: CPU, fp32 (what the graph holds); its
+    metadata checked as a checkpoint's (``OnnxDetector``)."""
     from .onnx_detector import OnnxDetector
 
     if device not in ("auto", "cpu"):
@@ -145,5 +186,6 @@ def load_onnx(path: str | Path, device: str = "auto", precision: str = "auto") -
         raise UsageError(f"--precision {precision}: an exported graph runs in fp32")
     if not Path(path).is_file():
         raise CheckpointError(f"{path}: no such ONNX file")
+    detector = OnnxDetector(path, max_pixels=max_pixels)
     log.info("loaded %s (onnxruntime)", path)
-    return OnnxDetector(path)
+    return detector
