@@ -109,15 +109,36 @@ def onnx_rows(run: Path, folder: Path, repeats: int, calibration_images: int) ->
             run, folder / "int8.onnx", int8=True, calibration_images=calibration_images
         ),
     }
+    dets = {name: OnnxDetector(path) for name, path in graphs.items()}
+    images = list(B.synthetic_batch(32, next(iter(dets.values())).image_size)[0])
+    # the graphs take turns, call by call, so that a slower minute of a shared machine
+    # slows both alike and their ratio holds
+    single = paired_median_ms(
+        {n: partial(d.predict, images[0], threshold=0.01) for n, d in dets.items()}, repeats
+    )
+    batch = paired_median_ms(
+        {n: partial(d.predict, images, threshold=0.01) for n, d in dets.items()},
+        max(repeats // 10, 2),
+    )
     rows = {}
-    for name, path in graphs.items():
-        det = OnnxDetector(path)
-        images = list(B.synthetic_batch(32, det.image_size)[0])
-        single = median_ms(partial(det.predict, images[0], threshold=0.01), repeats)
-        batch = median_ms(partial(det.predict, images, threshold=0.01), max(repeats // 10, 2))
+    for name, det in dets.items():
         metrics = evaluate_predictor(det, val_split(run, det.classes).records)
-        rows[name] = row(single, batch, metrics)
+        rows[name] = row(single[name], batch[name], metrics)
     return rows
+
+
+def paired_median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """:func:`median_ms` of each of ``fns``, timed in turns (one call of each per round)."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def row(single_ms: float, batch32_ms: float, metrics: dict) -> dict:

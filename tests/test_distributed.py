@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,17 +141,24 @@ def test_torchrun_two_ranks_equal_one_process_and_read_only_their_share(tmp_path
     assert logs["0"]["writes"] and not logs["1"]["writes"]  # only rank 0 writes the run
 
 
+def _torchrun_train(
+    data: Path, out: Path, epochs: int, batch_size: int
+) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m tinyssd train`` (the chapter recipe, 64 px)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--standalone", "-m", "tinyssd", "train", "--data", str(data), "--epochs",
+           str(epochs), "--batch-size", str(batch_size), "--image-size", "64", "--out",
+           str(out), "--recipe", "chapter"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_train_and_rank_zero_writes_the_run(tmp_path):
     # 17 images, 8 per rank: the last global batch holds 1 image
     data = write_tiny_bananas(tmp_path / "data", n_train=17, n_val=4, size=64)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--standalone", "-m", "tinyssd", "train", "--data", str(data), "--epochs", "2",
-           "--batch-size", "8", "--image-size", "64", "--out", str(out),
-           "--recipe", "chapter"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    done = _torchrun_train(data, out, epochs=2, batch_size=8)
     assert done.returncode == 0, done.stderr[-2000:]
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -244,12 +252,7 @@ def test_torchrun_into_a_non_empty_out_stops_every_rank_with_the_same_line(tmp_p
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--standalone", "-m", "tinyssd", "train", "--data", str(data), "--epochs", "1",
-           "--batch-size", "4", "--image-size", "64", "--out", str(out),
-           "--recipe", "chapter"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    done = _torchrun_train(data, out, epochs=1, batch_size=4)
     line = f"tinyssd: error: --out {out}: folder exists and is not empty"
     ours = [x for x in done.stderr.splitlines() if x.startswith("tinyssd: ")]
     assert len(ours) == 2 and all(x.startswith(line) for x in ours), done.stderr[-3000:]
