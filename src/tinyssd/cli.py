@@ -387,10 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         a.func(a)
     except TinySSDError as e:
-        print(f"tinyssd: error: {e}", file=sys.stderr)
+        _say(f"tinyssd: error: {e}")
         return 2
     except SkippedInputs as e:
-        print(f"tinyssd: {e}", file=sys.stderr)
+        _say(f"tinyssd: {e}")
         return 1
     except BrokenPipeError:
         # the reader of our output went away (`tinyssd predict ... | head -1`): end quietly
@@ -399,12 +399,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:  # permissions, a full disk, a read-only folder: name the path
         where = e.filename if e.filename is not None else "tinyssd"
-        print(f"tinyssd: error: {where}: {e.strerror or e}", file=sys.stderr)
+        _say(f"tinyssd: error: {where}: {e.strerror or e}")
         return 2
     except KeyboardInterrupt:
-        print("tinyssd: interrupted", file=sys.stderr)
+        _say("tinyssd: interrupted")
         return 130
     return 0
+
+
+def _say(line: str) -> None:
+    """``line`` to stderr in one write: processes sharing the stream (torchrun's ranks) do
+    not glue their lines together, as ``print``'s separate newline let them."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":
