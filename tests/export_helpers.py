@@ -4,6 +4,9 @@ and bad model files (checkpoints and graphs) made from good ones."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +18,19 @@ from tinyssd.checkpoint import save_checkpoint
 from tinyssd.models import build_model
 
 CLASSES = ["cat", "dog"]
+
+
+def run_json_snippet(snippet: str, cwd: Path) -> dict:
+    """Run the (indented) Python ``snippet`` in a fresh interpreter in ``cwd`` and return
+    the JSON it prints: what a user's own script, without tinyssd imported, gets."""
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(snippet)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        check=True,
+    )
+    return json.loads(run.stdout)
 
 
 def scored_checkpoint(path: Path, image_size: int) -> Path:

@@ -1,13 +1,9 @@
 """``tinyssd export --int8``: a trained model's int8 graph finds what its fp32 graph finds."""
 
-import json
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 import torch
+from export_helpers import run_json_snippet
 from fixtures import save_untrained_checkpoint, write_tiny_bananas
 
 import tinyssd
@@ -121,14 +117,7 @@ def test_int8_graph_runs_in_plain_onnxruntime_without_tinyssd(trained, tmp_path)
         names = [classes[i - 1] for i in labels[0, : counts[0]]]
         print(json.dumps({{"count": int(counts[0]), "names": names, "q": meta["quantization"]}}))
     """
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(snippet)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=True,
-    )
-    result = json.loads(run.stdout)
+    result = run_json_snippet(snippet, tmp_path)
     assert result["count"] > 0 and set(result["names"]) == {"banana"}
     assert result["q"].startswith("int8")
 

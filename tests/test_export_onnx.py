@@ -1,7 +1,4 @@
 import json
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import numpy as np
@@ -11,6 +8,7 @@ from export_helpers import (
     CLASSES,
     assert_same_detections,
     rewritten_checkpoint,
+    run_json_snippet,
     scored_checkpoint,
 )
 from torchvision.ops import batched_nms
@@ -259,14 +257,7 @@ def test_exported_graph_runs_in_plain_onnxruntime(exports, tmp_path):
         assert not any(m.startswith("tinyssd") for m in sys.modules)
         print(json.dumps({{"counts": counts.tolist(), "names": sorted(set(names))}}))
     """
-    run = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(snippet)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=True,
-    )
-    result = json.loads(run.stdout)
+    result = run_json_snippet(snippet, tmp_path)
     assert len(result["counts"]) == 2 and min(result["counts"]) > 0
     assert set(result["names"]) <= set(CLASSES)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import reprlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
@@ -149,7 +150,7 @@ def read_model_checkpoint(
     num_classes = config.get("num_classes")
     if type(num_classes) is not int or num_classes != len(classes):  # not bool, not float
         raise CheckpointError(
-            f"{path}: num_classes {_brief(num_classes)} but {len(classes)} class names"
+            f"{path}: num_classes {reprlib.repr(num_classes)} but {len(classes)} class names"
         )
     return tensors, meta
 
@@ -215,11 +216,13 @@ def check_model_claims(
     since every image is resized to S x S. CheckpointError naming the file otherwise.
     """
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise CheckpointError(f"{path}: classes {_brief(classes)}: not a list of class names")
+        raise CheckpointError(f"{path}: classes {reprlib.repr(classes)}: not a list of class names")
     if not classes:
         raise CheckpointError(f"{path}: classes []: the model names no class")
     if type(image_size) is not int or image_size <= 0:  # not bool, not float
-        raise CheckpointError(f"{path}: image_size {_brief(image_size)}: not a positive integer")
+        raise CheckpointError(
+            f"{path}: image_size {reprlib.repr(image_size)}: not a positive integer"
+        )
     if image_size * image_size > max_pixels:
         raise CheckpointError(
             f"{path}: image_size {image_size}: {image_size}x{image_size} input is over the "
@@ -240,12 +243,6 @@ def check_finite(path: str | Path, weights: Iterable[tuple[str, Tensor]]) -> Non
             )
 
 
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _is_pickle(head: bytes) -> bool:
     """Whether a file's first 4 bytes are torch.save's (a zip) or a pickle's (protocol 2-5)."""
     return head == b"PK\x03\x04" or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5)
@@ -259,12 +256,6 @@ def _json_kind(value: object) -> str:
     if value is None:
         return "null"
     return _JSON_KINDS.get(type(value), "an integer" if type(value) is int else "a number")
-
-
-def _brief(value: object, width: int = 40) -> str:
-    """``repr(value)``, cut to ``width`` characters for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def split_state(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:

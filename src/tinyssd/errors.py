@@ -18,6 +18,13 @@ def escape_control(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what
+    a one-line error quotes of a library's exception."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class TinySSDError(ValueError):
     """Base of tinyssd's own errors: a one-line message meant for the user.
 

@@ -30,6 +30,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from ..errors import first_line
 from .base import (
     IMAGE_SUFFIXES,
     MISSING_IMAGE,
@@ -170,8 +171,7 @@ def _data_yaml(root: Path) -> dict | None:
     except DataError:
         raise
     except (yaml.YAMLError, RecursionError, ValueError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{path}: not valid YAML ({first})") from None
+        raise DataError(f"{path}: not valid YAML ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: not a YAML mapping (expected names:, train:, val:)")
     return data

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..checkpoint import first_line, read_model_checkpoint, resolve_weights, split_state
+from ..checkpoint import read_model_checkpoint, resolve_weights, split_state
 from ..data.limits import MAX_IMAGE_PIXELS
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, UsageError, first_line
 from ..images import ImageLike
 from ..inference import autocast, predict_batch, resolve_device, resolve_precision
 from ..models import SSD, SSDConfig

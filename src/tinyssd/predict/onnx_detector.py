@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 
 from ..boxes import normalise_boxes, scale_boxes
-from ..checkpoint import check_finite, check_model_claims, decode_json, first_line
+from ..checkpoint import check_finite, check_model_claims, decode_json
 from ..data.limits import MAX_IMAGE_PIXELS
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, UsageError, first_line
 from ..images import ImageLike
 from ..postprocess import PostprocessConfig
 from ..tiling import Tiling
