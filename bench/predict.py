@@ -7,7 +7,9 @@ the bananas and BCCD when ``../shared/data`` has them) it exports the fp32 and
 the int8 graph (``tinyssd export [--int8]``, calibrated on
 ``--calibration-images`` of the run's training images) and prints JSON, per
 backend: the median ms of one single-image prediction (resize, network,
-decoding, NMS; a 256 px synthetic image at the model's input size), batch-32
+decoding, NMS; a 256 px synthetic image at the model's input size, threshold 0.01),
+for the onnxruntime graphs also of one val photo at its own size and the model's own
+threshold (``photo_predict_ms``: what ``tinyssd predict`` costs), batch-32
 images/s, and the val AP / AP50 as ``tinyssd eval`` scores them. Then the
 ratios that matter: int8 over onnxruntime fp32 (single-image speed-up) and the
 AP points int8 loses. Every figure is of this machine: the JSON names its CPU
@@ -101,6 +103,7 @@ def onnx_rows(run: Path, folder: Path, repeats: int, calibration_images: int) ->
     """onnxruntime fp32 and int8 through ``OnnxDetector`` (decoding and NMS in the graph)."""
     from tinyssd.commands import evaluate_predictor
     from tinyssd.export.onnx import export_onnx
+    from tinyssd.images import to_tensor
     from tinyssd.predict import OnnxDetector
 
     graphs = {
@@ -120,10 +123,17 @@ def onnx_rows(run: Path, folder: Path, repeats: int, calibration_images: int) ->
         {n: partial(d.predict, images, threshold=0.01) for n, d in dets.items()},
         max(repeats // 10, 2),
     )
+    # what a user's call costs: one val photo at its own size (decoded once: the resize is
+    # timed), at the model's own threshold (predict's default)
+    val = val_split(run, next(iter(dets.values())).classes)
+    photo = to_tensor(val.records[0].image)
+    user = paired_median_ms({n: partial(d.predict, photo) for n, d in dets.items()}, repeats)
     rows = {}
     for name, det in dets.items():
-        metrics = evaluate_predictor(det, val_split(run, det.classes).records)
+        metrics = evaluate_predictor(det, val.records)
         rows[name] = row(single[name], batch[name], metrics)
+        rows[name]["photo_predict_ms"] = round(user[name], 2)
+        rows[name]["photo"] = f"{photo.shape[2]}x{photo.shape[1]}, threshold {det.score_threshold}"
     return rows
 
 
@@ -156,6 +166,9 @@ def ratios(rows: dict) -> dict:
         return {}
     return {
         "int8_speedup_vs_onnxruntime_fp32": round(fp32["predict_ms"] / int8["predict_ms"], 2),
+        "int8_photo_speedup_vs_onnxruntime_fp32": round(
+            fp32["photo_predict_ms"] / int8["photo_predict_ms"], 2
+        ),
         "int8_batch32_speedup_vs_onnxruntime_fp32": round(
             int8["batch32_images_per_s"] / fp32["batch32_images_per_s"], 2
         ),

@@ -281,3 +281,38 @@ def test_positive_options_refuse_zero_in_one_line_for_every_command(words, optio
     assert main([*words, *_required_args(COMMANDS[words]), option, "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"tinyssd: error: {option} 0: must be > 0"
+
+
+def test_train_image_size_takes_a_number_or_auto_and_refuses_other_words_in_one_line(capsys):
+    from tinyssd.cli import main, train_overrides
+    from tinyssd.config import TrainConfig
+
+    for value, asked in (("auto", "auto"), ("300", 300)):
+        a = build_parser().parse_args(["train", "--image-size", value])
+        assert TrainConfig(**train_overrides(a)).image_size == asked
+    assert main(["train", "--image-size", "big", "--data", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err == "tinyssd: error: --image-size 'big': a size in pixels, or auto\n"
+
+
+def test_image_size_auto_stores_the_chosen_size_in_config_json(tmp_path):
+    import json
+
+    from fixtures import write_image
+
+    from tinyssd.cli import main
+    from tinyssd.config import read_config_file
+    from tinyssd.data.bananas import write_bananas
+
+    data = tmp_path / "data"
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            write_image(data / f"bananas_{split}" / "images" / f"{i}.png", 128, 128, seed=i)
+        # 14 x 7 px of 128: 14 px at 256, under the 2 cells of 8 px tiny_ssd's finest map needs
+        write_bananas(data, split, [(f"{i}.png", 0, 20, 30, 34, 37) for i in range(n)])
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--image-size", "auto", "--model", "tiny_ssd"]
+    args += ["--recipe", "chapter", "--epochs", "1", "--batch-size", "4", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["image_size"] == 320
+    assert read_config_file(out).image_size == 320  # --config and --resume repeat the size

@@ -5,7 +5,7 @@ from dataclasses import fields
 import pytest
 
 from tinyssd.cli import build_parser, train_overrides
-from tinyssd.config import RECIPES, TrainConfig, flag, read_run_config
+from tinyssd.config import RECIPES, TrainConfig, flag, read_config_file, read_run_config
 from tinyssd.errors import UsageError
 from tinyssd.models.config import PRESETS
 
@@ -236,3 +236,26 @@ def test_a_resumed_runs_config_keeps_ignoring_keys_of_other_versions(tmp_path):
     assert TrainConfig.from_dict(read_run_config(tmp_path)).epochs == 2
     with pytest.raises(UsageError, match=r"config.json: key 'epochs': 2.5 is not an integer"):
         TrainConfig.from_dict({"epochs": 2.5}, source=tmp_path / "config.json")
+
+
+def test_image_size_is_a_number_or_auto_in_any_case_and_resolves_to_an_int():
+    assert TrainConfig(image_size=" 320 ").image_size == 320  # the command line's text
+    assert TrainConfig(image_size="Auto").image_size == "auto"
+    cfg = TrainConfig(image_size="auto", out="x").resolved()  # the synthetic set: the model's
+    assert cfg.image_size == PRESETS["tiny_fpn"]().image_size and type(cfg.image_size) is int
+    with pytest.raises(UsageError, match=r"^--image-size 'big': a size in pixels, or auto$"):
+        TrainConfig(image_size="big", out="x").resolved()
+
+
+def test_a_config_file_may_ask_for_image_size_auto_and_no_other_word(tmp_path, capsys):
+    from tinyssd.cli import main
+
+    config = tmp_path / "cfg.json"
+    config.write_text('{"train": {"image_size": "auto", "model": "tiny_ssd"}}')
+    asked = read_config_file(config)
+    assert asked.image_size == "auto" and asked.resolved().image_size == 256
+    config.write_text('{"train": {"image_size": "big"}}')
+    assert main(["train", "--config", str(config), "--data", str(tmp_path / "none")]) == 2
+    assert (
+        capsys.readouterr().err == "tinyssd: error: --image-size 'big': a size in pixels, or auto\n"
+    )

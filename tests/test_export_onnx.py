@@ -11,6 +11,7 @@ from export_helpers import (
     run_json_snippet,
     scored_checkpoint,
 )
+from fixtures import write_image
 from torchvision.ops import batched_nms
 
 import tinyssd
@@ -291,3 +292,38 @@ def test_detection_wrapper_run_eagerly_is_postprocess_detections():
         n = counts[b]
         got = {"boxes": boxes[b, :n] / 128, "scores": scores[b, :n], "labels": labels[b, :n]}
         assert_same_detections(got, w, box_atol=1e-6)
+
+
+def test_tiny_fpn_p2_exports_to_onnx_and_int8_with_its_stride_4_map(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("tiny_fpn_p2", len(CLASSES), image_size=128)
+    with torch.no_grad():  # BatchNorm statistics other than 0 and 1
+        model.train()(_images(4, 128, seed=2))
+    model.eval()
+    config = {
+        "model": "tiny_fpn_p2",
+        "num_classes": len(CLASSES),
+        "classes": CLASSES,
+        "ssd": model.config.to_dict(),
+    }
+    ckpt = save_checkpoint(tmp_path / "best.safetensors", model, config)
+    raw = export_onnx(ckpt, tmp_path / "raw.onnx", nms=False)
+    images = _images(2, 128)
+    boxes, scores = _session(raw).run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        want_boxes, want_scores = ExportWrapper(model)(images)
+    # maps 32, 16, 8, 4, 2, 1 at 128 px, 6 anchors per cell
+    assert boxes.shape == (2, 6 * (1024 + 256 + 64 + 16 + 4 + 1), 4)
+    np.testing.assert_allclose(boxes, want_boxes.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, want_scores.numpy(), rtol=1e-4, atol=1e-4)
+
+    for i in range(4):
+        write_image(tmp_path / "calibration" / f"{i}.png", 128, 128, seed=i)
+    int8 = export_onnx(
+        ckpt, tmp_path / "int8.onnx", int8=True, calibration=tmp_path / "calibration"
+    )
+    nodes = {n.name: n for n in onnx.load(str(int8)).graph.node}
+    for conv in ("/model/backbone/lateral2/Conv", "/model/backbone/smooth2/smooth2.0/Conv"):
+        assert all(name.endswith("DequantizeLinear_Output") for name in nodes[conv].input[:2])
+    _, _, _, counts = _session(int8).run(None, {"images": images.numpy(), **_thresholds()})
+    assert counts.shape == (2,)

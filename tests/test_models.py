@@ -1,5 +1,6 @@
 """Networks: TinySSD layer for layer as the chapter's, SSD300's 8732 anchors, configs."""
 
+import hashlib
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from tinyssd.anchors import cell_box_sizes, multibox_prior
 from tinyssd.engine.train import train_step
 from tinyssd.losses import LossConfig, MultiBoxLoss
 from tinyssd.models import PRESETS, SSDConfig, TinySSD, build_model, ssd300_vgg16, tiny_ssd
-from tinyssd.models.config import tiny_fpn
+from tinyssd.models.config import tiny_fpn, tiny_fpn_p2
 from tinyssd.models.prior import class_prior_bias, init_class_prior
 
 
@@ -155,6 +156,77 @@ def test_tiny_fpn_is_small_and_follows_the_input_size():
     with torch.no_grad():
         anchors, _, _ = build_model("tiny_fpn", 1).eval()(torch.zeros(1, 3, 384, 384))
     assert anchors.shape == (1, 6 * (48 * 48 + 24 * 24 + 12 * 12 + 6 * 6 + 3 * 3), 4)
+
+
+def test_tiny_fpn_keeps_its_parameter_names_so_its_checkpoints_load():
+    state = build_model("tiny_fpn", num_classes=3).state_dict()
+    layout = "\n".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
+    # captured before the backbone took its p2 flag: 116 tensors, names and shapes in order
+    assert len(state) == 116
+    assert hashlib.sha256(layout.encode()).hexdigest()[:16] == "ebbcdfbe6a89a1f0"
+    assert not any("lateral2" in k or "smooth2" in k for k in state)
+
+
+def test_tiny_fpn_p2_adds_a_stride_4_map_to_tiny_fpns_five():
+    model = build_model("tiny_fpn_p2", num_classes=3).eval()
+    with torch.no_grad():
+        anchors, cls_preds, bbox_preds = model(torch.zeros(2, 3, 256, 256, dtype=torch.uint8))
+        feats = model.backbone(torch.zeros(1, 3, 256, 256))
+    assert [tuple(f.shape[1:]) for f in feats] == [(96, s, s) for s in (64, 32, 16, 8, 4, 2)]
+    # 6 anchors per cell: 6 * (4096 + 1024 + 256 + 64 + 16 + 4) = 32760
+    assert anchors.shape == (1, 32760, 4)
+    assert cls_preds.shape == (2, 32760, 4) and bbox_preds.shape == (2, 4 * 32760)
+    config = tiny_fpn_p2()
+    assert config.anchors_per_cell() == [6] * 6 and config.image_size == 256
+    # one step finer on tiny_fpn's ladder (x 0.725 per size), then tiny_fpn's own sizes
+    assert config.sizes == ((0.026, 0.036), *tiny_fpn().sizes)
+    assert config.ratios == tiny_fpn().ratios[:1] * 6
+
+
+def test_tiny_fpn_p2s_finest_anchors_lie_on_a_4_pixel_grid():
+    model = build_model("tiny_fpn_p2", num_classes=1).eval()
+    with torch.no_grad():
+        anchors, _, _ = model(torch.zeros(1, 3, 256, 256))
+    finest = anchors[0, : 6 * 64 * 64] * 256  # pixels; cell-major, 6 per cell
+    centres = (finest[:, :2] + finest[:, 2:]) / 2
+    grid = torch.arange(64) * 4.0 + 2  # cell centres 2, 6, ..., 254
+    want_x = grid.repeat_interleave(6).repeat(64)  # x runs fastest over the cells
+    want_y = grid.repeat_interleave(6 * 64)
+    torch.testing.assert_close(centres[:, 0], want_x, atol=1e-3, rtol=0)
+    torch.testing.assert_close(centres[:, 1], want_y, atol=1e-3, rtol=0)
+    # its smallest anchor: a square of 0.026 * 256 = 6.7 px
+    torch.testing.assert_close(finest[0, 2:] - finest[0, :2], torch.tensor([6.656, 6.656]))
+    next_map = anchors[0, 6 * 64 * 64] * 256  # the S/8 map's first cell: centre (4, 4)
+    torch.testing.assert_close((next_map[:2] + next_map[2:]) / 2, torch.tensor([4.0, 4.0]))
+
+
+def test_tiny_fpn_p2s_five_coarser_maps_are_tiny_fpns_with_the_same_weights():
+    torch.manual_seed(0)
+    five, six = build_model("tiny_fpn", 1).eval(), build_model("tiny_fpn_p2", 1).eval()
+    missing, unexpected = six.backbone.load_state_dict(five.backbone.state_dict(), strict=False)
+    assert sorted({k.split(".")[0] for k in missing}) == ["lateral2", "smooth2"]
+    assert unexpected == []
+    images = torch.rand(1, 3, 128, 128) * 255
+    with torch.no_grad():
+        maps5, maps6 = five.backbone(images), six.backbone(images)
+    assert len(maps6) == 6 and maps6[0].shape[-1] == 32
+    for a, b in zip(maps5, maps6[1:], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_tiny_fpn_p2_trains_one_step():
+    torch.manual_seed(0)
+    model = build_model("tiny_fpn_p2", 2, image_size=128).train()
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    # collate's rows: class 1..C; boxes of 0.03-0.04 of the image: only the S/4 map's sizes
+    labels = torch.tensor([[[1.0, 0.1, 0.1, 0.14, 0.14]], [[2.0, 0.4, 0.3, 0.43, 0.34]]])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    step = train_step(model, MultiBoxLoss(LossConfig.parse("chapter")), optimizer, images, labels)
+    assert torch.isfinite(step.losses["loss"])
+    after = model.state_dict()
+    for part in ("backbone.lateral2.", "backbone.smooth2.", "cls_heads.0.", "bbox_heads.0."):
+        assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith(part))
 
 
 def test_class_prior_bias_gives_the_prior_probability():

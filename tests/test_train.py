@@ -269,3 +269,34 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(
     )
     assert _weights(out / "last.safetensors")[1]["epoch"] == 1
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def test_val_interval_auto_evaluates_long_runs_at_intervals_and_the_last_tenth():
+    from tinyssd.engine.train import validates
+
+    def evaluated(epochs, interval=0):
+        return [e for e in range(1, epochs + 1) if validates(e, epochs, interval)]
+
+    assert evaluated(40) == list(range(1, 41))  # up to 50 epochs: every one
+    long = evaluated(143)  # BCCD's 1000 steps: every 3rd, then each of the last 14
+    assert long[:3] == [3, 6, 9] and long[-15:] == [129] + list(range(130, 144))
+    assert len(long) == 57
+    assert evaluated(10, interval=4) == [4, 8, 10]  # explicit: every 4th, and the last
+    assert evaluated(10, interval=1) == list(range(1, 11))
+
+
+def test_epochs_without_val_leave_it_blank_and_best_comes_from_evaluated_ones(
+    tiny_data, tmp_path, caplog
+):
+    with caplog.at_level("INFO", logger="tinyssd"):
+        run = _train(tiny_data, tmp_path / "run", epochs=5, val_interval=2)
+    assert "val evaluated after 3 of the 5 epochs (--val-interval 2): epochs 2 and 4-5" in (
+        caplog.text
+    )
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [bool(r["val_AP"]) for r in rows] == [False, True, False, True, True]
+    assert "epoch 1/5: loss" in caplog.text and "val AP50 -, AP -" in caplog.text
+    best_epoch = _weights(run / "best.safetensors")[1]["epoch"]
+    assert best_epoch in (2, 4, 5)
+    assert json.loads((run / "config.json").read_text())["train"]["val_interval"] == 2

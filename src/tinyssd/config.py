@@ -21,7 +21,7 @@ import reprlib
 import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DataError, UsageError
 from .options import (
@@ -37,9 +37,16 @@ from .options import (
     option,
 )
 
+if TYPE_CHECKING:
+    from .models.config import SSDConfig
+
 PRETRAINED = ("none", "imagenet", "coco")  # --pretrained: which torchvision weights to start from
 
 log = logging.getLogger("tinyssd")
+
+# --val-interval 0 (auto): runs of up to this many epochs evaluate val after each one;
+# longer ones (a small data set given the step floor's epochs) about this many times
+VAL_EPOCHS = 50
 
 # What each recipe sets. A recipe value applies where the field is left at None.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -66,6 +73,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "loss": "chapter",
         "assigner": "max_iou",
         "patience": 0,
+        "val_interval": 0,
         "tile": 0,
     },
 }
@@ -95,6 +103,7 @@ RECIPES["default"] = {
     "loss": "focal_giou",
     "assigner": "atss",
     "patience": 0,
+    "val_interval": 0,
     # large images with small objects are cut into tiles; any other data set is not
     # (data.tiles.choose_tile: images >= 3x the input, median box < 1/16 of the side)
     "tile": "auto",
@@ -139,7 +148,12 @@ class TrainConfig:
         None, "decay of the weights' moving average used to evaluate and save (0: off)"
     )
     grad_clip: float | None = option(None, "clip the gradient norm to this (0: off)")
-    image_size: int | None = option(None, "square input side in pixels; default: the model's")
+    image_size: str | int | None = option(
+        None,
+        "square input side in pixels, or auto: the smallest at which the training set's small "
+        "boxes (10th percentile) span 2 cells of the finest feature map, from the model's size "
+        "up to 2x its pixels (the model's on tiles); default: the model's",
+    )
     tile: str | int | None = option(
         None,
         "train on SIZE x SIZE tiles of the images cut at native resolution and predict by "
@@ -174,6 +188,12 @@ class TrainConfig:
     )
     patience: int | None = option(
         None, "stop when val AP has not improved for this many epochs (0: never)"
+    )
+    val_interval: int | None = option(
+        None,
+        "evaluate val every N epochs and at the last (0: auto: every epoch in runs of up to "
+        f"{VAL_EPOCHS} epochs; longer runs every ceil(epochs/{VAL_EPOCHS}) epochs and each "
+        "epoch of the last tenth)",
     )
     out: str | None = option(
         None, "run folder (default: the first free runs/train, runs/train2, ...)"
@@ -244,6 +264,7 @@ class TrainConfig:
                 setattr(self, name, str(value))
         if isinstance(self.pretrained, bool):  # config.json before --pretrained took a value
             self.pretrained = "imagenet" if self.pretrained else "none"
+        self.image_size = _image_size_value(self.image_size)
 
     def resolved(self) -> RunConfig:
         """The run's config: the recipe's values where a field is None, a new run folder
@@ -262,8 +283,15 @@ class TrainConfig:
             from .engine.run_folder import new_run_dir
 
             values["out"] = str(new_run_dir())
+        size = values["image_size"]
+        if isinstance(size, str) and size != "auto":
+            raise UsageError(f"--image-size {size!r}: a size in pixels, or auto")
+        values["image_size"] = None if size == "auto" else size  # --tile auto: the model's size
         check(RunConfig(**{**values, "tile": 0}))  # before --tile auto reads the data
-        return RunConfig(**{**values, "tile": _resolved_tile(values)})
+        tile = _resolved_tile(values)
+        if size == "auto":
+            values["image_size"] = _resolved_image_size(values, tile)
+        return RunConfig(**{**values, "tile": tile})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -335,7 +363,7 @@ class RunConfig:
     warmup: int
     ema: float
     grad_clip: float
-    image_size: int | None  # None: the model's own
+    image_size: int | None  # None: the model's own (--image-size auto resolved)
     tile: int  # tile side in source pixels; 0: whole images (--tile auto resolved)
     tile_overlap: float
     anchors: str
@@ -344,6 +372,7 @@ class RunConfig:
     loss: str
     assigner: str
     patience: int
+    val_interval: int  # 0: auto (engine.train.validates)
     out: str  # the run folder
     exist_ok: bool
     seed: int
@@ -386,6 +415,7 @@ def check(cfg: RunConfig) -> None:
         "grad_clip",
         "freeze_epochs",
         "patience",
+        "val_interval",
     )
     for name in nonnegative:
         value = getattr(cfg, name)
@@ -435,11 +465,8 @@ def _resolved_tile(values: dict[str, Any]) -> int:
         log.info("--tile auto: the built-in synthetic set's images are small: no tiling")
         return 0
     from .data.tiles import auto_tile
-    from .models import PRESETS
 
-    if values["model"] not in PRESETS:
-        raise UsageError(f"--model {values['model']!r}: choose from {', '.join(PRESETS)}")
-    input_size = values["image_size"] or PRESETS[values["model"]]().image_size
+    input_size = values["image_size"] or _preset(values["model"]).image_size
     try:
         side, reason = auto_tile(values["data"], values["format"], input_size)
     except DataError as e:
@@ -447,6 +474,59 @@ def _resolved_tile(values: dict[str, Any]) -> int:
         return 0
     log.info("--tile auto: %s", reason)
     return side
+
+
+def _image_size_value(size: Any) -> Any:
+    """``--image-size`` as typed: an integer's text -> the int, any case of ``auto`` ->
+    ``"auto"``; other values unchanged (another text is refused when resolved)."""
+    if not isinstance(size, str):
+        return size
+    text = size.strip().lower()
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        return size
+
+
+def _resolved_image_size(values: dict[str, Any], tile: int) -> int:
+    """``--image-size auto``: the smallest input side at which the training set's small
+    boxes span two cells of the model's finest map (:func:`tinyssd.data.sizes.auto_image_size`),
+    logged in one line; the model's own on tiles (already at native resolution) and on the
+    built-in synthetic set."""
+    from .data.sizes import auto_image_size, finest_stride
+
+    config = _preset(values["model"])
+    default = config.image_size
+    if tile:
+        log.info(
+            "--image-size auto: %d, the model's (--tile %d: tiles are at native resolution)",
+            default,
+            tile,
+        )
+        return default
+    if values["data"] is None:
+        log.info("--image-size auto: %d, the model's (the built-in synthetic set)", default)
+        return default
+    try:
+        size, reason = auto_image_size(
+            values["data"], values["format"], default, finest_stride(config)
+        )
+    except DataError as e:
+        log.info("--image-size auto: %d, the model's (%s)", default, e)
+        return default
+    log.info("--image-size auto: %d (%s)", size, reason)
+    return size
+
+
+def _preset(model: str) -> SSDConfig:
+    """The architecture of the preset ``model``; UsageError naming ``--model`` if none."""
+    from .models import PRESETS
+
+    if model not in PRESETS:
+        raise UsageError(f"--model {model!r}: choose from {', '.join(PRESETS)}")
+    return PRESETS[model]()
 
 
 def resolve_config(overrides: dict[str, Any]) -> RunConfig:

@@ -65,6 +65,7 @@ MODEL_NAMES = (
     "tiny_ssd",
     "ssd300_vgg16",
     "tiny_fpn",
+    "tiny_fpn_p2",
     "ssdlite320_mobilenet_v3_large",
     "ssd_resnet18",
     "ssd_resnet50",

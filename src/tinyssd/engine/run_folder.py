@@ -134,8 +134,9 @@ class RunFolder:
             if tensorboard:
                 self.tensorboard = TensorBoardLog(self.path)
 
-    def log_epoch(self, history: list[dict[str, Any]], epochs: int) -> None:
-        """The last epoch's summary line; ``metrics.csv`` and ``curves.png`` of all of them."""
+    def log_epoch(self, history: list[dict[str, Any]], epochs: int, draw: bool = True) -> None:
+        """The last epoch's summary line; ``metrics.csv`` of all of them, and ``curves.png``
+        when ``draw`` (the epochs with a val evaluation: a drawing takes 0.2 s)."""
         from ..viz import plot_curves
 
         row = history[-1]
@@ -155,8 +156,9 @@ class RunFolder:
         write_metrics(self.path / "metrics.csv", history)
         if self.tensorboard is not None:
             self.tensorboard.log_epoch(row)
-        with atomic_path(self.path / "curves.png") as tmp:
-            plot_curves(history, tmp)
+        if draw:
+            with atomic_path(self.path / "curves.png") as tmp:
+                plot_curves(history, tmp)
 
     def save(
         self,

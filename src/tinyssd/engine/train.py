@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoint import read_checkpoint, read_metadata, resolve_checkpoint, restore, split_state
-from ..config import RunConfig, TrainConfig, check, resolve_config
+from ..config import VAL_EPOCHS, RunConfig, TrainConfig, check, resolve_config
 from ..data import DetectionDataset
 from ..data.limits import DataLimits
 from ..errors import TinySSDError, UsageError
@@ -310,6 +310,48 @@ def validate(
     }
 
 
+def validates(epoch: int, epochs: int, interval: int) -> bool:
+    """Whether val is evaluated after ``epoch`` (1-based) of ``epochs``: every ``interval``
+    epochs and at the last; ``interval`` 0 (auto): every epoch in runs of up to
+    ``VAL_EPOCHS``, else every ``ceil(epochs / VAL_EPOCHS)`` and each epoch of the last
+    tenth, where the decayed learning rate makes the best weights (a 205-image set's
+    1000 steps are 143 epochs of 2 s, each followed by 1.5 s of val)."""
+    if epoch >= epochs:
+        return True
+    if interval:
+        return epoch % interval == 0
+    every = math.ceil(epochs / VAL_EPOCHS)
+    return epoch % every == 0 or epoch > epochs - epochs // 10
+
+
+def log_val_epochs(epochs: int, interval: int) -> None:
+    """One line when val is not evaluated after every epoch: which ones."""
+    evaluated = [e for e in range(1, epochs + 1) if validates(e, epochs, interval)]
+    if len(evaluated) < epochs:
+        log.info(
+            "val evaluated after %d of the %d epochs (--val-interval %d%s): %s",
+            len(evaluated),
+            epochs,
+            interval,
+            " = auto" if not interval else "",
+            _epoch_ranges(evaluated),
+        )
+
+
+def _epoch_ranges(epochs: list[int]) -> str:
+    """``[3, 6, 9, 12, 13, 14]`` -> ``"3, 6, ..., 12 and 13-14"``: the regular part,
+    then the final run of consecutive epochs."""
+    tail = len(epochs) - 1
+    while tail > 0 and epochs[tail - 1] == epochs[tail] - 1:
+        tail -= 1
+    head, run = epochs[:tail], epochs[tail:]
+    last = f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}"
+    if not head:
+        return f"epochs {last}"
+    shown = head if len(head) <= 3 else [head[0], head[1], "...", head[-1]]
+    return f"epochs {', '.join(map(str, shown))} and {last}"
+
+
 def should_stop(cfg: RunConfig, row: dict, history: list[dict] | None = None) -> bool:
     """True once the val metric of ``--stop-ap50`` or ``--stop-ap`` reaches its target, or
     when val AP has not improved over its best for ``--patience`` epochs (``history``:
@@ -403,6 +445,8 @@ def _fit(
     )
     steps_per_epoch = len(sampler)
     epochs = epochs_for(cfg, steps_per_epoch)
+    if main and len(val_ds):
+        log_val_epochs(epochs, cfg.val_interval)
     fit = Fit(
         model=model,
         step_model=model,
@@ -455,12 +499,14 @@ def _fit(
         row["lr"] = fit.optimizer.param_groups[0]["lr"]
         check_finite_weights(fit.eval_model, epoch, fit.optimizer.param_groups[0]["lr"])
         if main:
-            row |= validate(fit.eval_model, val_ds, cfg.batch_size, device)
+            evaluated = validates(epoch + 1, epochs, cfg.val_interval)
+            if evaluated:
+                row |= validate(fit.eval_model, val_ds, cfg.batch_size, device)
             state.epoch = epoch + 1
             state.history.append(row)
             improved = row.get("val_AP", -1.0) > state.best_ap or not val_ds
             state.best_ap = max(state.best_ap, row.get("val_AP", -1.0))
-            run.log_epoch(state.history, epochs)
+            run.log_epoch(state.history, epochs, draw=evaluated)
             training_weights = fit.model if fit.ema is not None else None
             extra = state_extra(state, fit)
             run.save(fit.eval_model, fit.optimizer, state.epoch, extra, improved, training_weights)

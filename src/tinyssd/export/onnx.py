@@ -218,12 +218,15 @@ class DetectionWrapper(nn.Module):
         self, images: Tensor, score_threshold: Tensor, iou_threshold: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         anchors, cls_logits, box_deltas = self.model(images)
-        boxes = decode_offsets(anchors, box_deltas.reshape(box_deltas.shape[0], -1, 4))
+        batch = box_deltas.shape[0]
         probs = torch.softmax(cls_logits, dim=-1)[..., 1:].flatten(1)  # (B, A*C)
         top_scores, top_idx = probs.topk(self.topk, dim=1)  # (B, k); index = anchor * C + class-1
         labels = top_idx % self.num_classes + 1
-        anchor_idx = (top_idx // self.num_classes)[..., None].expand(-1, -1, 4)
-        cand_boxes = boxes.gather(1, anchor_idx).clamp(0.0, 1.0)  # (B, k, 4), inside the image
+        anchor_idx = (top_idx // self.num_classes)[..., None].expand(-1, -1, 4)  # (B, k, 4)
+        # only the candidates' boxes are decoded: k of the A anchors
+        cand_deltas = box_deltas.reshape(batch, -1, 4).gather(1, anchor_idx)
+        cand_anchors = anchors.expand(batch, -1, -1).gather(1, anchor_idx)
+        cand_boxes = decode_offsets(cand_anchors, cand_deltas).clamp(0.0, 1.0)  # (B, k, 4)
         classes = torch.arange(1, self.num_classes + 1, device=labels.device)[:, None]  # (C, 1)
         is_candidate = (labels[:, None] == classes) & (top_scores >= score_threshold)[:, None]
         class_scores = torch.where(is_candidate, top_scores[:, None], _NOT_CANDIDATE)  # (B, C, k)

@@ -75,6 +75,13 @@ def ssd300_vgg16() -> SSDConfig:
     )
 
 
+def _fpn_sizes(finer_maps: int) -> tuple[tuple[float, ...], ...]:
+    """tiny_fpn's anchor sizes: a geometric ladder from 0.05 to 0.9 of the image, two
+    sizes per map, extended downwards by ``finer_maps`` maps of the same steps."""
+    ladder = [round(0.05 * (0.9 / 0.05) ** (i / 9), 3) for i in range(-2 * finer_maps, 10)]
+    return tuple(zip(ladder[::2], ladder[1::2], strict=True))
+
+
 def tiny_fpn() -> SSDConfig:
     """tinyssd's default: strided convs + FPN neck, 5 maps (32, 16, 8, 4, 2 at 256 px).
 
@@ -82,13 +89,29 @@ def tiny_fpn() -> SSDConfig:
     per map (so each map covers a factor of about 1.9); ratios {1, 2, 1/2, 3, 1/3}
     with the first size: 6 anchors per cell, 8184 anchors at 256 px.
     """
-    ladder = [round(0.05 * (0.9 / 0.05) ** (i / 9), 3) for i in range(10)]
     return SSDConfig(
         name="tiny_fpn",
         backbone="tiny_fpn",
         channels=(96,) * 5,
-        sizes=tuple((ladder[2 * k], ladder[2 * k + 1]) for k in range(5)),
+        sizes=_fpn_sizes(0),
         ratios=((1, 2, 0.5, 3, 1 / 3),) * 5,
+        image_size=256,
+    )
+
+
+def tiny_fpn_p2() -> SSDConfig:
+    """tiny_fpn with a sixth, stride-4 map for small objects: 64, 32, 16, 8, 4, 2 at 256 px.
+
+    The ladder goes one map further down: sizes 0.026 and 0.036 of the image
+    (about 7 and 9 px at 256 px) on a 4-px grid; the other maps are tiny_fpn's.
+    6 anchors per cell, 32760 anchors at 256 px (four times tiny_fpn's).
+    """
+    return SSDConfig(
+        name="tiny_fpn_p2",
+        backbone="tiny_fpn_p2",
+        channels=(96,) * 6,
+        sizes=_fpn_sizes(1),
+        ratios=((1, 2, 0.5, 3, 1 / 3),) * 6,
         image_size=256,
     )
 
@@ -156,6 +179,7 @@ MIN_IMAGE_SIZES = {
     "tiny_ssd": 64,
     "ssd300_vgg16": 268,
     "tiny_fpn": 32,
+    "tiny_fpn_p2": 16,
     "ssdlite320_mobilenet_v3_large": 64,
     "ssd_resnet18": 32,
     "ssd_resnet50": 32,
@@ -165,6 +189,7 @@ PRESETS = {
     "tiny_ssd": tiny_ssd,
     "ssd300_vgg16": ssd300_vgg16,
     "tiny_fpn": tiny_fpn,
+    "tiny_fpn_p2": tiny_fpn_p2,
     "ssdlite320_mobilenet_v3_large": ssdlite320_mobilenet_v3_large,
     "ssd_resnet18": ssd_resnet18,
     "ssd_resnet50": ssd_resnet50,

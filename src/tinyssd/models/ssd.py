@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -15,10 +17,11 @@ from .ssd300 import VGG16Backbone
 from .tiny import TinyBackbone
 from .tiny_fpn import TinyFPNBackbone
 
-BACKBONES = {
+BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "tiny": TinyBackbone,
     "vgg16": VGG16Backbone,
     "tiny_fpn": TinyFPNBackbone,
+    "tiny_fpn_p2": partial(TinyFPNBackbone, p2=True),
     "mobilenet_v3_large": MobileNetV3Backbone,
     "mobilenet_v3_large_reduced": ReducedMobileNetV3Backbone,  # COCO SSDlite's
     "resnet18": ResNet18Backbone,
