@@ -102,3 +102,53 @@ def test_data_check_with_a_model_reports_the_anchor_fit(tmp_path, capsys):
     assert line.startswith("anchors of tiny_fpn at 64 px: ") and "(--anchors auto): " in line
     before, after = (float(x.split("%")[0].split()[-1]) for x in line.split(";"))
     assert after <= before
+
+
+@pytest.fixture
+def model_512(tmp_path, monkeypatch):
+    """A checkpoint claiming a 512x512 input (262144 pixels), with no budget in the env."""
+    monkeypatch.delenv("TINYSSD_MAX_PIXELS", raising=False)
+    return save_untrained_checkpoint(tmp_path / "w512.safetensors", ["a"], image_size=512)
+
+
+def _command(name, ckpt, tmp_path):
+    """The argv of ``tinyssd predict`` / ``eval`` / ``export`` on ``ckpt``, data in tmp_path."""
+    from fixtures import write_image, write_tiny_bananas
+
+    if name == "predict":
+        image = write_image(tmp_path / "photo.png")
+        return ["predict", str(image), "--weights", str(ckpt), "--out", str(tmp_path / "out")]
+    if name == "eval":
+        data = write_tiny_bananas(tmp_path / "data", n_train=1, n_val=1, size=64)
+        return ["eval", "--weights", str(ckpt), "--data", str(data), "--out", str(tmp_path / "e")]
+    return ["export", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx")]
+
+
+def _budget_error(model_512) -> str:
+    return (
+        f"tinyssd: error: {model_512}: image_size 512: 512x512 input is over the pixel budget "
+        "of 100000 (--max-pixels)"
+    )
+
+
+@pytest.mark.parametrize("name", ["predict", "eval"])
+def test_max_pixels_bounds_the_input_size_a_model_claims(name, model_512, tmp_path, capsys):
+    assert main([*_command(name, model_512, tmp_path), "--max-pixels", "100000"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == _budget_error(model_512), captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize("name", ["predict", "eval", "export"])
+def test_the_pixel_budget_from_the_environment_reaches_model_loading(
+    name, model_512, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("TINYSSD_MAX_PIXELS", "100000")
+    assert main(_command(name, model_512, tmp_path)) == 2
+    assert capsys.readouterr().err.strip() == _budget_error(model_512)
+
+
+def test_a_model_within_the_default_pixel_budget_still_predicts(model_512, tmp_path, capsys):
+    assert main(_command("predict", model_512, tmp_path)) == 0
+    assert capsys.readouterr().out.startswith("{")
+    assert main([*_command("predict", model_512, tmp_path), "--max-pixels", str(512 * 512)]) == 0

@@ -376,6 +376,22 @@ def test_bad_options_are_one_line_errors(checkpoint, capsys, option, message):
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"tinyssd: error: {message}"
 
 
+def test_max_pixels_bounds_the_input_size_the_served_model_claims(checkpoint, capsys, monkeypatch):
+    import tinyssd.serve
+    from tinyssd.cli import main
+
+    def never_listen(host: str, port: int) -> None:
+        raise AssertionError("the model loaded: the server would run")
+
+    monkeypatch.setattr(tinyssd.serve, "listen", never_listen)
+    assert main(["serve", "--weights", str(checkpoint), "--max-pixels", "10000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"tinyssd: error: {checkpoint}: image_size 128: 128x128 input is over the pixel "
+        "budget of 10000 (--max-pixels)"
+    )
+
+
 def test_importing_tinyssd_loads_neither_fastapi_nor_av():
     probe = (
         "import sys, tinyssd, tinyssd.serve, tinyssd.video, tinyssd.cli\n"

@@ -168,14 +168,14 @@ def _predict(a: argparse.Namespace) -> None:
     from .predict import load
     from .video import is_video_source, predict_video
 
+    limits = data_limits(o.limits)
     out = o.out if o.out is not None else str(new_run_dir("runs", "predict"))
     weights = o.weights
     if o.backend == "onnx" and not weights.lower().endswith(".onnx"):
-        weights = _exported_copy(weights)
-    det = load(weights, device=o.device, precision=o.precision)
+        weights = _exported_copy(weights, limits.max_pixels)
+    det = load(weights, device=o.device, precision=o.precision, max_pixels=limits.max_pixels)
     images = [s for s in o.inputs if not is_video_source(s)]
     skipped: list[str] = []
-    limits = data_limits(o.limits)
     if images:
         for line in predict_files(det, images, out, o.post, skipped, limits):
             print(json.dumps(line), flush=True)
@@ -189,7 +189,7 @@ def _predict(a: argparse.Namespace) -> None:
         raise SkippedInputs(f"{len(skipped)} input(s) skipped or cut short (listed above)")
 
 
-def _exported_copy(weights: str) -> str:
+def _exported_copy(weights: str, max_pixels: int) -> str:
     """``--backend onnx`` with a checkpoint: export it to a temporary .onnx first."""
     import atexit
     import shutil
@@ -199,7 +199,7 @@ def _exported_copy(weights: str) -> str:
 
     folder = tempfile.mkdtemp(prefix="tinyssd-onnx-")
     atexit.register(shutil.rmtree, folder, True)
-    return str(export_onnx(weights, f"{folder}/model.onnx"))
+    return str(export_onnx(weights, f"{folder}/model.onnx", max_pixels=max_pixels))
 
 
 def _serve(a: argparse.Namespace) -> None:
@@ -250,6 +250,8 @@ def _export(a: argparse.Namespace) -> None:
     path = export_onnx(
         o.weights,
         o.out,
+        # export has no --max-pixels (ExportOptions has no limits): $TINYSSD_MAX_PIXELS applies
+        max_pixels=data_limits(LimitsOptions()).max_pixels,
         opset=o.opset,
         nms=o.nms,
         topk_candidates=o.topk_candidates,

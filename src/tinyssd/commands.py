@@ -159,10 +159,11 @@ def evaluate_run(
     and PR curves; with ``json_out``, ``evaluate``'s whole result as JSON.
 
     Predictions are selected by ``tinyssd.postprocess.EVAL_POSTPROCESS`` (every
-    score >= 0.01, as mAP needs). ``limits`` go to the reader (default
-    ``DataLimits.from_env()``). Data whose class names are not all the model's is a
-    UsageError unless ``classes_map`` (``"OLD=NEW,..."``: the data's names to the
-    model's) or ``force`` (labels scored by position) says how to pair them.
+    score >= 0.01, as mAP needs). ``limits`` (default ``DataLimits.from_env()``) go to
+    the reader and bound the input size the model claims (``load``'s ``max_pixels``).
+    Data whose class names are not all the model's is a UsageError unless
+    ``classes_map`` (``"OLD=NEW,..."``: the data's names to the model's) or ``force``
+    (labels scored by position) says how to pair them.
     """
     from .data import DetectionDataset, Report, load_split
     from .engine.run_folder import new_run_dir
@@ -170,7 +171,8 @@ def evaluate_run(
     from .evaluation.plot import format_table, plot_pr_curves
     from .inference import predict_dataset
 
-    det = load(weights)
+    limits = limits if limits is not None else DataLimits.from_env()
+    det = load(weights, max_pixels=limits.max_pixels)  # the input size it claims: S * S
     report = Report()
     split_data = load_split(data, split, format, report, limits)
     split_data = match_classes(split_data, det.classes, classes_map, force)

@@ -431,9 +431,11 @@ def serve(
     """Serve a run folder, checkpoint or ``.onnx`` until Ctrl-C (``tinyssd serve``).
 
     ``post`` (default ``PostprocessConfig()``) selects the detections; ``limits``
-    (default ``DataLimits.from_env()``) bound an upload's pixels; up to ``max_batch``
+    (default ``DataLimits.from_env()``) bound an upload's pixels and the input size the
+    model claims (``load``'s ``max_pixels``); up to ``max_batch``
     requests arriving within ``batch_wait_ms`` are predicted together.
     """
+    from .data.limits import DataLimits
     from .predict import load
 
     uvicorn = require("uvicorn", "serve")
@@ -441,7 +443,8 @@ def serve(
     if not 0 <= port <= 65535:
         raise UsageError(f"--port {port}: must be 0 (any free port) to 65535")
     check_batching(max_batch, batch_wait_ms)  # before the model loads
-    det = load(weights, device, precision)
+    limits = limits if limits is not None else DataLimits.from_env()
+    det = load(weights, device, precision, limits.max_pixels)
     app = create_app(det, post, max_upload_mb, limits, max_batch, batch_wait_ms)
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]

@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from ..boxes import decode_offsets, scale_boxes
+from ..data.limits import MAX_IMAGE_PIXELS
 from ..errors import UsageError
 from ..files import atomic_path
 from ..options import DEFAULT_CALIBRATION_IMAGES
@@ -358,10 +359,12 @@ def export_onnx(
     int8: bool = False,
     calibration: str | Path | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    max_pixels: int = MAX_IMAGE_PIXELS,
     **options: Any,
 ) -> Path:
     """Write ``out`` (.onnx) for a checkpoint or run folder (``export_model``'s ``options``:
-    ``nms``, ``post``, ``input_dtype`` and PostprocessConfig's fields).
+    ``nms``, ``post``, ``input_dtype`` and PostprocessConfig's fields). ``max_pixels``:
+    the largest input S * S the checkpoint may claim (``--max-pixels``, see ``load``).
 
     ``int8``: the graph quantized to int8 (``export/quantize.py``), calibrated on
     ``calibration_images`` images of ``calibration`` (a run folder, a data folder
@@ -370,7 +373,7 @@ def export_onnx(
     from ..predict import Detector, load
 
     check_opset(opset)  # before the model is read
-    det = load(weights, device="cpu", precision="fp32")
+    det = load(weights, device="cpu", precision="fp32", max_pixels=max_pixels)
     if not isinstance(det, Detector):
         raise UsageError(f"{weights}: already an exported graph; export a checkpoint or run folder")
     options.setdefault("tiling", det.tiling)  # trained on tiles: in the metadata
