@@ -131,7 +131,7 @@ def _budget_error(model_512) -> str:
     )
 
 
-@pytest.mark.parametrize("name", ["predict", "eval"])
+@pytest.mark.parametrize("name", ["predict", "eval", "export"])
 def test_max_pixels_bounds_the_input_size_a_model_claims(name, model_512, tmp_path, capsys):
     assert main([*_command(name, model_512, tmp_path), "--max-pixels", "100000"]) == 2
     captured = capsys.readouterr()

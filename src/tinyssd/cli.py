@@ -250,8 +250,7 @@ def _export(a: argparse.Namespace) -> None:
     path = export_onnx(
         o.weights,
         o.out,
-        # export has no --max-pixels (ExportOptions has no limits): $TINYSSD_MAX_PIXELS applies
-        max_pixels=data_limits(LimitsOptions()).max_pixels,
+        max_pixels=data_limits(o.limits).max_pixels,
         opset=o.opset,
         nms=o.nms,
         topk_candidates=o.topk_candidates,

@@ -272,6 +272,7 @@ class ExportOptions:
         DEFAULT_CALIBRATION_IMAGES, "with --int8: images calibrated on", positive=True
     )
     overwrite: bool = option(False, "replace an existing --out file")
+    limits: LimitsOptions = option(LimitsOptions(), "input limits", only=("max_pixels",))
 
 
 @dataclass(frozen=True)
