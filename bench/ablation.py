@@ -43,7 +43,10 @@ ROWS: list[tuple[str, str, dict]] = [
         "the chapter's matching rule (IoU >= 0.5 + best) instead of ATSS",
         {"assigner": "max_iou"},
     ),
-    ("qfl", "default + quality focal loss (IoU-aware class target)", {"loss": "qfl_giou"}),
+    ("-qfl", "the focal loss instead of the quality focal loss", {"loss": "focal_giou"}),
+    ("p2", "default + a stride-4 map (tiny_fpn_p2)", {"model": "tiny_fpn_p2"}),
+    ("steps1000", "default with a floor of 1000 steps instead of 500", {"min_steps": 1000}),
+    ("size_auto", "default + --image-size auto", {"image_size": "auto"}),
     ("+tiny_fpn", "chapter + the FPN network", {"recipe": "chapter", "model": "tiny_fpn"}),
     (
         "+adamw_cosine",

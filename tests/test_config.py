@@ -102,8 +102,8 @@ def test_min_steps_floor_applies_unless_epochs_are_given():
 def test_the_step_budget_raises_small_sets_and_caps_large_ones():
     from tinyssd.engine.train import epochs_for
 
-    cfg = TrainConfig().resolved()  # 40 epochs, 1000..4000 steps
-    assert epochs_for(cfg, 5) == 200  # a 130-image set at batch 32
+    cfg = TrainConfig().resolved()  # 40 epochs, 500..4000 steps
+    assert epochs_for(cfg, 5) == 100  # a 130-image set at batch 32
     assert epochs_for(cfg, 32) == 40  # the bananas
     assert epochs_for(cfg, 313) == 12  # 10,000 images
     assert epochs_for(TrainConfig(epochs=3).resolved(), 5) == 3

@@ -278,7 +278,7 @@ def test_val_interval_auto_evaluates_long_runs_at_intervals_and_the_last_tenth()
         return [e for e in range(1, epochs + 1) if validates(e, epochs, interval)]
 
     assert evaluated(40) == list(range(1, 41))  # up to 50 epochs: every one
-    long = evaluated(143)  # BCCD's 1000 steps: every 3rd, then each of the last 14
+    long = evaluated(143)  # 143 epochs: every 3rd, then each of the last 14
     assert long[:3] == [3, 6, 9] and long[-15:] == [129] + list(range(130, 144))
     assert len(long) == 57
     assert evaluated(10, interval=4) == [4, 8, 10]  # explicit: every 4th, and the last
