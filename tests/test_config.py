@@ -90,7 +90,7 @@ def test_the_default_recipe_is_the_modern_one():
         "cosine",
         "auto",
     )
-    assert cfg.loss == "focal_giou" and cfg.norm_bias_decay is False and cfg.max_steps > 0
+    assert cfg.loss == "qfl_giou" and cfg.norm_bias_decay is False and cfg.max_steps > 0
 
 
 def test_min_steps_floor_applies_unless_epochs_are_given():

@@ -299,13 +299,14 @@ def test_frames_over_the_pixel_budget_are_refused_before_any_is_decoded(
 ):
     from tinyssd.data.limits import DataLimits
 
-    clip = write_video(tmp_path / "clip.mp4", frames=2)  # 96 x 64 = 6144 pixels a frame
-    message = f"{clip}: frames of 96x64 are 6144 pixels, over the budget of 6000 (--max-pixels)"
+    # 192 x 128 = 24576 pixels a frame; the budget still holds the model's 128 x 128 input
+    clip = write_video(tmp_path / "clip.mp4", frames=2, size=(192, 128))
+    message = f"{clip}: frames of 192x128 are 24576 pixels, over the budget of 20000 (--max-pixels)"
     with pytest.raises(DataError) as raised:
-        list(predict_video(det, clip, out=tmp_path / "o", limits=DataLimits(max_pixels=6000)))
+        list(predict_video(det, clip, out=tmp_path / "o", limits=DataLimits(max_pixels=20000)))
     assert str(raised.value) == message
     assert not (tmp_path / "o").exists()
-    monkeypatch.setenv("TINYSSD_MAX_PIXELS", "6000")
+    monkeypatch.setenv("TINYSSD_MAX_PIXELS", "20000")
     argv = ["predict", str(clip), "--weights", str(checkpoint), "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"tinyssd: error: {message}"

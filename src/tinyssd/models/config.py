@@ -82,6 +82,20 @@ def _fpn_sizes(finer_maps: int) -> tuple[tuple[float, ...], ...]:
     return tuple(zip(ladder[::2], ladder[1::2], strict=True))
 
 
+def _tiny_fpn_config(name: str, finer_maps: int) -> SSDConfig:
+    """The tiny_fpn family at 256 px: 5 + ``finer_maps`` maps of 96 channels, 6 anchors
+    per cell (ratios {1, 2, 1/2, 3, 1/3} with the first size); backbone ``name``."""
+    maps = 5 + finer_maps
+    return SSDConfig(
+        name=name,
+        backbone=name,
+        channels=(96,) * maps,
+        sizes=_fpn_sizes(finer_maps),
+        ratios=((1, 2, 0.5, 3, 1 / 3),) * maps,
+        image_size=256,
+    )
+
+
 def tiny_fpn() -> SSDConfig:
     """tinyssd's default: strided convs + FPN neck, 5 maps (32, 16, 8, 4, 2 at 256 px).
 
@@ -89,14 +103,7 @@ def tiny_fpn() -> SSDConfig:
     per map (so each map covers a factor of about 1.9); ratios {1, 2, 1/2, 3, 1/3}
     with the first size: 6 anchors per cell, 8184 anchors at 256 px.
     """
-    return SSDConfig(
-        name="tiny_fpn",
-        backbone="tiny_fpn",
-        channels=(96,) * 5,
-        sizes=_fpn_sizes(0),
-        ratios=((1, 2, 0.5, 3, 1 / 3),) * 5,
-        image_size=256,
-    )
+    return _tiny_fpn_config("tiny_fpn", finer_maps=0)
 
 
 def tiny_fpn_p2() -> SSDConfig:
@@ -106,14 +113,7 @@ def tiny_fpn_p2() -> SSDConfig:
     (about 7 and 9 px at 256 px) on a 4-px grid; the other maps are tiny_fpn's.
     6 anchors per cell, 32760 anchors at 256 px (four times tiny_fpn's).
     """
-    return SSDConfig(
-        name="tiny_fpn_p2",
-        backbone="tiny_fpn_p2",
-        channels=(96,) * 6,
-        sizes=_fpn_sizes(1),
-        ratios=((1, 2, 0.5, 3, 1 / 3),) * 6,
-        image_size=256,
-    )
+    return _tiny_fpn_config("tiny_fpn_p2", finer_maps=1)
 
 
 # What torchvision's ImageNet classifiers were trained on, in 0-255 pixels.
