@@ -228,6 +228,10 @@ def test_patience_stops_when_val_ap_has_not_improved_for_that_many_epochs():
     assert not should_stop(replace(cfg, patience=0), history[3], history)  # 0: never
     no_val = [{"epoch": e + 1} for e in range(5)]
     assert not should_stop(cfg, no_val[-1], no_val)  # without a val set nothing is measured
+    # --val-interval: an epoch without val never stops the run; the next evaluated one does
+    skipped = [*history, {"epoch": 5}]
+    assert not should_stop(cfg, skipped[-1], skipped)
+    assert should_stop(cfg, {"epoch": 6, "val_AP": 0.2}, [*skipped, {"epoch": 6, "val_AP": 0.2}])
 
 
 def test_atss_assignment_trains_and_is_recorded(tiny_data, tmp_path):

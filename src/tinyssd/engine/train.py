@@ -360,7 +360,7 @@ def should_stop(cfg: RunConfig, row: dict, history: list[dict] | None = None) ->
         if target is not None and row.get(key, -1.0) >= target:
             log.info("%s %.3f >= %.3f: stopping", key, row[key], target)
             return True
-    if cfg.patience and history:
+    if cfg.patience and history and "val_AP" in row:  # judged where val was evaluated
         aps = [r.get("val_AP", -1.0) for r in history]
         best_epoch = max(range(len(aps)), key=lambda i: (aps[i], -i))  # the first best
         if aps[best_epoch] >= 0 and len(aps) - 1 - best_epoch >= cfg.patience:
