@@ -4,7 +4,7 @@ from dataclasses import fields
 
 import pytest
 
-from tinyssd.cli import build_parser, train_overrides
+from tinyssd.cli import build_parser, main, train_overrides
 from tinyssd.config import RECIPES, TrainConfig, flag, read_config_file, read_run_config
 from tinyssd.errors import UsageError
 from tinyssd.models.config import PRESETS
@@ -259,3 +259,11 @@ def test_a_config_file_may_ask_for_image_size_auto_and_no_other_word(tmp_path, c
     assert (
         capsys.readouterr().err == "tinyssd: error: --image-size 'big': a size in pixels, or auto\n"
     )
+
+
+def test_resume_of_a_missing_path_names_it_as_typed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert main(["train", "--resume", "runs/nonexist"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "runs/nonexist" in err and "config.json" not in err and len(err.splitlines()) == 1
