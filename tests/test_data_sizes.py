@@ -109,3 +109,18 @@ def test_image_size_auto_resolves_from_the_data_and_logs_why(tmp_path, caplog):
     # the size to start from is --model's own: 16.3 px at 300 span 2 cells already
     ssd300 = TrainConfig(data=data, image_size="auto", model="ssd300_vgg16", out="x")
     assert ssd300.resolved().image_size == 300
+
+
+def test_an_image_whose_size_cannot_be_read_is_left_out_and_counted(tmp_path, caplog):
+    from fixtures import write_tiny_bananas
+
+    from tinyssd.data.tiles import auto_tile
+
+    data = write_tiny_bananas(tmp_path / "data", n_train=4, n_val=1, size=64)
+    (data / "bananas_train" / "images" / "0.png").write_bytes(b"not an image")
+    with caplog.at_level(logging.INFO, logger="tinyssd"):
+        size, _ = auto_image_size(str(data), "auto", 256, 8)
+        side, reason = auto_tile(str(data), "auto", 256)
+    counted = "1 training image(s) left out: no readable size in the header"
+    assert caplog.messages.count(counted) == 2  # once for each auto option
+    assert size == 256 and side == 0 and "median image side 64 px" in reason

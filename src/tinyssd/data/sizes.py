@@ -13,14 +13,17 @@ image headers.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .base import DataError, image_size
+from .base import DataError, Record, image_size
 from .limits import DataLimits
+
+log = logging.getLogger("tinyssd")
 
 if TYPE_CHECKING:
     from ..models.config import SSDConfig
@@ -90,17 +93,10 @@ def auto_image_size(
     """:func:`choose_image_size` for the training split of the data set at ``root``.
 
     Difficult (VOC) and crowd (COCO) boxes are left out, as evaluation leaves them
-    out; an image whose size neither its record nor its header gives is skipped.
+    out.
     """
-    from . import load_split
-
-    split = load_split(root, "train", format, None, limits)
     box_sides, image_sides = [], []
-    for rec in split.records:
-        try:
-            height, width = rec.size or image_size(rec.image, limits)
-        except DataError:
-            continue
+    for (height, width), rec in sized_training_records(root, format, limits):
         counted = ~(rec.difficult | rec.iscrowd)
         wh = (rec.boxes[counted, 2:] - rec.boxes[counted, :2]).clamp(min=0)
         box_sides.append(wh)
@@ -108,6 +104,26 @@ def auto_image_size(
     if not box_sides:
         return choose_image_size(torch.zeros(0, 2), torch.ones(0, 2), default, stride)
     return choose_image_size(torch.cat(box_sides), torch.cat(image_sides), default, stride)
+
+
+def sized_training_records(
+    root: str, format: str, limits: DataLimits | None = None
+) -> list[tuple[tuple[int, int], Record]]:
+    """The training split's records with each image's (height, width), from its record or
+    its header (nothing decoded): what ``--image-size auto`` and ``--tile auto`` decide
+    from. An image whose size neither gives is left out, counted in one log line."""
+    from . import load_split
+
+    split = load_split(root, "train", format, None, limits)
+    sized, unsized = [], 0
+    for rec in split.records:
+        try:
+            sized.append((rec.size or image_size(rec.image, limits), rec))
+        except DataError:
+            unsized += 1
+    if unsized:
+        log.info("%d training image(s) left out: no readable size in the header", unsized)
+    return sized
 
 
 def finest_stride(config: SSDConfig) -> int:

@@ -128,15 +128,10 @@ def auto_tile(
     root: str, format: str, input_size: int, limits: DataLimits | None = None
 ) -> tuple[int, str]:
     """:func:`choose_tile` for the training split of the data set at ``root``."""
-    from . import load_split
+    from .sizes import sized_training_records
 
-    split = load_split(root, "train", format, None, limits)
     image_sides, box_sides = [], []
-    for rec in split.records:
-        try:
-            size = rec.size or image_size(rec.image, limits)
-        except DataError:
-            continue
+    for size, rec in sized_training_records(root, format, limits):
         image_sides.append(float(max(size)))
         wh = (rec.boxes[:, 2:] - rec.boxes[:, :2]).clamp(min=0)
         box_sides += wh.prod(dim=1).sqrt().tolist()
