@@ -99,16 +99,6 @@ def test_min_steps_floor_applies_unless_epochs_are_given():
     assert TrainConfig(epochs=5, min_steps=50).resolved().min_steps == 50
 
 
-def test_the_step_budget_raises_small_sets_and_caps_large_ones():
-    from tinyssd.engine.train import epochs_for
-
-    cfg = TrainConfig().resolved()  # 40 epochs, 500..4000 steps
-    assert epochs_for(cfg, 5) == 100  # a 130-image set at batch 32
-    assert epochs_for(cfg, 32) == 40  # the bananas
-    assert epochs_for(cfg, 313) == 12  # 10,000 images
-    assert epochs_for(TrainConfig(epochs=3).resolved(), 5) == 3
-
-
 def test_the_readme_recipe_table_states_the_recipes_budget_and_ema():
     from pathlib import Path
 

@@ -24,7 +24,8 @@ from tinyssd.engine.finetune import (
     load_imagenet_backbone,
     load_matching,
 )
-from tinyssd.engine.train import train, train_step
+from tinyssd.engine.step import train_step
+from tinyssd.engine.train import train
 from tinyssd.errors import CheckpointError, UsageError
 from tinyssd.losses import LossConfig, MultiBoxLoss
 from tinyssd.models import SSD, build_model

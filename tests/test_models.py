@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinyssd.anchors import cell_box_sizes, multibox_prior
-from tinyssd.engine.train import train_step
+from tinyssd.engine.step import train_step
 from tinyssd.losses import LossConfig, MultiBoxLoss
 from tinyssd.models import PRESETS, SSDConfig, TinySSD, build_model, ssd300_vgg16, tiny_ssd
 from tinyssd.models.config import tiny_fpn, tiny_fpn_p2

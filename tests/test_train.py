@@ -218,25 +218,6 @@ def test_the_checkpoint_keeps_the_val_f1_threshold_and_predict_uses_it(tiny_data
     assert evaluate(preds, targets)["f1_threshold"] == pytest.approx(stored, abs=1e-4)
 
 
-def test_patience_stops_when_val_ap_has_not_improved_for_that_many_epochs():
-    from dataclasses import replace
-
-    from tinyssd.config import TrainConfig
-    from tinyssd.engine.train import should_stop
-
-    cfg = replace(TrainConfig(out="unused").resolved(), patience=2)
-    history = [{"epoch": e + 1, "val_AP": ap} for e, ap in enumerate([0.1, 0.3, 0.3, 0.2])]
-    assert not should_stop(cfg, history[2], history[:3])  # 1 epoch since the best (epoch 2)
-    assert should_stop(cfg, history[3], history)  # 2 epochs since: stop
-    assert not should_stop(replace(cfg, patience=0), history[3], history)  # 0: never
-    no_val = [{"epoch": e + 1} for e in range(5)]
-    assert not should_stop(cfg, no_val[-1], no_val)  # without a val set nothing is measured
-    # --val-interval: an epoch without val never stops the run; the next evaluated one does
-    skipped = [*history, {"epoch": 5}]
-    assert not should_stop(cfg, skipped[-1], skipped)
-    assert should_stop(cfg, {"epoch": 6, "val_AP": 0.2}, [*skipped, {"epoch": 6, "val_AP": 0.2}])
-
-
 def test_atss_assignment_trains_and_is_recorded(tiny_data, tmp_path):
     run = _train(tiny_data, tmp_path / "run", epochs=1, assigner="atss")
     assert json.loads((run / "config.json").read_text())["train"]["assigner"] == "atss"
@@ -276,20 +257,6 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_one(
     )
     assert _weights(out / "last.safetensors")[1]["epoch"] == 1
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
-
-
-def test_val_interval_auto_evaluates_long_runs_at_intervals_and_the_last_tenth():
-    from tinyssd.engine.train import validates
-
-    def evaluated(epochs, interval=0):
-        return [e for e in range(1, epochs + 1) if validates(e, epochs, interval)]
-
-    assert evaluated(40) == list(range(1, 41))  # up to 50 epochs: every one
-    long = evaluated(143)  # 143 epochs: every 3rd, then each of the last 14
-    assert long[:3] == [3, 6, 9] and long[-15:] == [129] + list(range(130, 144))
-    assert len(long) == 57
-    assert evaluated(10, interval=4) == [4, 8, 10]  # explicit: every 4th, and the last
-    assert evaluated(10, interval=1) == list(range(1, 11))
 
 
 def test_epochs_without_val_leave_it_blank_and_best_comes_from_evaluated_ones(

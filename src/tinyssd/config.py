@@ -375,7 +375,7 @@ class RunConfig:
     loss: str
     assigner: str
     patience: int
-    val_interval: int  # 0: auto (engine.train.validates)
+    val_interval: int  # 0: auto (engine.schedule.validates)
     out: str  # the run folder
     exist_ok: bool
     seed: int

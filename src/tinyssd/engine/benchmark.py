@@ -20,7 +20,7 @@ from ..losses import MultiBoxLoss
 from ..matching import anchor_targets
 from ..models import build_model
 from .allocator import keep_freed_memory
-from .train import train_step
+from .step import train_step
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
@@ -56,7 +56,7 @@ def synthetic_batch(
 def make_train_step(
     model: torch.nn.Module, precision: str = "fp32", lr: float = 0.2, compile: bool = False
 ) -> Callable[[Tensor, Tensor], None]:
-    """tinyssd's training step (``engine.train.train_step``) with its own SGD optimiser,
+    """tinyssd's training step (``engine.step.train_step``) with its own SGD optimiser,
     and the allocator setting ``tinyssd.train`` makes on the CPU."""
     keep_freed_memory()
     model = model.to(memory_format=torch.channels_last).train()

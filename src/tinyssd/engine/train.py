@@ -4,7 +4,10 @@
     torchrun --standalone --nproc-per-node 2 -m tinyssd train --data DIR   # several processes
 
 The loop: get batch, forward, label anchors, loss, backward, step; after each
-epoch: evaluate on val, log, checkpoint, maybe stop. The run folder gets
+epoch: evaluate on val, log, checkpoint, maybe stop. It calls named helpers: one
+step is ``step.train_step``; how many epochs, which of them evaluate val and when to
+stop are ``schedule``'s; what a checkpoint keeps for ``--resume``, and resuming, are
+``resume``'s; what a run writes is ``run_folder``'s. The run folder gets
 ``config.json``, ``labels.png``, ``metrics.csv``, ``curves.png``,
 ``last.safetensors`` and ``best.safetensors`` (best val COCO AP), and at the end
 the report of the best weights on val: ``results.json``, ``val_predictions.png``,
@@ -14,13 +17,11 @@ the report of the best weights on val: ``results.json``, ``val_predictions.png``
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import read_checkpoint, read_metadata, resolve_checkpoint, restore, split_state
-from ..config import VAL_EPOCHS, RunConfig, TrainConfig, check, resolve_config
+from ..checkpoint import read_checkpoint, split_state
+from ..config import RunConfig, TrainConfig, check, resolve_config
 from ..data import DetectionDataset
 from ..data.limits import DataLimits
 from ..errors import TinySSDError, UsageError
-from ..inference import autocast, evaluate_dataset, resolve_device, resolve_precision
+from ..inference import evaluate_dataset, resolve_device, resolve_precision
 from ..losses import LossConfig, MultiBoxLoss
-from ..matching import anchor_targets
 from ..models import PRESETS, SSD
 from ..models.prior import init_class_prior
 from ..predict.base import model_threshold
@@ -55,11 +55,14 @@ from .inputs import (
 )
 from .optim import ModelEMA, build_optimizer, lr_at, param_groups, set_lr
 from .report import TrainResult, default_logging, progress_bar, training_header
-from .run_folder import METRIC_COLUMNS, RunFolder, check_out, stopped_before_checkpoint
+from .resume import TrainState, finished_run, resume, resume_checkpoint, run_config, state_extra
+from .run_folder import METRIC_COLUMNS, RunFolder, check_out
+from .schedule import ema_ramp, epochs_for, log_val_epochs, should_stop, validates
+from .step import EpochMeter, Step, train_step
 
 log = logging.getLogger("tinyssd")
 
-__all__ = ["METRIC_COLUMNS", "TrainConfig", "TrainResult", "train", "train_step"]
+__all__ = ["METRIC_COLUMNS", "TrainConfig", "TrainResult", "train"]
 
 
 class TrainingError(TinySSDError):
@@ -91,105 +94,7 @@ def check_settings(cfg: RunConfig) -> None:
         raise UsageError(f"--augment {cfg.augment!r}: {e}") from None
 
 
-# ---------------------------------------------------------------------------- one step
-
-
-@dataclass
-class Step:
-    """What one training step computed: its losses, and predictions against targets."""
-
-    losses: dict[str, Tensor]  # "loss", "cls_loss", "box_loss"
-    cls_logits: Tensor  # (B, A, K)
-    cls_targets: Tensor  # (B, A) int64, 0 = background
-    box_deltas: Tensor  # (B, 4A)
-    box_targets: Tensor  # (B, 4A)
-    box_mask: Tensor  # (B, 4A)
-
-
-def train_step(
-    step_model: torch.nn.Module,
-    loss_fn: MultiBoxLoss,
-    optimizer: torch.optim.Optimizer,
-    images: Tensor,
-    targets: Tensor,
-    autocast_dtype: torch.dtype | None = None,
-    grad_clip: float = 0.0,
-    scaler: torch.amp.GradScaler | None = None,
-    assigner: str = "max_iou",
-) -> Step:
-    """One iteration: forward (channels_last, optional autocast), label anchors, loss,
-    backward, (gradient clipping,) optimiser step; through ``scaler`` (fp16) if given.
-
-    ``images`` (Tensor[B, 3, S, S]), ``targets`` (Tensor[B, M, 5]): ``collate``'s rows
-    (class 1..C, normalised xyxy; class 0 = padding); ``assigner``: which anchors learn
-    a box (``matching.anchor_targets``)."""
-    images = images.contiguous(memory_format=torch.channels_last)
-    with autocast(images.device, autocast_dtype):
-        anchors, cls_logits, box_deltas = step_model(images)
-    box_targets, box_mask, cls_targets = anchor_targets(anchors, targets, assigner=assigner)
-    losses = loss_fn(cls_logits, cls_targets, box_deltas, box_targets, box_mask, anchors)
-    scaler = scaler or torch.amp.GradScaler(images.device.type, enabled=False)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(losses["loss"]).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(step_model.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return Step(losses, cls_logits, cls_targets, box_deltas, box_targets, box_mask)
-
-
-class EpochMeter:
-    """Sums of the chapter's metrics on the device (no host sync per batch)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(6, dtype=torch.float64, device=device)
-        self.images = 0
-        self.box_values_per_image = 0
-        self.seconds = 0.0
-
-    def add(self, step: Step) -> None:
-        n = len(step.cls_targets)
-        with torch.no_grad():
-            correct = (step.cls_logits.argmax(dim=-1) == step.cls_targets).sum()
-            abs_err = ((step.box_targets - step.box_deltas) * step.box_mask).abs().sum()
-            self.sums += torch.stack(
-                [
-                    step.losses["loss"].detach().double() * n,
-                    step.losses["cls_loss"].double() * n,
-                    step.losses["box_loss"].double() * n,
-                    correct.double(),
-                    torch.tensor(float(step.cls_targets.numel()), dtype=torch.float64),
-                    abs_err.double(),
-                ]
-            )
-        self.images += n
-        self.box_values_per_image = step.box_targets.shape[1]
-
-    def result(self) -> dict[str, float]:
-        loss, cls, box, correct, anchors, abs_err = self.sums.tolist()
-        n = max(self.images, 1)
-        return {
-            "loss": loss / n,
-            "cls_loss": cls / n,
-            "box_loss": box / n,
-            "class_err": 1 - correct / max(anchors, 1),
-            "bbox_mae": abs_err / max(self.images * self.box_values_per_image, 1),
-            "seconds": self.seconds,
-            "images_per_s": self.images / max(self.seconds, 1e-9),
-        }
-
-
 # ---------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class TrainState:
-    """Where a run stands: saved in every checkpoint, restored by ``--resume``."""
-
-    epoch: int = 0  # epochs completed
-    history: list[dict] = field(default_factory=list)  # metrics.csv rows
-    best_ap: float = -1.0
 
 
 def check_finite(step: Step, epoch: int, index: int, lr: float) -> None:
@@ -308,72 +213,6 @@ def validate(
             if label in per_class and per_class[label]["AP"] > -1
         },
     }
-
-
-def validates(epoch: int, epochs: int, interval: int) -> bool:
-    """Whether val is evaluated after ``epoch`` (1-based) of ``epochs``: every ``interval``
-    epochs and at the last; ``interval`` 0 (auto): every epoch in runs of up to
-    ``VAL_EPOCHS``, else every ``ceil(epochs / VAL_EPOCHS)`` and each epoch of the last
-    tenth, where the decayed learning rate makes the best weights (a 205-image set's
-    1000 steps are 143 epochs of 2 s, each followed by 1.5 s of val)."""
-    if epoch >= epochs:
-        return True
-    if interval:
-        return epoch % interval == 0
-    every = math.ceil(epochs / VAL_EPOCHS)
-    return epoch % every == 0 or epoch > epochs - epochs // 10
-
-
-def log_val_epochs(epochs: int, interval: int) -> None:
-    """One line when val is not evaluated after every epoch: which ones."""
-    evaluated = [e for e in range(1, epochs + 1) if validates(e, epochs, interval)]
-    if len(evaluated) < epochs:
-        log.info(
-            "val evaluated after %d of the %d epochs (--val-interval %d%s): %s",
-            len(evaluated),
-            epochs,
-            interval,
-            " = auto" if not interval else "",
-            _epoch_ranges(evaluated),
-        )
-
-
-def _epoch_ranges(epochs: list[int]) -> str:
-    """``[3, 6, 9, 12, 13, 14]`` -> ``"3, 6, ..., 12 and 13-14"``: the regular part,
-    then the final run of consecutive epochs."""
-    tail = len(epochs) - 1
-    while tail > 0 and epochs[tail - 1] == epochs[tail] - 1:
-        tail -= 1
-    head, run = epochs[:tail], epochs[tail:]
-    last = f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}"
-    if not head:
-        return f"epochs {last}"
-    shown = head if len(head) <= 3 else [head[0], head[1], "...", head[-1]]
-    return f"epochs {', '.join(map(str, shown))} and {last}"
-
-
-def should_stop(cfg: RunConfig, row: dict, history: list[dict] | None = None) -> bool:
-    """True once the val metric of ``--stop-ap50`` or ``--stop-ap`` reaches its target, or
-    when val AP has not improved over its best for ``--patience`` epochs (``history``:
-    the epochs' rows so far, this one last)."""
-    for key, target in (("val_AP50", cfg.stop_ap50), ("val_AP", cfg.stop_ap)):
-        if target is not None and row.get(key, -1.0) >= target:
-            log.info("%s %.3f >= %.3f: stopping", key, row[key], target)
-            return True
-    if cfg.patience and history and "val_AP" in row:  # judged where val was evaluated
-        aps = [r.get("val_AP", -1.0) for r in history]
-        best_epoch = max(range(len(aps)), key=lambda i: (aps[i], -i))  # the first best
-        if aps[best_epoch] >= 0 and len(aps) - 1 - best_epoch >= cfg.patience:
-            log.info(
-                "val AP has not improved for %d epochs (best %.3f at epoch %d; --patience %d): "
-                "stopping, best.safetensors kept",
-                len(aps) - 1 - best_epoch,
-                aps[best_epoch],
-                history[best_epoch]["epoch"],
-                cfg.patience,
-            )
-            return True
-    return False
 
 
 def train(
@@ -536,119 +375,9 @@ def finish_run(
     return TrainResult(run.path, final, best, rows, threshold if report is not None else None)
 
 
-def ema_ramp(total_steps: int) -> float:
-    """The EMA's warm-up time constant in steps: a tenth of the run (10..2000), so that a
-    300-step run and a 30,000-step one both average over their late weights."""
-    return float(min(max(total_steps / 10, 10), 2000))
-
-
-def epochs_for(cfg: RunConfig, steps_per_epoch: int, quiet: bool = False) -> int:
-    """``--epochs``, raised so that the run takes at least ``--min-steps`` steps and
-    lowered so that it takes at most ``--max-steps`` (at least one epoch); logged when
-    it is not ``--epochs`` unless ``quiet``."""
-    per_epoch = max(steps_per_epoch, 1)
-    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
-    if cfg.max_steps:
-        epochs = max(1, min(epochs, cfg.max_steps // per_epoch))
-    if epochs != cfg.epochs and not quiet:
-        log.info(
-            "%d steps per epoch: training %d epochs instead of %d (--min-steps %d, --max-steps %d)",
-            steps_per_epoch,
-            epochs,
-            cfg.epochs,
-            cfg.min_steps,
-            cfg.max_steps,
-        )
-    return epochs
-
-
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """The optimiser of ``cfg``: every parameter decayed (the chapter) or not BN/bias."""
     params = (
         list(model.parameters()) if cfg.norm_bias_decay else param_groups(model, cfg.weight_decay)
     )
     return build_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-
-
-def resume(path: Path, fit: Fit, cfg: RunConfig) -> TrainState:
-    """Weights, EMA, optimiser and RNG states of a checkpoint put back in place."""
-    ema_module = fit.ema.module if fit.ema is not None else None
-    meta = restore(path, fit.model, fit.optimizer, rng=True, ema_model=ema_module)
-    extra = meta["extra"]
-    if fit.ema is not None:
-        fit.ema.updates = int(extra.get("ema_updates", 0))
-    for group in fit.optimizer.param_groups:  # the run's settings, as changed by the user
-        if "betas" in group:
-            group["betas"] = (cfg.momentum, group["betas"][1])
-        else:
-            group["momentum"] = cfg.momentum
-        if group["weight_decay"]:
-            group["weight_decay"] = cfg.weight_decay
-    log.info("resumed %s at epoch %d", path, meta["epoch"])
-    return TrainState(meta["epoch"], extra.get("history", []), extra.get("best_ap", -1.0))
-
-
-def resume_checkpoint(resume: str) -> Path | None:
-    """The checkpoint ``--resume`` continues from; None for a run folder that stopped
-    before its first checkpoint (it starts again from epoch 1 with its settings)."""
-    folder = Path(resume)
-    if folder.is_dir() and stopped_before_checkpoint(folder):
-        log.info("%s: stopped before its first checkpoint; starting it again", resume)
-        return None
-    return resolve_checkpoint(folder, prefer="last")
-
-
-def finished_run(cfg: RunConfig, resume_file: Path, global_batch: int) -> TrainResult | None:
-    """A resumed run that has trained all the epochs ``cfg`` asks for: said in one line
-    and returned as it is, without reading the data; else None."""
-    meta = read_metadata(resume_file)
-    extra = meta.get("extra", {})
-    steps_per_epoch = extra.get("steps_per_epoch")
-    if steps_per_epoch is None or extra.get("global_batch") != global_batch:
-        return None  # the epochs to train are known only once the data is read
-    epochs = epochs_for(cfg, steps_per_epoch, quiet=True)
-    if meta["epoch"] < epochs:
-        return None
-    log.info(
-        "%s: finished at epoch %d of %d; pass --epochs M to train further",
-        cfg.resume,
-        meta["epoch"],
-        epochs,
-    )
-    history = extra.get("history", [])
-    aps = [r.get("val_AP", -1.0) for r in history]
-    best = history[aps.index(max(aps))] if aps else {}
-    try:
-        classes = json.loads((Path(cfg.out) / "results.json").read_text())["classes"]
-    except (OSError, ValueError, KeyError, TypeError):
-        classes = []
-    final = history[-1] if history else {}
-    return TrainResult(Path(cfg.out), final, best, classes, best.get("val_threshold"))
-
-
-def state_extra(state: TrainState, fit: Fit) -> dict[str, Any]:
-    extra: dict[str, Any] = {
-        "history": state.history,
-        "best_ap": state.best_ap,
-        # with the epoch, what tells a later --resume whether the run is finished
-        "steps_per_epoch": fit.steps_per_epoch,
-        "global_batch": fit.global_batch,
-    }
-    last = state.history[-1] if state.history else {}
-    if "val_threshold" in last:  # this epoch's F1-optimal threshold goes with its weights
-        extra["score_threshold"] = last["val_threshold"]
-    if fit.ema is not None:
-        extra["ema_updates"] = fit.ema.updates
-    return extra
-
-
-def run_config(cfg: RunConfig, model: SSD, classes: list[str], loss: LossConfig) -> dict:
-    """Everything needed to rebuild the model and repeat the run (``config.json``)."""
-    return {
-        "model": cfg.model,
-        "num_classes": model.num_classes,
-        "classes": list(classes),
-        "ssd": model.config.to_dict(),
-        "loss": loss.to_dict(),
-        "train": cfg.to_dict(),
-    }
