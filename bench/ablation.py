@@ -4,6 +4,7 @@ size, SSD300 and the Ultralytics YOLOv8n row — val COCO AP, AP50, AP75, traini
 
     python bench/ablation.py                          # everything (hours on 2 CPU cores)
     python bench/ablation.py --data bananas --rows chapter,default,ema --epochs 8
+    python bench/ablation.py --rows default,-atss,bccd:size384   # size384 on BCCD only
 
 Writes docs/ABLATION.md (the table and the exact command) and prints JSON. Every row
 trains from scratch with the seed 0 in this process, one after the other; "train min"
@@ -168,7 +169,11 @@ def markdown(results: list[dict], command: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="bananas,bccd", help="comma list of: bananas, bccd")
-    p.add_argument("--rows", default="all", help="comma list of row names, or all")
+    p.add_argument(
+        "--rows",
+        default="all",
+        help="comma list of row names (DATA:ROW: that data set only), or all",
+    )
     p.add_argument(
         "--epochs",
         help="train every row this many epochs: N, or per data set (bananas=12,bccd=40); "
@@ -186,7 +191,7 @@ def main() -> None:
     a = p.parse_args()
     command = "python bench/ablation.py " + shlex.join(sys.argv[1:])
     wanted = None if a.rows == "all" else set(a.rows.split(","))
-    unknown = (wanted or set()) - {name for name, _, _ in ROWS}
+    unknown = {w.rpartition(":")[2] for w in wanted or ()} - {name for name, _, _ in ROWS}
     if unknown:
         p.error(f"unknown rows {sorted(unknown)}")
     results = []
@@ -206,7 +211,7 @@ def main() -> None:
                 results.append({"data": data_name, "row": "yolov8n", "what": what, **peer})
                 Path(a.out).write_text(markdown(results, command))
         for name, what, overrides in ROWS:
-            if wanted is not None and name not in wanted:
+            if wanted is not None and not {name, f"{data_name}:{name}"} & wanted:
                 continue
             row = train_row(data, overrides, epochs)
             results.append({"data": data_name, "row": name, "what": what, **row})
