@@ -81,10 +81,11 @@ RECIPES: dict[str, dict[str, Any]] = {
 # network with anchors fitted to the data, AdamW with warm-up and cosine decay,
 # no decay on BatchNorm/bias, quality focal + GIoU loss (val AP, focal -> quality focal:
 # BCCD 0.491 -> 0.497, AP75 0.470 -> 0.520; bananas 0.861 -> 0.875; synthetic 0.677 ->
-# 0.709), flips, ATSS assignment (BCCD val AP 0.491 / AP75 0.470 with it, 0.422 / 0.354
-# with the chapter's rule); at least 500 steps (small sets need the updates; BCCD,
-# bench/ablation.py: val AP 0.488 / AP75 0.488 in 1.8 train-minutes with 500, 0.496 /
-# 0.503 in 3.9 with 1000: half the minutes for 0.008 AP).
+# 0.709), flips, ATSS assignment with 18 candidates a map (matching.ATSS_TOPK; BCCD val
+# AP 0.491 / AP75 0.470 with ATSS, 0.422 / 0.354 with the chapter's rule); at least 500
+# steps (small sets need the updates; BCCD, bench/ablation.py: val AP 0.488 / AP75 0.488
+# in 1.8 train-minutes with 500, 0.496 / 0.503 in 3.9 with 1000: half the minutes for
+# 0.008 AP).
 RECIPES["default"] = {
     "model": "tiny_fpn",
     "epochs": 40,
@@ -186,7 +187,7 @@ class TrainConfig:
     assigner: str | None = option(
         None,
         "which anchors learn a box: max_iou (IoU >= 0.5, then each box's best: the chapter's) "
-        "or atss (per box, a threshold from the IoUs of its nearest anchors on every map)",
+        "or atss (per box, a threshold from the IoUs of its 18 nearest anchors on every map)",
         choices=ASSIGNERS,
     )
     patience: int | None = option(
