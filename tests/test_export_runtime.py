@@ -9,6 +9,7 @@ import tinyssd
 from tinyssd.cli import main
 from tinyssd.data.base import read_image
 from tinyssd.export.onnx import export_onnx
+from tinyssd.options import DEFAULT_BOX_VOTE
 from tinyssd.predict import OnnxDetector
 
 pytest.importorskip("onnx")
@@ -133,6 +134,46 @@ def test_max_detections_beyond_the_exported_number_is_an_error(
     )
 
 
+def test_box_voting_is_fixed_in_the_graph_and_another_is_an_error(
+    detectors, image_files, tmp_path, capsys
+):
+    det, onnx_det = detectors(128)
+    assert onnx_det.box_vote == DEFAULT_BOX_VOTE  # the graph votes as the checkpoint does
+    same = onnx_det.predict(image_files[1], threshold=0.05, box_vote=DEFAULT_BOX_VOTE)[0]
+    assert_same_detections(same, det.predict(image_files[1], threshold=0.05)[0], box_atol=1e-3)
+    with pytest.raises(tinyssd.UsageError, match="exported with box_vote 0.05"):
+        onnx_det.predict(image_files[0], box_vote=0.0)
+    err = _predict_error(capsys, onnx_det.path, image_files[0], tmp_path, "--box-vote", "0.1")
+    assert err == (
+        f"tinyssd: error: --box-vote 0.1: {onnx_det.path} was exported with box_vote 0.05 "
+        "(fixed in the graph); export again with --box-vote 0.1"
+    )
+
+
+def test_a_graph_without_voting_gives_the_checkpoints_unvoted_boxes(
+    detectors, image_files, tmp_path
+):
+    import onnx
+
+    det, onnx_det = detectors(128)
+    plain = OnnxDetector(export_onnx(det_checkpoint(onnx_det), tmp_path / "p.onnx", box_vote=0.0))
+    assert plain.box_vote == 0.0
+    want = det.predict(image_files[1], threshold=0.05, box_vote=0.0)[0]
+    assert_same_detections(plain.predict(image_files[1], threshold=0.05)[0], want, box_atol=1e-3)
+    # a graph exported before box voting (no box_vote in its metadata) does not vote either
+    proto = onnx.load(str(plain.path))
+    kept = [p for p in proto.metadata_props if p.key != "box_vote"]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(tmp_path / "old.onnx"))
+    assert OnnxDetector(tmp_path / "old.onnx").box_vote == 0.0
+
+
+def det_checkpoint(onnx_det: OnnxDetector):
+    """The checkpoint the ``detectors`` fixture exported ``onnx_det`` from."""
+    return onnx_det.path.parent / "best.safetensors"
+
+
 def test_an_export_without_nms_is_refused_with_the_command_to_fix_it(tmp_path, image_files, capsys):
     ckpt = scored_checkpoint(tmp_path / "best.safetensors", 128)
     raw = export_onnx(ckpt, tmp_path / "raw.onnx", nms=False)
@@ -160,6 +201,8 @@ def test_an_export_without_nms_is_refused_with_the_command_to_fix_it(tmp_path, i
         (dict(image_size="big"), "metadata image_size 'big': not an integer"),
         (dict(image_size="64"), "metadata image_size 64, but the graph takes images of shape"),
         (dict(max_detections="0"), "metadata max_detections 0: must be > 0"),
+        (dict(box_vote="2"), "metadata box_vote '2': not in [0, 1]"),
+        (dict(box_vote="much"), "metadata box_vote 'much': not in [0, 1]"),
         (dict(poison=float("nan")), "weights hold NaN ("),
         (dict(poison=float("inf")), "weights hold inf ("),
     ],

@@ -1,5 +1,7 @@
 """From head outputs to detections: the chapter's multibox_detection and the practical form."""
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -8,6 +10,7 @@ from tinyssd.anchors import AnchorGenerator
 from tinyssd.boxes import box_iou, decode_offsets
 from tinyssd.errors import UsageError
 from tinyssd.models.config import tiny_ssd
+from tinyssd.options import DEFAULT_BOX_VOTE
 from tinyssd.postprocess import (
     EVAL_POSTPROCESS,
     PostprocessConfig,
@@ -15,6 +18,7 @@ from tinyssd.postprocess import (
     nms,
     postprocess_detections,
     resolve_postprocess,
+    vote_boxes,
 )
 
 d2l = pytest.importorskip("d2l.torch")
@@ -142,6 +146,8 @@ def _logits(probs: list[list[float]]) -> torch.Tensor:
 
 
 def _detect(probs, **kw):
+    """NMS's selection; without box voting unless ``box_vote`` is given (tested below)."""
+    kw.setdefault("box_vote", 0.0)
     deltas = torch.zeros(1, len(ANCHORS), 4)
     return postprocess_detections(_logits(probs), deltas, ANCHORS, **kw)[0]
 
@@ -208,7 +214,7 @@ def test_image_sizes_scale_boxes_to_pixels():
     logits = torch.cat((_logits(PROBS), _logits(PROBS)))
     deltas = torch.zeros(2, len(ANCHORS) * 4)  # (B, 4A) is accepted as well
     out = postprocess_detections(logits, deltas, ANCHORS, image_sizes=[(200, 300), (10, 20)])
-    normalised = _detect(PROBS)["boxes"]
+    normalised = _detect(PROBS, box_vote=None)["boxes"]  # voted: each image by its own
     torch.testing.assert_close(out[0]["boxes"], normalised * torch.tensor([300, 200, 300, 200]))
     torch.testing.assert_close(out[1]["boxes"], normalised * torch.tensor([20, 10, 20, 10]))
 
@@ -219,8 +225,14 @@ def test_random_batch_invariants():
     batch, num_classes = 3, 4
     logits = torch.randn(batch, len(anchors), num_classes, generator=g) * 3
     deltas = torch.randn(batch, len(anchors), 4, generator=g) * 0.2
-    out = postprocess_detections(
-        logits, deltas, anchors, score_threshold=0.05, topk_candidates=300, max_detections=50
+    out = postprocess_detections(  # NMS's invariants: voting moves the boxes it kept
+        logits,
+        deltas,
+        anchors,
+        score_threshold=0.05,
+        topk_candidates=300,
+        max_detections=50,
+        box_vote=0.0,
     )
     assert len(out) == batch
     for det in out:
@@ -240,7 +252,7 @@ def test_accepts_the_models_anchors_as_multibox_detection_does():
     anchors = ANCHORS[None]  # Tensor[1, A, 4], as the model returns them
     deltas = torch.zeros(1, len(ANCHORS), 4)
     det = postprocess_detections(_logits(PROBS), deltas, anchors)[0]
-    assert _as_set(det) == _as_set(_detect(PROBS))
+    assert _as_set(det) == _as_set(_detect(PROBS, box_vote=None))
 
 
 def test_the_defaults_are_the_eval_postprocess_config():
@@ -265,3 +277,73 @@ def test_resolve_postprocess_replaces_only_the_fields_given():
         resolve_postprocess(None, nms_treshold=0.5)
     with pytest.raises(UsageError, match="must be in"):
         resolve_postprocess(None, threshold=1.5)
+
+
+# ---- box voting -------------------------------------------------------------------------
+
+
+def _closeness(iou: float, sigma: float) -> float:
+    return math.exp(-((1 - iou) ** 2) / sigma)
+
+
+def test_vote_boxes_weights_the_overlapping_candidates_of_its_class_by_score_and_iou():
+    kept = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    candidates = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # the kept box itself, score 0.9: weight 0.9
+            [1.0, 0.0, 11.0, 10.0],  # IoU 90 / 110: weight 0.3 * closeness
+            [0.0, 1.0, 10.0, 11.0],  # IoU 90 / 110 but class 2: does not vote
+            [0.0, 0.0, 9.0, 10.0],  # IoU 0.9 but score 0 (not a candidate): does not vote
+            [20.0, 0.0, 30.0, 10.0],  # no overlap: does not vote
+        ]
+    )
+    scores = torch.tensor([0.9, 0.3, 0.8, 0.0, 0.8])
+    labels = (torch.tensor([1]), torch.tensor([1, 1, 2, 1, 1]))
+    voted = vote_boxes(kept, candidates, scores, 0.05, labels)
+    w = 0.3 * _closeness(90 / 110, 0.05)  # 0.155
+    want = torch.tensor([[w * 1.0, 0.0, 0.9 * 10 + w * 11.0, 0.9 * 10]]) / (0.9 + w)
+    want[0, 3] = 10.0
+    torch.testing.assert_close(voted, want)
+    # a wider sigma gives the neighbour more weight
+    assert vote_boxes(kept, candidates, scores, 0.5, labels)[0, 0] > voted[0, 0]
+    # without labels the class-2 box votes too: y1 moves down by its share
+    anyone = vote_boxes(kept, candidates, scores, 0.05)
+    w2 = 0.8 * _closeness(90 / 110, 0.05)
+    torch.testing.assert_close(anyone[0, 1], torch.tensor(w2 / (0.9 + w + w2)))
+
+
+def test_vote_boxes_leaves_a_box_without_voters_and_works_per_image():
+    kept = torch.tensor([[[0.0, 0.0, 4.0, 4.0]], [[5.0, 5.0, 9.0, 9.0]]])  # (B=2, D=1, 4)
+    candidates = torch.tensor([[[5.0, 5.0, 9.0, 9.0]], [[5.0, 5.0, 9.0, 10.0]]])  # (2, 1, 4)
+    voted = vote_boxes(kept, candidates, torch.tensor([[0.5], [0.5]]), 0.05)
+    torch.testing.assert_close(voted[0], kept[0])  # image 0's only candidate is elsewhere
+    torch.testing.assert_close(voted[1], candidates[1])  # image 1's overlaps: its box
+
+
+def test_postprocess_votes_the_kept_boxes_by_default():
+    # anchor 1's class 1 (0.2) is suppressed by anchor 0's class 1 (0.8): by default
+    # (box_vote DEFAULT_BOX_VOTE) it pulls the kept box towards it by its weight,
+    # score x closeness
+    voted = _detect(PROBS, box_vote=None)
+    plain = _detect(PROBS)
+    assert voted["labels"].tolist() == plain["labels"].tolist()
+    torch.testing.assert_close(voted["scores"], plain["scores"])
+    closeness = _closeness(float(box_iou(ANCHORS[:1], ANCHORS[1:2])), DEFAULT_BOX_VOTE)
+    w = 0.2 * closeness
+    torch.testing.assert_close(voted["boxes"][0], (0.8 * ANCHORS[0] + w * ANCHORS[1]) / (0.8 + w))
+    # anchor 0's class 2 (0.1) votes for anchor 1's class-2 box (0.7) the same way
+    w = 0.1 * closeness
+    torch.testing.assert_close(voted["boxes"][1], (0.7 * ANCHORS[1] + w * ANCHORS[0]) / (0.7 + w))
+    torch.testing.assert_close(voted["boxes"][2:], plain["boxes"][2:])  # apart: nothing to vote
+    # class-agnostic NMS: every class votes; for anchor 0's class-1 box (0.8) also its own
+    # class 2 (0.1, IoU 1) and anchor 1's class 2 (0.7)
+    agnostic = _detect(PROBS, box_vote=DEFAULT_BOX_VOTE, class_agnostic=True)
+    w = (0.2 + 0.7) * closeness
+    torch.testing.assert_close(
+        agnostic["boxes"][0], (0.9 * ANCHORS[0] + w * ANCHORS[1]) / (0.9 + w)
+    )
+
+
+def test_box_vote_outside_0_1_is_a_usage_error():
+    with pytest.raises(UsageError, match="--box-vote"):
+        PostprocessConfig(box_vote=1.5)

@@ -255,6 +255,7 @@ def _export(a: argparse.Namespace) -> None:
         nms=o.nms,
         topk_candidates=o.topk_candidates,
         max_detections=o.max_detections,
+        box_vote=o.box_vote,
         input_dtype=o.input_dtype,
         int8=o.int8,
         calibration=o.calibration,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from .data.limits import DataLimits
 from .errors import DataError, UsageError
 from .files import atomic_path, atomic_write
 from .options import DEMO_EPOCHS
-from .postprocess import PostprocessConfig
+from .postprocess import EVAL_POSTPROCESS, PostprocessConfig
 from .predict import Detector, Predictor, detection_line, load, write_picture
 from .predict.base import resolve_for_model
 
@@ -127,7 +128,6 @@ def evaluate_predictor(
     each image read at its full size and predicted with ``EVAL_POSTPROCESS`` (every score
     >= 0.01), as ``tinyssd eval`` scores a checkpoint."""
     from .evaluation import evaluate
-    from .postprocess import EVAL_POSTPROCESS
 
     predictions: list[dict] = []
     for start in range(0, len(records), batch_size):
@@ -186,7 +186,9 @@ def evaluate_run(
         )
         if report:
             log.info("data check:\n%s", report.summary())
-        predictions = predict_dataset(det.model, dataset, 32, det.device)
+        # the model's own box voting (none for torchvision's COCO detectors)
+        post = replace(EVAL_POSTPROCESS, box_vote=det.default_post.box_vote)
+        predictions = predict_dataset(det.model, dataset, 32, det.device, post=post)
         targets = [dataset.targets_in_pixels(i) for i in range(len(dataset))]
         result = evaluate(predictions, targets)
     if not quiet:

@@ -21,7 +21,9 @@ zeros (label 0 = background). D is the ``max_detections`` of the export's
 ``postprocess_detections``' (what ``Detector.predict`` returns): softmax; the
 ``topk_candidates`` best (anchor, class) pairs per image; those with score >=
 ``score_threshold`` go through ONNX ``NonMaxSuppression`` per class; the best D
-survivors are kept.
+survivors are kept, each voted by the candidates of its class that overlap it
+with IoU >= the export's ``box_vote`` (``postprocess.vote_boxes``; fixed in the
+graph, 0: off).
 
 Without NMS (``nms=False``) the only input is ``images`` and the outputs are
 ``boxes`` (B, A, 4) normalised xyxy and ``scores`` (B, A, K) class
@@ -31,7 +33,7 @@ probabilities (background at 0), the inputs of any NMS.
 ``classes[i - 1]``), ``image_size`` (S), ``pixel_mean`` and ``pixel_std``
 (JSON lists, applied inside the graph: feed 0-255 pixels), ``input_range``,
 ``model`` (preset name), ``nms`` (``true``/``false``) and, with NMS,
-``topk_candidates`` and ``max_detections``; for a model trained on tiles
+``topk_candidates``, ``max_detections`` and ``box_vote``; for a model trained on tiles
 (``tinyssd train --tile``) ``tile`` and ``tile_overlap``; an int8 graph (``--int8``,
 ``export/quantize.py``) has the same inputs, outputs and metadata, plus
 ``quantization`` (what was quantized, calibrated on which images).
@@ -52,8 +54,8 @@ from ..boxes import decode_offsets, scale_boxes
 from ..data.limits import MAX_IMAGE_PIXELS
 from ..errors import UsageError
 from ..files import atomic_path
-from ..options import DEFAULT_CALIBRATION_IMAGES
-from ..postprocess import EVAL_POSTPROCESS, PostprocessConfig, resolve_postprocess
+from ..options import DEFAULT_BOX_VOTE, DEFAULT_CALIBRATION_IMAGES
+from ..postprocess import EVAL_POSTPROCESS, PostprocessConfig, resolve_postprocess, vote_boxes
 from ..tiling import Tiling
 
 if TYPE_CHECKING:
@@ -193,9 +195,10 @@ def fixed_size_copy(model: nn.Module, image_size: int) -> nn.Module:
 class DetectionWrapper(nn.Module):
     """SSD -> padded detections per image, ``postprocess_detections``' selection.
 
-    ``post`` gives ``topk_candidates`` and ``max_detections`` (D); its thresholds
-    are the graph's inputs. ``forward(images, score_threshold, iou_threshold)``:
-    images Tensor[B, 3, S, S] (uint8 or 0-255 float), thresholds Tensor[] ->
+    ``post`` gives ``topk_candidates``, ``max_detections`` (D) and ``box_vote`` (None:
+    ``DEFAULT_BOX_VOTE``); its thresholds are the graph's inputs.
+    ``forward(images, score_threshold, iou_threshold)``: images Tensor[B, 3, S, S]
+    (uint8 or 0-255 float), thresholds Tensor[] ->
     ``boxes`` Tensor[B, D, 4] xyxy in pixels of S, clipped to the image,
     ``scores`` Tensor[B, D], ``labels`` Tensor[B, D] (1..C, 0 in padding rows),
     ``num_detections`` Tensor[B]. Used eagerly it gives what
@@ -214,6 +217,7 @@ class DetectionWrapper(nn.Module):
         self.num_classes = cls_logits.shape[-1] - 1
         self.topk = min(post.topk_candidates, anchors.shape[1] * self.num_classes)
         self.max_detections = min(post.max_detections, self.topk)
+        self.box_vote = DEFAULT_BOX_VOTE if post.box_vote is None else post.box_vote
 
     def forward(
         self, images: Tensor, score_threshold: Tensor, iou_threshold: Tensor
@@ -239,6 +243,10 @@ class DetectionWrapper(nn.Module):
         scores, order = torch.where(kept, top_scores, _NOT_CANDIDATE).topk(self.max_detections)
         valid = kept.gather(1, order)  # (B, D)
         det_boxes = cand_boxes.gather(1, order[..., None].expand(-1, -1, 4))
+        if self.box_vote > 0:
+            voters = torch.where(top_scores >= score_threshold, top_scores, 0.0)  # (B, k)
+            pair = (labels.gather(1, order), labels)
+            det_boxes = vote_boxes(det_boxes, cand_boxes, voters, self.box_vote, pair)
         det_boxes = scale_boxes(det_boxes, (self.image_size, self.image_size))
         return (
             torch.where(valid[..., None], det_boxes, 0.0),
@@ -301,6 +309,7 @@ def export_model(
         meta |= {
             "topk_candidates": str(wrapper.topk),
             "max_detections": str(wrapper.max_detections),
+            "box_vote": repr(float(wrapper.box_vote)),
         }
     if tiling is not None:  # trained on tiles: OnnxDetector predicts large images by tiles
         meta |= {"tile": str(tiling.tile), "tile_overlap": repr(float(tiling.overlap))}
@@ -363,7 +372,8 @@ def export_onnx(
     **options: Any,
 ) -> Path:
     """Write ``out`` (.onnx) for a checkpoint or run folder (``export_model``'s ``options``:
-    ``nms``, ``post``, ``input_dtype`` and PostprocessConfig's fields). ``max_pixels``:
+    ``nms``, ``post``, ``input_dtype`` and PostprocessConfig's fields; the score threshold
+    and ``box_vote`` left open are the model's own). ``max_pixels``:
     the largest input S * S the checkpoint may claim (``--max-pixels``, see ``load``).
 
     ``int8``: the graph quantized to int8 (``export/quantize.py``), calibrated on
@@ -379,6 +389,9 @@ def export_onnx(
     options.setdefault("tiling", det.tiling)  # trained on tiles: in the metadata
     if options.get("post") is None or options["post"].score_threshold is None:
         options.setdefault("score_threshold", det.score_threshold)  # the model's own
+    post = options.get("post")
+    if options.get("box_vote") is None and (post is None or post.box_vote is None):
+        options["box_vote"] = det.default_post.box_vote  # the model's own: COCO's detectors 0
     if int8:
         return _export_int8(det, weights, out, opset, calibration, calibration_images, options)
     return export_model(det.model, det.classes, out, opset=opset, **options)

@@ -57,12 +57,21 @@ NUM_COCO_CLASSES = 90  # torchvision's 91 outputs less the background: ids 1..90
 # torchvision's SSD(score_thresh, nms_thresh, topk_candidates, detections_per_img) per model
 # (ssd.py's defaults; ssdlite.py's own). torchvision keeps the top-k per class before NMS,
 # tinyssd per image: the detections are the same down to the top-k-th candidate's score.
+# torchvision has no box voting.
 COCO_POSTPROCESS = {
     "ssd300_vgg16": PostprocessConfig(
-        score_threshold=0.01, nms_threshold=0.45, topk_candidates=400, max_detections=200
+        score_threshold=0.01,
+        nms_threshold=0.45,
+        topk_candidates=400,
+        max_detections=200,
+        box_vote=0.0,
     ),
     "ssdlite320_mobilenet_v3_large": PostprocessConfig(
-        score_threshold=0.001, nms_threshold=0.55, topk_candidates=300, max_detections=300
+        score_threshold=0.001,
+        nms_threshold=0.55,
+        topk_candidates=300,
+        max_detections=300,
+        box_vote=0.0,
     ),
 }
 

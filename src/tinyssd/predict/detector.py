@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +70,8 @@ class Detector:
         (tensor ``[B, 3, H, W]`` or array ``[B, H, W, 3]``). ``post`` (default
         ``PostprocessConfig()``) with ``threshold`` and any other of its fields given
         here (``nms_threshold=0.6``) replaced selects the detections; a threshold
-        not given is the model's own, ``self.score_threshold`` (F1-optimal on val).
+        not given is the model's own, ``self.score_threshold`` (F1-optimal on val), and
+        so is a ``box_vote`` not given (``self.default_post``'s).
 
         Returns:
             per image ``boxes`` Tensor[N, 4] xyxy in that image's pixels,
@@ -78,6 +80,8 @@ class Detector:
         post = resolve_for_model(
             self.score_threshold, post or self.default_post, threshold, **fields
         )
+        if post.box_vote is None:  # the model's own: torchvision's COCO detectors do not vote
+            post = replace(post, box_vote=self.default_post.box_vote)
         lowest = min_score(post)
 
         def detect(batch: Tensor, sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
@@ -112,8 +116,6 @@ def load(
     if str(run_or_file).lower().endswith(".onnx"):
         return load_onnx(run_or_file, device, precision, max_pixels)
     if str(run_or_file).startswith("coco:"):  # torchvision's COCO detector, 90 classes
-        from dataclasses import replace
-
         from ..models.coco import COCO_POSTPROCESS, load_coco_detector
 
         name = str(run_or_file).removeprefix("coco:")

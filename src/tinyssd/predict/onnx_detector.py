@@ -14,6 +14,7 @@ graph exported with ``--no-nms``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ class GraphClaims:
     max_detections: int  # D: rows per image of its outputs
     tiling: Tiling | None  # exported from a model trained on tiles
     score_threshold: float  # the default threshold stored at export
+    box_vote: float  # box voting's IoU, fixed in the graph (0: none; graphs before it: 0)
 
 
 def read_graph(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[bytes, GraphClaims]:
@@ -94,7 +96,12 @@ def read_graph(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[by
         raise CheckpointError(f"{path}: metadata tile is not a tile size ({e})") from None
     check_finite(path, _float_weights(proto))
     claims = GraphClaims(
-        classes, image_size, max_detections, tiling, model_threshold(meta.get("score_threshold"))
+        classes,
+        image_size,
+        max_detections,
+        tiling,
+        model_threshold(meta.get("score_threshold")),
+        _box_vote(path, meta),
     )
     return data, claims
 
@@ -107,6 +114,18 @@ def _integer(path: Path, meta: dict[str, str], key: str) -> int | None:
         return int(meta[key])
     except ValueError:
         raise CheckpointError(f"{path}: metadata {key} {meta[key]!r}: not an integer") from None
+
+
+def _box_vote(path: Path, meta: dict[str, str]) -> float:
+    """``meta["box_vote"]`` as a number in [0, 1] (0 when absent: a graph exported before
+    box voting); CheckpointError if it is not one."""
+    try:
+        vote = float(meta.get("box_vote", 0.0))
+    except ValueError:
+        vote = math.nan
+    if not 0 <= vote <= 1:
+        raise CheckpointError(f"{path}: metadata box_vote {meta['box_vote']!r}: not in [0, 1]")
+    return vote
 
 
 def _float_weights(proto: Any) -> Iterator[tuple[str, Tensor]]:
@@ -198,6 +217,7 @@ class OnnxDetector:
         self.max_detections = claims.max_detections
         self.tiling = claims.tiling
         self.score_threshold = claims.score_threshold
+        self.box_vote = claims.box_vote
         self._input_dtype = _INPUT_DTYPES[self.session.get_inputs()[0].type]
 
     def predict(
@@ -213,8 +233,8 @@ class OnnxDetector:
             per image ``boxes`` Tensor[N, 4] xyxy in that image's pixels,
             ``scores`` Tensor[N], ``labels`` Tensor[N] (1..C), ``names`` list[str].
         Raises:
-            UsageError: ``max_detections`` beyond the exported one, or
-                ``class_agnostic`` (the graph's NMS is per class).
+            UsageError: ``max_detections`` beyond the exported one, ``class_agnostic``
+                (the graph's NMS is per class), or a ``box_vote`` other than the graph's.
         """
         post = resolve_for_model(self.score_threshold, post, threshold, **fields)
         if post.max_detections > self.max_detections:
@@ -227,6 +247,12 @@ class OnnxDetector:
             raise UsageError(
                 f"--class-agnostic: {self.path} does per-class NMS in its graph; "
                 "predict with the checkpoint instead"
+            )
+        if post.box_vote is not None and post.box_vote != self.box_vote:
+            raise UsageError(
+                f"--box-vote {post.box_vote:g}: {self.path} was exported with box_vote "
+                f"{self.box_vote:g} (fixed in the graph); export again with --box-vote "
+                f"{post.box_vote:g}"
             )
         lowest = min_score(post)
 
