@@ -77,9 +77,9 @@ DEFAULT_THRESHOLD = 0.5
 # Score a candidate needs to be scored by mAP (eval and the val AP after each epoch).
 EVAL_SCORE_THRESHOLD = 0.01
 # Score voting's sigma when the model sets none (PostprocessConfig.box_vote, postprocess.
-# vote_boxes). One trained run each, AP / AP75 without -> with sigma 0.05: BCCD val 0.508 /
-# 0.540 -> 0.521 / 0.570, BCCD test 0.510 / 0.561 -> 0.531 / 0.602, bananas val 0.893 /
-# 0.996 -> 0.889 / 0.996 (sigma 0.025 and 0.1, and a plain mean over IoU >= 0.7, did less)
+# vote_boxes). bench/box_vote.py, AP / AP75 without -> with 0.05 (one run each, last weights):
+# BCCD val 0.508 / 0.540 -> 0.521 / 0.570, BCCD test 0.510 / 0.560 -> 0.531 / 0.602, bananas
+# 0.888 -> 0.897, make demo's set 0.737 -> 0.753 (0.025 and 0.1 did less)
 DEFAULT_BOX_VOTE = 0.05
 
 
