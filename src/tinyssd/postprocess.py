@@ -179,8 +179,9 @@ def vote_boxes(
     that overlap it, weighted by ``score * exp(-(1 - IoU)^2 / sigma)``, so close
     duplicates count and loose neighbours hardly do. NMS keeps one box of a cluster
     and drops the others' evidence; their mean is tighter (BCCD, one run, ``sigma``
-    0.05: val AP75 0.540 -> 0.570, test 0.560 -> 0.602; bench/box_vote.py). A kept box is one of the
-    candidates, so it votes for itself; a candidate with score 0 does not vote.
+    0.05: val AP75 0.540 -> 0.570, test 0.560 -> 0.602; bench/box_vote.py). A kept
+    box is one of the candidates, so it votes for itself; a candidate with score 0
+    does not vote.
 
     Args:
         kept (Tensor[..., D, 4]): the boxes NMS kept, xyxy.

@@ -21,9 +21,9 @@ zeros (label 0 = background). D is the ``max_detections`` of the export's
 ``postprocess_detections``' (what ``Detector.predict`` returns): softmax; the
 ``topk_candidates`` best (anchor, class) pairs per image; those with score >=
 ``score_threshold`` go through ONNX ``NonMaxSuppression`` per class; the best D
-survivors are kept, each voted by the candidates of its class that overlap it
-with IoU >= the export's ``box_vote`` (``postprocess.vote_boxes``; fixed in the
-graph, 0: off).
+survivors are kept, each replaced by the score-weighted mean of the candidates
+of its class that overlap it (score voting, ``postprocess.vote_boxes``, with the
+export's ``box_vote`` as sigma; fixed in the graph, 0: off).
 
 Without NMS (``nms=False``) the only input is ``images`` and the outputs are
 ``boxes`` (B, A, 4) normalised xyxy and ``scores`` (B, A, K) class

@@ -48,7 +48,7 @@ class GraphClaims:
     max_detections: int  # D: rows per image of its outputs
     tiling: Tiling | None  # exported from a model trained on tiles
     score_threshold: float  # the default threshold stored at export
-    box_vote: float  # box voting's IoU, fixed in the graph (0: none; graphs before it: 0)
+    box_vote: float  # score voting's sigma, fixed in the graph (0: none; graphs before it: 0)
 
 
 def read_graph(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[bytes, GraphClaims]:
